@@ -1,0 +1,304 @@
+"""Typed configuration, shaped like a Kratos ``conf.proto`` Bootstrap.
+
+Loaded from ``configs/config.yaml`` (or every ``*.yaml`` in a folder), then overridden from the
+environment: ``APP__SECTION__KEY=value`` (double underscore between levels, case-insensitive), plus
+``DATABASE_URL`` and ``REDIS_URL`` as shortcuts. Validation errors name the key and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from internal.conf.duration import Duration
+
+ENV_PREFIX = "APP__"
+DEVELOPMENT_SEED = "development-only-seed-change-me"
+
+
+class ConfigError(Exception):
+    """Configuration is unusable; the message names every bad key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TLS(_Section):
+    cert_file: str = ""
+    key_file: str = ""
+    # When set, clients must present a certificate signed by this CA (mutual TLS).
+    client_ca_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+    @model_validator(mode="after")
+    def _pair(self) -> TLS:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file must be set together")
+        return self
+
+
+class GRPC(_Section):
+    addr: str = "0.0.0.0:9000"
+    timeout: Duration = timedelta(seconds=10)
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    grace_period: Duration = timedelta(seconds=10)
+    workers: int = Field(default=1, ge=1, le=64)
+    tls: TLS = TLS()
+
+    @field_validator("addr")
+    @classmethod
+    def _addr(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("expected host:port, e.g. 0.0.0.0:9000")
+        return value
+
+
+class HTTP(_Section):
+    addr: str = "0.0.0.0:8000"
+    enabled: bool = True
+
+    _addr = field_validator("addr")(GRPC._addr.__func__)  # type: ignore[attr-defined]
+
+
+class Server(_Section):
+    grpc: GRPC = GRPC()
+    http: HTTP = HTTP()
+
+
+class Database(_Section):
+    # Empty: start the embedded PostgreSQL under data_dir (development default).
+    url: str = ""
+    min_pool_size: int = Field(default=2, ge=1)
+    max_pool_size: int = Field(default=20, ge=1)
+    connect_timeout: Duration = timedelta(seconds=5)
+    statement_timeout: Duration = timedelta(seconds=10)
+    auto_migrate: bool = True
+
+    @model_validator(mode="after")
+    def _pool(self) -> Database:
+        if self.min_pool_size > self.max_pool_size:
+            raise ValueError("min_pool_size must not exceed max_pool_size")
+        return self
+
+
+class Redis(_Section):
+    # Empty: start the embedded Redis under data_dir. Accepts redis://, rediss://, unix://,
+    # redis+sentinel://host:port,host:port/service_name and redis+cluster://host:port.
+    url: str = ""
+    key_prefix: str = ""
+    socket_timeout: Duration = timedelta(seconds=2)
+
+
+class Data(_Section):
+    database: Database = Database()
+    redis: Redis = Redis()
+    # Where the embedded PostgreSQL/Redis keep their files (project-local by default).
+    data_dir: str = ".data"
+
+
+class Captcha(_Section):
+    enabled: bool = True
+    expiration: Duration = timedelta(minutes=5)
+    length: int = Field(default=6, ge=4, le=10)
+    max_attempts: int = Field(default=5, ge=1, le=20)
+    # Sends per target and per client address within send_window.
+    send_limit_per_target: int = Field(default=5, ge=1)
+    send_limit_per_client: int = Field(default=20, ge=1)
+    send_window: Duration = timedelta(hours=1)
+
+
+class Argon2(_Section):
+    # OWASP minimum is 19 MiB / 2 iterations / 1 lane.
+    memory_kib: int = Field(default=19456, ge=19456)
+    iterations: int = Field(default=2, ge=2)
+    lanes: int = Field(default=1, ge=1)
+
+
+class Smtp(_Section):
+    host: str = ""
+    port: int = 587
+    username: str = ""
+    password: str = ""
+    from_addr: str = "no-reply@localhost"
+    starttls: bool = True
+    timeout: Duration = timedelta(seconds=10)
+
+
+class SmsWebhook(_Section):
+    url: str = ""
+    bearer_token: str = ""
+    timeout: Duration = timedelta(seconds=10)
+
+
+class Auth(_Section):
+    captcha_enabled: bool = True
+    captcha: Captcha = Captcha()
+    max_login_attempts: int = Field(default=5, ge=1)
+    lock_duration: Duration = timedelta(minutes=30)
+    # Login attempts per client address within login_rate_window.
+    login_rate_limit: int = Field(default=30, ge=1)
+    login_rate_window: Duration = timedelta(minutes=1)
+    password_max_length: int = Field(default=128, ge=32, le=1024)
+    argon2: Argon2 = Argon2()
+    jwt_algorithm: Literal["EdDSA", "HS256"] = "EdDSA"
+    # EdDSA: PEM private key (file or inline). HS256: shared secret. Empty in development: a key is
+    # generated under data.data_dir and reused across restarts.
+    jwt_signing_key: str = ""
+    jwt_signing_key_file: str = ""
+    jwt_issuer: str = "authkms"
+    jwt_audience: str = "authkms-clients"
+    access_token_expiration: Duration = timedelta(minutes=15)
+    refresh_token_expiration: Duration = timedelta(days=7)
+    # Absolute lifetime of a refresh-token family, however often it is rotated.
+    refresh_token_absolute_lifetime: Duration = timedelta(days=30)
+    totp_issuer: str = "authkms"
+    smtp: Smtp = Smtp()
+    sms_webhook: SmsWebhook = SmsWebhook()
+    # Development outbox for captcha codes (refused in production mode).
+    dev_outbox: bool = False
+
+
+class Kms(_Section):
+    seed: str = DEVELOPMENT_SEED
+    seed_file: str = ""
+    salt: str = "development-only-salt"
+    salt_file: str = ""
+    iterations: int = Field(default=600_000, ge=10_000)
+    key_length: Literal[16, 24, 32] = 32
+    algorithm: Literal["AES-256-GCM", "ChaCha20-Poly1305", "SM4-GCM", "AES-256-CBC"] = "AES-256-GCM"
+    rotate_interval: Duration = timedelta(days=30)
+    # Rotate after this many encryptions under one key (well below AES-GCM's ~2^32 random-nonce limit).
+    rotate_after_encryptions: int = Field(default=1 << 30, ge=1)
+    storage_type: Literal["database", "file"] = "database"
+    storage_path: str = ".data/kms_keys.json"
+    # Upper bound for a replica to notice a rotation made elsewhere when pub/sub is lost.
+    cache_recheck_interval: Duration = timedelta(seconds=5)
+    max_plaintext_bytes: int = Field(default=64 * 1024, ge=1, le=16 * 1024 * 1024)
+    max_batch_items: int = Field(default=1000, ge=1, le=100_000)
+    maintenance_batch_size: int = Field(default=500, ge=1)
+
+    @field_validator("algorithm")
+    @classmethod
+    def _authenticated_only(cls, value: str) -> str:
+        if value == "AES-256-CBC":
+            raise ValueError("AES-256-CBC is unauthenticated and refused for new keys; use AES-256-GCM")
+        return value
+
+
+class Security(_Section):
+    mode: Literal["development", "production"] = "development"
+    # Require the KMS service credentials (Bearer token with scopes) on kms.v1 calls.
+    kms_require_credentials: bool = True
+
+
+class Monitoring(_Section):
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "text"] = "auto"
+    otlp_endpoint: str = ""
+    service_name: str = "authkms"
+
+
+class Bootstrap(_Section):
+    server: Server = Server()
+    data: Data = Data()
+    auth: Auth = Auth()
+    kms: Kms = Kms()
+    security: Security = Security()
+    monitoring: Monitoring = Monitoring()
+
+    @model_validator(mode="after")
+    def _production_rules(self) -> Bootstrap:
+        if self.security.mode != "production":
+            return self
+        if self.kms.seed == DEVELOPMENT_SEED and not self.kms.seed_file:
+            raise ValueError("kms.seed: the development seed is refused in production mode")
+        if self.auth.dev_outbox:
+            raise ValueError("auth.dev_outbox: the development outbox is refused in production mode")
+        return self
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    files = sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml")) if path.is_dir() else [path]
+    merged: dict[str, Any] = {}
+    for file in files:
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read {file}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: the top level must be a mapping")
+        _deep_merge(merged, loaded)
+    return merged
+
+
+def _deep_merge(target: dict[str, Any], source: Mapping[str, Any]) -> None:
+    for key, value in source.items():
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _deep_merge(target[key], value)
+        else:
+            target[key] = value
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        if not all(path):
+            raise ConfigError(f"{name}: empty section in environment variable name")
+        node = overrides
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: conflicts with another environment override")
+        node[path[-1]] = value
+    shortcuts = {"DATABASE_URL": ("data", "database", "url"), "REDIS_URL": ("data", "redis", "url")}
+    for name, (section, sub, key) in shortcuts.items():
+        if environ.get(name):
+            overrides.setdefault(section, {}).setdefault(sub, {}).setdefault(key, environ[name])
+    return overrides
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {key}: {message}" if key else f"  {message}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Bootstrap:
+    """Read YAML (file or folder), apply environment overrides, validate. Raises ConfigError."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"configuration path {p} does not exist")
+        raw = _read_yaml(p)
+    _deep_merge(raw, _env_overrides(os.environ if environ is None else environ))
+    try:
+        return Bootstrap.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None
+
+
+def read_secret(inline: str, file: str) -> str:
+    """A secret from its file (preferred, e.g. a mounted Kubernetes secret) or the inline value."""
+    if file:
+        return Path(file).read_text().strip()
+    return inline

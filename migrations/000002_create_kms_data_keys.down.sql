@@ -1,0 +1,2 @@
+DROP VIEW IF EXISTS kms_data_key_statistics;
+DROP TABLE IF EXISTS kms_data_keys;
