@@ -1,0 +1,41 @@
+"""How user PII meets the KMS: the cipher interface biz relies on, and the binding conventions.
+
+Every stored PII ciphertext is bound (AEAD associated data) to its field and its record, so a value
+copied into another column or another user's row fails to decrypt. Blind indexes are keyed hashes of
+a normalized value, computed with the same field names the KMS ``HashField`` RPC accepts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+EMAIL = "email"
+PHONE = "phone"
+NAME = "name"
+TOTP_SECRET = "totp_secret"
+USER_PII_FIELDS = (EMAIL, PHONE, NAME, TOTP_SECRET)
+
+
+def user_context(user_id: int) -> dict[str, str]:
+    """Associated-data context that binds a ciphertext to one users row."""
+    return {"table": "users", "user_id": str(user_id)}
+
+
+@dataclass(frozen=True)
+class Sealed:
+    ciphertext: bytes
+    key_version: int
+
+
+class FieldCipher(Protocol):
+    """Field-level encryption and blind indexes (implemented by internal.pkg.kms.CryptoService)."""
+
+    async def encrypt(self, field: str, plaintext: bytes, context: Mapping[str, str]) -> Sealed: ...
+
+    async def decrypt(self, field: str, ciphertext: bytes, context: Mapping[str, str]) -> bytes: ...
+
+    def blind_index(self, field: str, value: str) -> str:
+        """64 hex chars: HMAC-SHA256 under a per-field key over the normalized value."""
+        ...
