@@ -1,0 +1,29 @@
+"""Reading request metadata the same way in every servicer."""
+
+from __future__ import annotations
+
+import grpc
+
+from internal.biz.errors import Unauthenticated
+
+
+def bearer_token(context: grpc.aio.ServicerContext, *, reason: str = "TOKEN_MISSING") -> str:
+    """The token from ``authorization: Bearer <token>``; raises Unauthenticated(reason) when absent."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    raise Unauthenticated(reason, "missing bearer token in the authorization metadata")
+
+
+def client_address(context: grpc.aio.ServicerContext) -> str:
+    """The caller's IP address (without port), for per-client rate limits."""
+    peer = context.peer() or ""
+    # Forms: ipv4:1.2.3.4:5678, ipv6:[::1]:5678, unix:/path
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return peer or "unknown"
