@@ -1,0 +1,178 @@
+"""Server interceptors: the Kratos error model (one mapping point) and the access log + RPC metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from prometheus_client import Counter, Gauge, Histogram
+
+from internal.biz import errors
+from internal.pkg.log import request_id
+
+log = logging.getLogger(__name__)
+
+_GRPC_CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.Conflict: grpc.StatusCode.ALREADY_EXISTS,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+ERROR_DOMAIN = "authkms"
+
+RPC_HANDLED = Counter("grpc_server_handled_total", "RPCs completed", ["grpc_service", "grpc_method", "grpc_code"])
+RPC_LATENCY = Histogram(
+    "grpc_server_handling_seconds",
+    "RPC latency",
+    ["grpc_service", "grpc_method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RPC_IN_FLIGHT = Gauge("grpc_server_in_flight", "RPCs in progress", ["grpc_service", "grpc_method"])
+
+
+def status_proto(
+    code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str] | None = None
+) -> status_pb2.Status:
+    """A google.rpc.Status with one ErrorInfo detail, exactly what Kratos' errors.GRPCStatus() sends."""
+    status = status_pb2.Status(code=code.value[0], message=message)
+    status.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {}))
+    return status
+
+
+def domain_status_proto(exc: errors.DomainError) -> status_pb2.Status:
+    """The status of a domain error, e.g. for one item of a batch reply."""
+    code = next(c for kind, c in _GRPC_CODES.items() if isinstance(exc, kind))
+    return status_proto(code, exc.reason, exc.message, exc.metadata)
+
+
+def status_for(code: grpc.StatusCode, reason: str, message: str) -> grpc.Status:
+    return rpc_status.to_status(status_proto(code, reason, message))
+
+
+class _Undecodable:
+    """Stands in for a request that failed to parse, so the handler can answer INVALID_ARGUMENT."""
+
+
+def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except (DecodeError, ValueError, TypeError):
+            return _Undecodable()
+
+    return parse
+
+
+def _wrap_unary(
+    handler: grpc.RpcMethodHandler, behaviour: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+) -> grpc.RpcMethodHandler:
+    return grpc.unary_unary_rpc_method_handler(
+        behaviour,
+        request_deserializer=_safe(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """The one place where domain errors become gRPC statuses; anything unexpected becomes INTERNAL."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method = handler_call_details.method
+
+        async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _Undecodable):
+                await context.abort_with_status(
+                    status_for(grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_ERROR", "request message is malformed")
+                )
+            try:
+                return await inner(request, context)
+            except errors.DomainError as exc:
+                await context.abort_with_status(rpc_status.to_status(domain_status_proto(exc)))
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                log.exception("unhandled error", extra={"method": method})
+                await context.abort_with_status(
+                    status_for(grpc.StatusCode.INTERNAL, "INTERNAL_ERROR", "internal error")
+                )
+
+        return _wrap_unary(handler, behaviour)
+
+
+def _split(method: str) -> tuple[str, str]:
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service, name
+
+
+class AccessLogInterceptor(grpc.aio.ServerInterceptor):
+    """One log line and metrics per RPC: method, code, duration, request id. Never the payload."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        service, name = _split(handler_call_details.method)
+        incoming = dict(handler_call_details.invocation_metadata or ())
+        quiet = service.startswith("grpc.")
+
+        async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            rid = str(incoming.get("x-request-id") or uuid.uuid4().hex)[:64]
+            token = request_id.set(rid)
+            started = time.perf_counter()
+            RPC_IN_FLIGHT.labels(service, name).inc()
+            code = grpc.StatusCode.OK
+            try:
+                response = await inner(request, context)
+                code = context.code() or grpc.StatusCode.OK
+                return response
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except BaseException:
+                code = grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                elapsed = time.perf_counter() - started
+                RPC_IN_FLIGHT.labels(service, name).dec()
+                RPC_HANDLED.labels(service, name, code.name).inc()
+                RPC_LATENCY.labels(service, name).observe(elapsed)
+                if not quiet:
+                    log.info(
+                        "rpc",
+                        extra={"method": f"{service}/{name}", "code": code.name, "ms": round(elapsed * 1000, 2)},
+                    )
+                request_id.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            behaviour,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
