@@ -1,0 +1,95 @@
+"""Process lifecycle: dependencies up, migrations, gRPC + monitoring servers, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from internal.conf.config import Bootstrap
+from internal.container import Container
+from internal.data.migrate import migrate_up
+from internal.server.grpc import new_grpc_server
+from internal.server.http import MonitoringServer
+
+log = logging.getLogger(__name__)
+
+
+async def resolve(value: Any) -> Any:
+    """Providers that depend on async resources return awaitables; everything else is ready."""
+    return await value if inspect.isawaitable(value) else value
+
+
+@contextlib.asynccontextmanager
+async def dependencies(config: Bootstrap) -> AsyncIterator[Bootstrap]:
+    """Yield the config with database/Redis URLs filled in, starting embedded servers for empty ones."""
+    stack = contextlib.ExitStack()
+    database, redis = config.data.database, config.data.redis
+    data_dir = Path(config.data.data_dir).resolve()
+    try:
+        if not database.url or not redis.url:
+            from internal.pkg.embedded import EmbeddedPostgres, EmbeddedRedis
+
+            if not database.url:
+                pg = EmbeddedPostgres(data_dir / "postgres")
+                stack.callback(pg.stop)
+                database = database.model_copy(update={"url": await asyncio.to_thread(pg.start)})
+                log.info("using embedded postgresql", extra={"data_dir": str(data_dir / "postgres")})
+            if not redis.url:
+                rd = EmbeddedRedis(data_dir / "redis")
+                stack.callback(rd.stop)
+                redis = redis.model_copy(update={"url": await asyncio.to_thread(rd.start)})
+                log.info("using embedded redis", extra={"data_dir": str(data_dir / "redis")})
+        data = config.data.model_copy(update={"database": database, "redis": redis})
+        yield config.model_copy(update={"data": data})
+    finally:
+        await asyncio.to_thread(stack.close)
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def serve(config: Bootstrap) -> None:
+    """Run until SIGTERM/SIGINT, then drain in-flight RPCs within the grace period and release everything."""
+    stop = _stop_event()
+    async with dependencies(config) as config:
+        if config.data.database.auto_migrate:
+            applied = await migrate_up(config.data.database.url)
+            if applied:
+                log.info("migrations applied", extra={"versions": applied})
+        container = Container(config=config)
+        await resolve(container.init_resources())
+        try:
+            await _run_servers(container, config, stop)
+        finally:
+            await resolve(container.shutdown_resources())
+    log.info("stopped")
+
+
+async def _run_servers(container: Container, config: Bootstrap, stop: asyncio.Event) -> None:
+    health_check = await resolve(container.dependency_health())
+    services = await resolve(container.services())
+    server, port = new_grpc_server(config.server.grpc, services, container.health_servicer())
+    monitoring = MonitoringServer(config.server.http.addr, lambda: health_check.ready)
+    await health_check.start()
+    await server.start()
+    if config.server.http.enabled:
+        await monitoring.start()
+    log.info("serving", extra={"grpc_port": port, "services": [s.full_name for s in services]})
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down", extra={"grace_s": config.server.grpc.grace_period.total_seconds()})
+        await health_check.shutdown()
+        await server.stop(config.server.grpc.grace_period.total_seconds())
+        await monitoring.stop()

@@ -1,0 +1,59 @@
+"""The grpc.aio server: interceptors, message limits, TLS, health and reflection on the same port."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from internal.conf.config import GRPC
+from internal.server.interceptors import AccessLogInterceptor, ErrorInterceptor
+
+
+@dataclass(frozen=True)
+class ServiceRegistration:
+    """A servicer and the generated function that adds it to a server."""
+
+    full_name: str
+    add_to_server: Callable[[grpc.aio.Server], None]
+
+
+def _credentials(conf: GRPC) -> grpc.ServerCredentials:
+    tls = conf.tls
+    key_pair = [(Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())]
+    if tls.client_ca_file:
+        return grpc.ssl_server_credentials(
+            key_pair, root_certificates=Path(tls.client_ca_file).read_bytes(), require_client_auth=True
+        )
+    return grpc.ssl_server_credentials(key_pair)
+
+
+def new_grpc_server(
+    conf: GRPC, services: Sequence[ServiceRegistration], health_servicer: health.aio.HealthServicer
+) -> tuple[grpc.aio.Server, int]:
+    """Build and bind the server (not started). Returns it with the bound port (useful with port 0)."""
+    options = [
+        ("grpc.max_receive_message_length", conf.max_message_bytes),
+        ("grpc.max_send_message_length", conf.max_message_bytes),
+        # Several workers share the port deliberately; a single server must fail on a port clash instead.
+        ("grpc.so_reuseport", 1 if conf.workers > 1 else 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+    server = grpc.aio.server(interceptors=[AccessLogInterceptor(), ErrorInterceptor()], options=options)
+    for service in services:
+        service.add_to_server(server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [s.full_name for s in services]
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
+    if conf.tls.enabled:
+        port = server.add_secure_port(conf.addr, _credentials(conf))
+    else:
+        port = server.add_insecure_port(conf.addr)
+    return server, port
