@@ -1,0 +1,71 @@
+"""Every kind of secret is masked by the log pipeline itself, whatever the caller passed to it."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from internal.pkg.log import JsonFormatter, TextFormatter, redact, request_id
+
+SECRETS = {
+    "jwt": "eyJhbGciOiJFZERTQSIsImtpZCI6ImFiYyJ9.eyJzdWIiOiI0MiJ9.c2lnbmF0dXJlLWJ5dGVz",
+    "bearer": "Bearer s3cr3t-opaque-token-value",
+    "email": "alice.secret@example.com",
+    "phone": "+8613812345678",
+    "argon2": "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$aGFzaGhhc2hoYXNo",
+    "hex_key": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    "b64_refresh": "q3JtYWluLXJlZnJlc2gtdG9rZW4tdmFsdWUtMTIzNDU2Nzg5MA",
+    "password_kv": "password=hunter2pass",
+    "code_json": '"captcha_code": "493817"',
+    "seed_kv": "seed: my-root-seed-value",
+}
+LEAKED_PARTS = {
+    "jwt": "c2lnbmF0dXJl",
+    "bearer": "s3cr3t",
+    "email": "alice.secret",
+    "phone": "13812345678",
+    "argon2": "aGFzaGhhc2hoYXNo",
+    "hex_key": "9f86d081884c",
+    "b64_refresh": "cmVmcmVzaC10b2tlbi",
+    "password_kv": "hunter2pass",
+    "code_json": "493817",
+    "seed_kv": "my-root-seed-value",
+}
+
+
+@pytest.mark.parametrize("kind", SECRETS)
+def test_redact_masks_every_secret_kind(kind: str) -> None:
+    assert LEAKED_PARTS[kind] not in redact(f"context before {SECRETS[kind]} and after")
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()])
+def test_formatters_redact_message_args_extras_and_tracebacks(formatter: logging.Formatter) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    logger = logging.getLogger("test.redaction")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    token = request_id.set("req-123")
+    try:
+        logger.info("login for %s", SECRETS["email"], extra={"token": SECRETS["jwt"], "phone": SECRETS["phone"]})
+        try:
+            raise ValueError(f"bad {SECRETS['password_kv']}")
+        except ValueError:
+            logger.exception("failed with %s", SECRETS["bearer"])
+    finally:
+        request_id.reset(token)
+        logger.removeHandler(handler)
+    output = stream.getvalue()
+    for kind in ("email", "jwt", "phone", "password_kv", "bearer"):
+        assert LEAKED_PARTS[kind] not in output
+    assert "req-123" in output
+
+
+def test_json_lines_are_valid_json() -> None:
+    record = logging.makeLogRecord({"msg": "rpc", "levelname": "INFO", "name": "x", "method": "auth.v1.Auth/Login"})
+    line = JsonFormatter().format(record)
+    assert json.loads(line)["method"] == "auth.v1.Auth/Login"
