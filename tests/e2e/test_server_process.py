@@ -1,0 +1,67 @@
+"""The service as a real process, called by a real third-party client (`buf curl` from buf-bin)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.e2e.conftest import ROOT, ServerProcess, buf, buf_curl, start_server
+
+
+def test_health_serving_overall_and_per_service(server: ServerProcess) -> None:
+    for service in ("", "auth.v1.Auth", "kms.v1.KMS"):
+        result = buf_curl(server.grpc_port, "grpc.health.v1.Health/Check", json.dumps({"service": service}))
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["status"] == "SERVING"
+
+
+def test_reflection_lists_both_services(server: ServerProcess) -> None:
+    result = buf("curl", "--protocol", "grpc", "--http2-prior-knowledge", "--list-services", f"http://{server.target}")
+    assert result.returncode == 0, result.stderr
+    services = set(result.stdout.split())
+    assert {"auth.v1.Auth", "kms.v1.KMS", "grpc.health.v1.Health"} <= services
+
+
+def test_monitoring_port_serves_liveness_readiness_and_metrics(server: ServerProcess) -> None:
+    base = f"http://127.0.0.1:{server.http_port}"
+    with urllib.request.urlopen(f"{base}/healthz", timeout=5) as reply:
+        assert reply.status == 200
+    with urllib.request.urlopen(f"{base}/readyz", timeout=5) as reply:
+        assert reply.status == 200
+    buf_curl(server.grpc_port, "grpc.health.v1.Health/Check")
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as reply:
+        body = reply.read().decode()
+    assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="Check",grpc_service="grpc.health.v1.Health"}' in body
+
+
+def test_sigterm_exits_zero_within_grace_period(tmp_path: Path, server_env: dict[str, str]) -> None:
+    process = start_server(tmp_path, server_env)
+    process.wait_serving()
+    started = time.monotonic()
+    assert process.terminate(timeout=10) == 0
+    assert time.monotonic() - started < 6  # grace period 5 s in tests
+    assert '"msg": "stopped"' in process.logs()
+
+
+def test_invalid_configuration_exits_nonzero_naming_the_key(tmp_path: Path, server_env: dict[str, str]) -> None:
+    process = start_server(tmp_path, {**server_env, "APP__AUTH__MAX_LOGIN_ATTEMPTS": "plenty"})
+    assert process.proc.wait(30) != 0
+    assert "auth.max_login_attempts" in process.logs()
+
+
+def test_migrate_subcommand_reports_version(server_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "cmd/server/main.py", "migrate", "version"],
+        cwd=ROOT,
+        env={**server_env, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("version ")
+    assert "dirty" not in result.stdout
