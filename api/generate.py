@@ -1,0 +1,184 @@
+"""Generate the Python protobuf/gRPC code in ``api/gen`` from ``api/proto``.
+
+Usage (from the repository root)::
+
+    python -m api.generate             # regenerate api/gen and refresh build/buf-deps
+    python -m api.generate --check     # exit 1, listing stale files, if api/gen is out of date
+    python -m api.generate --buf-deps  # only refresh build/buf-deps (needed by `buf lint`)
+
+``api/proto`` is the import root, so descriptors are named ``auth/v1/auth.proto``. protoc writes
+absolute imports that follow that root (``from auth.v1 import auth_pb2``); they are rewritten once,
+here, to ``from api.gen.auth.v1 import auth_pb2`` so nothing else has to patch ``sys.path``.
+
+Google's protos come from the installed packages, never from copies in the tree: protoc reads
+``google/api`` and ``google/rpc`` from googleapis-common-protos in site-packages. ``buf`` cannot read
+site-packages, so the few files our protos import are copied to the git-ignored ``build/buf-deps``,
+a second module in ``buf.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import importlib.resources
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import google.api.annotations_pb2
+from grpc_tools import protoc
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROTO_ROOT = REPO_ROOT / "api" / "proto"
+GEN_ROOT = REPO_ROOT / "api" / "gen"
+GEN_PACKAGE = "api.gen"
+BUF_DEPS_ROOT = REPO_ROOT / "build" / "buf-deps"
+# Files our protos import from googleapis-common-protos (buf resolves google/protobuf itself).
+BUF_DEP_FILES = ("google/api/annotations.proto", "google/api/http.proto", "google/rpc/status.proto")
+GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+GEN_INIT_DOC = '"""Generated protobuf/gRPC code. Do not edit: run `python -m api.generate`."""\n'
+
+
+def googleapis_include() -> Path:
+    """The site-packages directory holding googleapis-common-protos' ``google/api/*.proto``."""
+    # ``google.api`` is a namespace package (no __file__), so locate it through a real module.
+    root = Path(google.api.annotations_pb2.__file__).resolve().parent.parent.parent
+    missing = [name for name in BUF_DEP_FILES if not (root / name).is_file()]
+    if missing:
+        raise SystemExit(f"googleapis-common-protos protos not found under {root}: {missing}")
+    return root
+
+
+def proto_files() -> list[Path]:
+    return sorted(PROTO_ROOT.rglob("*.proto"))
+
+
+def _import_patterns() -> list[tuple[re.Pattern[str], str]]:
+    """Regexes turning absolute imports of our own proto packages into ``api.gen`` imports."""
+    top_levels = sorted(p.name for p in PROTO_ROOT.iterdir() if p.is_dir())
+    ours = "|".join(re.escape(name) for name in top_levels)
+    return [
+        # from auth.v1 import auth_pb2 as auth_dot_v1_dot_auth__pb2
+        (re.compile(rf"^(\s*)from ((?:{ours})(?:\.\w+)*) import ", re.M), rf"\1from {GEN_PACKAGE}.\2 import "),
+        # import auth.v1.auth_pb2 as x  (not emitted today, handled for safety)
+        (
+            re.compile(rf"^(\s*)import ((?:{ours})(?:\.\w+)*)\.(\w+) as (\w+)$", re.M),
+            rf"\1from {GEN_PACKAGE}.\2 import \3 as \4",
+        ),
+    ]
+
+
+def _rewrite_imports(out_dir: Path) -> None:
+    patterns = _import_patterns()
+    for path in sorted(out_dir.rglob("*")):
+        if not path.name.endswith(GENERATED_SUFFIXES):
+            continue
+        text = path.read_text(encoding="utf-8")
+        for pattern, replacement in patterns:
+            text = pattern.sub(replacement, text)
+        path.write_text(text, encoding="utf-8")
+
+
+def _add_init_files(out_dir: Path) -> None:
+    (out_dir / "__init__.py").write_text(GEN_INIT_DOC, encoding="utf-8")
+    for directory in sorted(p for p in out_dir.rglob("*") if p.is_dir()):
+        (directory / "__init__.py").write_text("", encoding="utf-8")
+
+
+def generate_into(out_dir: Path) -> None:
+    """Run protoc for every proto under ``api/proto`` into ``out_dir`` and post-process the output."""
+    files = proto_files()
+    if not files:
+        raise SystemExit(f"no .proto files under {PROTO_ROOT}")
+    bundled = Path(str(importlib.resources.files("grpc_tools") / "_proto"))
+    args = [
+        "grpc_tools.protoc",
+        f"--proto_path={PROTO_ROOT}",
+        f"--proto_path={bundled}",
+        f"--proto_path={googleapis_include()}",
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        *(str(path) for path in files),
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+    _rewrite_imports(out_dir)
+    _add_init_files(out_dir)
+
+
+def _relative_files(root: Path) -> set[Path]:
+    if not root.exists():
+        return set()
+    return {p.relative_to(root) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+
+
+def stale_files(fresh: Path, current: Path) -> list[Path]:
+    """Files under ``current`` that differ from, are missing from, or are absent in ``fresh``."""
+    names = _relative_files(fresh) | _relative_files(current)
+    return sorted(
+        name
+        for name in names
+        if not (fresh / name).is_file()
+        or not (current / name).is_file()
+        or not filecmp.cmp(fresh / name, current / name, shallow=False)
+    )
+
+
+def sync_tree(fresh: Path, current: Path) -> list[Path]:
+    """Make ``current`` equal to ``fresh``, touching only files that change. Returns those files."""
+    changed = stale_files(fresh, current)
+    for name in changed:
+        source, target = fresh / name, current / name
+        if source.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+        else:
+            target.unlink()
+    for directory in sorted((p for p in current.rglob("*") if p.is_dir()), reverse=True):
+        if directory.name != "__pycache__" and not any(directory.iterdir()):
+            directory.rmdir()
+    return changed
+
+
+def sync_buf_deps() -> None:
+    """Copy the googleapis protos our protos import into ``build/buf-deps`` for ``buf``."""
+    source_root = googleapis_include()
+    for name in BUF_DEP_FILES:
+        target = BUF_DEPS_ROOT / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source_root / name, target)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m api.generate", description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="exit 1 if api/gen is stale; write nothing")
+    mode.add_argument("--buf-deps", action="store_true", help="only refresh build/buf-deps for buf")
+    args = parser.parse_args(argv)
+
+    if args.buf_deps:
+        sync_buf_deps()
+        return 0
+    with tempfile.TemporaryDirectory(prefix="api-gen-") as tmp:
+        fresh = Path(tmp)
+        generate_into(fresh)
+        if args.check:
+            stale = stale_files(fresh, GEN_ROOT)
+            for name in stale:
+                print(f"stale: {(GEN_ROOT / name).relative_to(REPO_ROOT)}", file=sys.stderr)
+            if stale:
+                print("api/gen is out of date: run `python -m api.generate`", file=sys.stderr)
+                return 1
+            return 0
+        GEN_ROOT.mkdir(parents=True, exist_ok=True)
+        for name in sync_tree(fresh, GEN_ROOT):
+            print(f"updated: {(GEN_ROOT / name).relative_to(REPO_ROOT)}")
+    sync_buf_deps()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
