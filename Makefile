@@ -24,6 +24,7 @@ lint:  ## ruff, mypy, import contracts, buf lint, generated-code freshness
 	$(PY) -m ruff check .
 	$(PY) -m mypy internal cmd bench
 	$(VENV)/bin/lint-imports
+	$(PY) -m api.generate --buf-deps
 	$(VENV)/bin/buf lint
 	$(PY) -m api.generate --check
 

@@ -1,0 +1,118 @@
+"""Service credentials: bearer tokens with scopes for machine callers (KMS clients, auth admins).
+
+A token is shown once at creation; only its SHA-256 is stored (the token carries 256 random bits, so a
+fast hash is safe here, unlike passwords). Lookups are cached in memory for a short, documented time so
+an Encrypt call costs no database round trip; a revocation takes effect in every replica within
+``cache_ttl`` seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from internal.biz.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+
+SCOPES = frozenset({"kms.encrypt", "kms.decrypt", "kms.admin", "auth.admin"})
+TOKEN_PREFIX = "akms_"
+_NAME = re.compile(r"^[a-z][a-z0-9_.-]{1,63}$")
+
+
+@dataclass(frozen=True)
+class ServiceCredential:
+    id: str
+    name: str
+    scopes: frozenset[str]
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class IssuedCredential:
+    credential: ServiceCredential
+    token: str
+
+
+class CredentialRepo(Protocol):
+    async def create(self, name: str, token_hash: str, scopes: Sequence[str]) -> ServiceCredential: ...
+
+    async def find_active_by_hash(self, token_hash: str) -> ServiceCredential | None: ...
+
+    async def revoke(self, name: str) -> bool: ...
+
+    async def list(self) -> list[ServiceCredential]: ...
+
+
+class AuditLog(Protocol):
+    async def record(self, event: str, outcome: str, *, actor: str = "", subject: str = "", **details: str) -> None: ...
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class CredentialUsecase:
+    def __init__(self, repo: CredentialRepo, audit: AuditLog, cache_ttl: float = 5.0) -> None:
+        self._repo = repo
+        self._audit = audit
+        self._cache_ttl = cache_ttl
+        self._cache: dict[str, tuple[float, ServiceCredential | None]] = {}
+
+    async def create(self, name: str, scopes: Sequence[str]) -> IssuedCredential:
+        """Create a credential; the returned token is never retrievable again."""
+        if not _NAME.match(name):
+            raise InvalidArgument("VALIDATION_ERROR", "name must be 2-64 chars: lower-case letters, digits, _ . -")
+        unknown = sorted(set(scopes) - SCOPES)
+        if not scopes or unknown:
+            raise InvalidArgument("VALIDATION_ERROR", f"scopes must be a non-empty subset of {sorted(SCOPES)}")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        credential = await self._repo.create(name, token_hash(token), sorted(set(scopes)))
+        await self._audit.record("credential.create", "success", subject=name, scopes=",".join(sorted(scopes)))
+        return IssuedCredential(credential, token)
+
+    async def revoke(self, name: str) -> None:
+        if not await self._repo.revoke(name):
+            raise NotFound("CREDENTIAL_NOT_FOUND", "no active credential with that name")
+        self._cache.clear()
+        await self._audit.record("credential.revoke", "success", subject=name)
+
+    async def list(self) -> list[ServiceCredential]:
+        return await self._repo.list()
+
+    async def lookup(self, token: str) -> ServiceCredential | None:
+        """The active credential for a token, or None. Cached briefly, misses included."""
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
+            return None
+        digest = token_hash(token)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached and cached[0] > now:
+            credential = cached[1]
+        else:
+            credential = await self._repo.find_active_by_hash(digest)
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (now + self._cache_ttl, credential)
+        # The database matched by hash already; compare again in constant time for defence in depth.
+        return credential if credential and hmac.compare_digest(digest, token_hash(token)) else None
+
+    async def authorize(self, token: str | None, *any_of: str, action: str) -> ServiceCredential:
+        """The caller's credential if it holds one of ``any_of``; otherwise UNAUTHENTICATED/PERMISSION_DENIED."""
+        if not token:
+            await self._audit.record("access.denied", "missing_credentials", subject=action)
+            raise Unauthenticated("CREDENTIALS_MISSING", "a service credential is required (authorization: Bearer …)")
+        credential = await self.lookup(token)
+        if credential is None:
+            await self._audit.record("access.denied", "invalid_credentials", subject=action)
+            raise Unauthenticated("CREDENTIALS_INVALID", "the service credential is invalid or revoked")
+        if not credential.scopes & set(any_of):
+            await self._audit.record("access.denied", "insufficient_scope", actor=credential.name, subject=action)
+            raise PermissionDenied("PERMISSION_DENIED", f"this credential lacks the scope {' or '.join(any_of)}")
+        return credential

@@ -1,0 +1,50 @@
+"""Driver failures become domain errors here, so no asyncpg/redis message ever reaches a client."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+import asyncpg
+import redis.exceptions
+
+from internal.biz.errors import Unavailable
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Errors that mean "the dependency is down or overloaded", not "the request is wrong".
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.QueryCanceledError,
+    asyncpg.AdminShutdownError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+)
+
+
+def dependency_unavailable(exc: BaseException) -> Unavailable:
+    log.warning("dependency unavailable", extra={"error": type(exc).__name__})
+    return Unavailable("SERVICE_UNAVAILABLE", "a backing service is unavailable; retry later")
+
+
+def translate_driver_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Decorator for repository methods: connection-level failures → Unavailable."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except UNAVAILABLE_ERRORS as exc:
+            raise dependency_unavailable(exc) from exc
+
+    return wrapper
