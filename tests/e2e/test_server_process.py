@@ -9,7 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.e2e.conftest import ROOT, ServerProcess, buf, buf_curl, start_server
+from tests.e2e.harness import ROOT, ServerProcess, buf, buf_curl, start_server
 
 
 def test_health_serving_overall_and_per_service(server: ServerProcess) -> None:
