@@ -266,9 +266,7 @@ class CaptchaUsecase:
         code = code.strip()
         if not code or not self._plausible_id(captcha_id):
             return False
-        result = await self._store.check(
-            captcha_id, self._code_hash(captcha_id, code), self._settings.max_attempts
-        )
+        result = await self._store.check(captcha_id, self._code_hash(captcha_id, code), self._settings.max_attempts)
         return result is CaptchaCheck.OK
 
     async def consume(self, captcha_id: str, code: str, allowed_targets: Collection[str] = ()) -> None:
