@@ -1,0 +1,144 @@
+"""PostgreSQL users repository (implements ``internal.biz.user.UserRepo``).
+
+Only ciphertexts and keyed blind indexes of PII reach this table; the unique indexes on
+``lower(username)``, ``email_hash`` and ``phone_hash`` are what make registration race-free.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from internal.biz.errors import Conflict
+from internal.biz.user import NewUser, User
+from internal.data.errors import translate_driver_errors
+
+_COLUMNS = (
+    "id, username, password, email_encrypted, phone_encrypted, name_encrypted, "
+    "totp_secret_encrypted, totp_enabled, totp_last_step, created_at"
+)
+
+
+def _user(row: Any) -> User | None:
+    if row is None:
+        return None
+    return User(
+        id=row["id"],
+        username=row["username"],
+        password_hash=row["password"],
+        email_encrypted=row["email_encrypted"],
+        phone_encrypted=row["phone_encrypted"],
+        name_encrypted=row["name_encrypted"],
+        totp_secret_encrypted=row["totp_secret_encrypted"],
+        totp_enabled=row["totp_enabled"],
+        totp_last_step=row["totp_last_step"],
+        created_at=row["created_at"],
+    )
+
+
+class PgUserRepo:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @translate_driver_errors
+    async def next_id(self) -> int:
+        # Taken before the INSERT so PII ciphertexts can be bound to the row id (AEAD context).
+        return int(await self._pool.fetchval("SELECT nextval('users_id_seq')"))
+
+    @translate_driver_errors
+    async def create(self, user: NewUser) -> None:
+        try:
+            await self._pool.execute(
+                """
+                INSERT INTO users (id, username, password, email_encrypted, email_hash, phone_encrypted,
+                                   phone_hash, name_encrypted, name_hash, pii_key_version)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                """,
+                user.id,
+                user.username,
+                user.password_hash,
+                user.email_encrypted,
+                user.email_hash,
+                user.phone_encrypted,
+                user.phone_hash,
+                user.name_encrypted,
+                user.name_hash,
+                user.pii_key_version,
+            )
+        except asyncpg.UniqueViolationError:
+            # Deliberately the same answer for every unique index (see AuthUsecase.register).
+            raise Conflict("USER_EXISTS", "username, email or phone is already registered") from None
+
+    @translate_driver_errors
+    async def get(self, user_id: int) -> User | None:
+        return _user(await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM users WHERE id = $1", user_id))
+
+    @translate_driver_errors
+    async def find_by_username(self, username: str) -> User | None:
+        return _user(
+            await self._pool.fetchrow(
+                f"SELECT {_COLUMNS} FROM users WHERE lower(username) = lower($1)",
+                username,
+            )
+        )
+
+    @translate_driver_errors
+    async def find_by_email_hash(self, email_hash: str) -> User | None:
+        return _user(await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM users WHERE email_hash = $1", email_hash))
+
+    @translate_driver_errors
+    async def find_by_phone_hash(self, phone_hash: str) -> User | None:
+        return _user(await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM users WHERE phone_hash = $1", phone_hash))
+
+    @translate_driver_errors
+    async def update_password(self, user_id: int, password_hash: str) -> None:
+        await self._pool.execute("UPDATE users SET password = $2 WHERE id = $1", user_id, password_hash)
+
+    @translate_driver_errors
+    async def set_pending_totp(self, user_id: int, secret_encrypted: bytes, key_version: int) -> None:
+        await self._pool.execute(
+            """
+            UPDATE users
+               SET totp_secret_encrypted = $2, totp_enabled = FALSE,
+                   pii_key_version = LEAST(COALESCE(pii_key_version, $3), $3)
+             WHERE id = $1 AND NOT totp_enabled
+            """,
+            user_id,
+            secret_encrypted,
+            key_version,
+        )
+
+    @translate_driver_errors
+    async def enable_totp(self, user_id: int, step: int) -> bool:
+        row = await self._pool.fetchval(
+            """
+            UPDATE users SET totp_enabled = TRUE, totp_last_step = $2
+             WHERE id = $1 AND NOT totp_enabled AND totp_secret_encrypted IS NOT NULL
+               AND (totp_last_step IS NULL OR totp_last_step < $2)
+            RETURNING id
+            """,
+            user_id,
+            step,
+        )
+        return row is not None
+
+    @translate_driver_errors
+    async def disable_totp(self, user_id: int) -> None:
+        await self._pool.execute(
+            "UPDATE users SET totp_enabled = FALSE, totp_secret_encrypted = NULL WHERE id = $1", user_id
+        )
+
+    @translate_driver_errors
+    async def consume_totp_step(self, user_id: int, step: int) -> bool:
+        # Atomic single use: of two concurrent requests with the same code, one UPDATE matches.
+        row = await self._pool.fetchval(
+            """
+            UPDATE users SET totp_last_step = $2
+             WHERE id = $1 AND totp_enabled AND (totp_last_step IS NULL OR totp_last_step < $2)
+            RETURNING id
+            """,
+            user_id,
+            step,
+        )
+        return row is not None
