@@ -1,0 +1,164 @@
+"""auth.v1.Auth servicer: DTO ↔ domain conversion, one use case per RPC, replies.
+
+Errors are raised as domain errors; the server's ErrorInterceptor turns them into a gRPC status with
+an ErrorInfo. RPCs that require an access token resolve it to a ``Caller`` first
+(``TokenUsecase.authenticate``: TOKEN_MISSING / TOKEN_INVALID / TOKEN_EXPIRED / TOKEN_REVOKED).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import grpc
+
+from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
+from internal.biz.auth import AuthUsecase, LoginAttempt, Registration
+from internal.biz.captcha import CaptchaUsecase
+from internal.biz.errors import Unauthenticated
+from internal.biz.token import Caller, TokenUsecase
+from internal.biz.totp import TotpUsecase
+from internal.biz.user import UserUsecase
+from internal.service.metadata import bearer_token, client_address
+
+_JWK_FIELDS = ("kty", "crv", "x", "kid", "alg", "use")
+
+
+class AuthService(auth_pb2_grpc.AuthServicer):
+    def __init__(
+        self,
+        auth: AuthUsecase,
+        tokens: TokenUsecase,
+        totp: TotpUsecase,
+        users: UserUsecase,
+        captcha: CaptchaUsecase,
+    ) -> None:
+        self._auth = auth
+        self._tokens = tokens
+        self._totp = totp
+        self._users = users
+        self._captcha = captcha
+
+    async def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        return await self._tokens.authenticate(bearer_token(context))
+
+    async def GetCaptcha(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.GetCaptchaReply:
+        """Issue an image captcha, or send an SMS/email code to ``target``."""
+        challenge = await self._captcha.issue(request.captcha_type, request.target, client_address(context))
+        image = base64.b64encode(challenge.image_png).decode() if challenge.image_png else ""
+        return auth_pb2.GetCaptchaReply(captcha_id=challenge.captcha_id, image_data=image)
+
+    async def VerifyCaptcha(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.VerifyCaptchaReply:
+        """Check a captcha answer without consuming it."""
+        return auth_pb2.VerifyCaptchaReply(success=await self._captcha.verify(request.captcha_id, request.captcha_code))
+
+    async def Register(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.RegisterReply:
+        """Create an account (USER_EXISTS when the username, email or phone is taken)."""
+        registration = Registration(
+            username=request.username,
+            password=request.password,
+            email=request.email,
+            phone=request.phone,
+            captcha_id=request.captcha_id,
+            captcha_code=request.captcha_code,
+        )
+        await self._auth.register(registration, client_address(context))
+        return auth_pb2.RegisterReply(message="registration successful")
+
+    async def Login(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.LoginReply:
+        """Exchange username/email/phone + password (+ captcha, + TOTP) for a token pair."""
+        attempt = LoginAttempt(
+            identifier=request.username,
+            password=request.password,
+            captcha_id=request.captcha_id,
+            captcha_code=request.captcha_code,
+            totp_code=request.totp_code,
+        )
+        pair = await self._auth.login(attempt, client_address(context))
+        return auth_pb2.LoginReply(
+            access_token=pair.access_token, refresh_token=pair.refresh_token, expires_in=pair.expires_in
+        )
+
+    async def Logout(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.LogoutReply:
+        """Revoke the presented access token and its whole session."""
+        caller = await self._caller(context)
+        await self._tokens.logout(caller, client_address(context))
+        return auth_pb2.LogoutReply(success=True)
+
+    async def RefreshToken(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.RefreshTokenReply:
+        """Rotate a refresh token (REFRESH_TOKEN_REUSED revokes the session)."""
+        if not request.refresh_token.strip():
+            raise Unauthenticated("TOKEN_MISSING", "refresh_token is required")
+        pair = await self._tokens.refresh(request.refresh_token, client_address(context))
+        return auth_pb2.RefreshTokenReply(
+            access_token=pair.access_token, refresh_token=pair.refresh_token, expires_in=pair.expires_in
+        )
+
+    async def LockStatus(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.LockStatusReply:
+        """Lock state of the caller's own account."""
+        caller = await self._caller(context)
+        status = await self._auth.lock_status(caller, request.username)
+        return auth_pb2.LockStatusReply(
+            locked=status.locked,
+            unlock_time=status.unlock_time,
+            failed_attempts=status.failed_attempts,
+            max_attempts=status.max_attempts,
+        )
+
+    async def BeginTotpEnrollment(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.BeginTotpEnrollmentReply:
+        """A pending TOTP secret and its otpauth:// URI."""
+        enrollment = await self._totp.begin_enrollment(await self._caller(context))
+        return auth_pb2.BeginTotpEnrollmentReply(secret=enrollment.secret, otpauth_uri=enrollment.otpauth_uri)
+
+    async def ConfirmTotpEnrollment(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.ConfirmTotpEnrollmentReply:
+        """Enable TOTP with a current code."""
+        await self._totp.confirm_enrollment(await self._caller(context), request.code)
+        return auth_pb2.ConfirmTotpEnrollmentReply(success=True)
+
+    async def DisableTotp(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.DisableTotpReply:
+        """Disable TOTP after re-checking password and code."""
+        await self._totp.disable(await self._caller(context), request.password, request.code)
+        return auth_pb2.DisableTotpReply(success=True)
+
+    async def GetJwks(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.GetJwksReply:
+        """Public verification keys (empty in HS256 mode)."""
+        keys = self._tokens.jwks()
+        return auth_pb2.GetJwksReply(
+            jwks_json=json.dumps({"keys": keys}, separators=(",", ":")),
+            keys=[auth_pb2.Jwk(**{f: key.get(f, "") for f in _JWK_FIELDS}) for key in keys],
+        )
+
+    async def IntrospectToken(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.IntrospectTokenReply:
+        """Whether a token is active; no caller authentication (see TokenUsecase.introspect)."""
+        info = await self._tokens.introspect(request.token)
+        return auth_pb2.IntrospectTokenReply(
+            active=info.active,
+            subject=info.subject,
+            username=info.username,
+            expires_at=info.expires_at,
+            issued_at=info.issued_at,
+            jti=info.jti,
+            revoked=info.revoked,
+            token_type=info.token_type,
+            scope=info.scope,
+            issuer=info.issuer,
+            kid=info.kid,
+        )
+
+    async def GetProfile(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.GetProfileReply:
+        """The caller's profile with PII masked."""
+        profile = await self._users.get_profile(await self._caller(context))
+        return auth_pb2.GetProfileReply(
+            user_id=profile.user_id,
+            username=profile.username,
+            email_masked=profile.email_masked,
+            phone_masked=profile.phone_masked,
+            name_masked=profile.name_masked,
+            totp_enabled=profile.totp_enabled,
+            created_at=int(profile.created_at.timestamp()),
+        )
