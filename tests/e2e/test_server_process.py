@@ -65,3 +65,35 @@ def test_migrate_subcommand_reports_version(server_env: dict[str, str]) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("version ")
     assert "dirty" not in result.stdout
+
+
+def _processes_using(folder: Path) -> list[int]:
+    """PIDs whose command line or working directory points into ``folder``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = str((proc / "cwd").resolve())
+            state = (proc / "stat").read_text().split(") ", 1)[1][0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and (str(folder) in cmdline or cwd.startswith(str(folder))):
+            found.append(int(proc.name))
+    return found
+
+
+def test_embedded_default_serves_and_leaves_no_processes(tmp_path: Path) -> None:
+    """README command 1: no database or Redis configured → embedded servers, started and stopped by us."""
+    data_dir = (tmp_path / "d").resolve()
+    process = start_server(tmp_path, {"APP__DATA__DATA_DIR": str(data_dir)})
+    process.wait_serving(timeout=120)
+    assert _processes_using(data_dir), "embedded servers should be running under the data folder"
+    result = buf_curl(process.grpc_port, "grpc.health.v1.Health/Check")
+    assert json.loads(result.stdout)["status"] == "SERVING"
+    assert process.terminate(timeout=20) == 0
+    deadline = time.monotonic() + 5
+    while _processes_using(data_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_using(data_dir) == []
