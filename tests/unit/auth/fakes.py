@@ -1,0 +1,404 @@
+"""In-memory fakes of the auth repositories and collaborators (same semantics as the real adapters)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import time
+import uuid
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from internal.biz import pii
+from internal.biz.auth import AuthPolicy, AuthUsecase
+from internal.biz.errors import Conflict, InvalidArgument
+from internal.biz.password import AttemptDecision, Lockout, LockoutPolicy, LockState
+from internal.biz.token import RefreshTokenState, Rotation, RotationResult, TokenPolicy, TokenUsecase
+from internal.biz.totp import TotpUsecase
+from internal.biz.user import NewUser, User, UserUsecase
+from internal.data.signing_keys import JwtSigner
+
+
+class Clock:
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeCipher:
+    """Reversible, context-checking stand-in for the KMS: 'enc:<field>:<context>:<plaintext hex>'."""
+
+    def __init__(self, key_version: int = 3) -> None:
+        self.key_version = key_version
+
+    async def encrypt(self, field: str, plaintext: bytes, context: Mapping[str, str]) -> pii.Sealed:
+        ctx = ",".join(f"{k}={v}" for k, v in sorted(context.items()))
+        return pii.Sealed(f"enc:{field}:{ctx}:{plaintext.hex()}".encode(), self.key_version)
+
+    async def decrypt(self, field: str, ciphertext: bytes, context: Mapping[str, str]) -> bytes:
+        ctx = ",".join(f"{k}={v}" for k, v in sorted(context.items()))
+        prefix = f"enc:{field}:{ctx}:"
+        text = ciphertext.decode()
+        if not text.startswith(prefix):
+            raise InvalidArgument("CIPHERTEXT_INVALID", "ciphertext is invalid")
+        return bytes.fromhex(text[len(prefix) :])
+
+    def blind_index(self, field: str, value: str) -> str:
+        normalized = value.strip().lower() if field == pii.EMAIL else value.strip()
+        return hmac.new(b"index-key-" + field.encode(), normalized.encode(), hashlib.sha256).hexdigest()
+
+
+class FakeUserRepo:
+    def __init__(self) -> None:
+        self.rows: dict[int, dict[str, Any]] = {}
+        self._ids = itertools.count(1)
+
+    async def next_id(self) -> int:
+        return next(self._ids)
+
+    async def create(self, user: NewUser) -> None:
+        for row in self.rows.values():
+            if (
+                row["username"].lower() == user.username.lower()
+                or row["email_hash"] == user.email_hash
+                or (user.phone_hash is not None and row["phone_hash"] == user.phone_hash)
+            ):
+                raise Conflict("USER_EXISTS", "username, email or phone is already registered")
+        self.rows[user.id] = {
+            **user.__dict__,
+            "totp_secret_encrypted": None,
+            "totp_enabled": False,
+            "totp_last_step": None,
+            "created_at": datetime.now(UTC),
+        }
+
+    def _user(self, row: dict[str, Any] | None) -> User | None:
+        if row is None:
+            return None
+        return User(
+            id=row["id"],
+            username=row["username"],
+            password_hash=row["password_hash"],
+            email_encrypted=row["email_encrypted"],
+            phone_encrypted=row["phone_encrypted"],
+            name_encrypted=row["name_encrypted"],
+            totp_secret_encrypted=row["totp_secret_encrypted"],
+            totp_enabled=row["totp_enabled"],
+            totp_last_step=row["totp_last_step"],
+            created_at=row["created_at"],
+        )
+
+    async def get(self, user_id: int) -> User | None:
+        return self._user(self.rows.get(user_id))
+
+    async def find_by_username(self, username: str) -> User | None:
+        return self._user(next((r for r in self.rows.values() if r["username"].lower() == username.lower()), None))
+
+    async def find_by_email_hash(self, email_hash: str) -> User | None:
+        return self._user(next((r for r in self.rows.values() if r["email_hash"] == email_hash), None))
+
+    async def find_by_phone_hash(self, phone_hash: str) -> User | None:
+        return self._user(next((r for r in self.rows.values() if r["phone_hash"] == phone_hash), None))
+
+    async def update_password(self, user_id: int, password_hash: str) -> None:
+        self.rows[user_id]["password_hash"] = password_hash
+
+    async def set_pending_totp(self, user_id: int, secret_encrypted: bytes, key_version: int) -> None:
+        row = self.rows[user_id]
+        if not row["totp_enabled"]:
+            row["totp_secret_encrypted"] = secret_encrypted
+            row["pii_key_version"] = min(row["pii_key_version"], key_version)
+
+    async def enable_totp(self, user_id: int, step: int) -> bool:
+        row = self.rows[user_id]
+        last = row["totp_last_step"]
+        if row["totp_enabled"] or row["totp_secret_encrypted"] is None or (last is not None and last >= step):
+            return False
+        row["totp_enabled"], row["totp_last_step"] = True, step
+        return True
+
+    async def disable_totp(self, user_id: int) -> None:
+        self.rows[user_id]["totp_enabled"] = False
+        self.rows[user_id]["totp_secret_encrypted"] = None
+
+    async def consume_totp_step(self, user_id: int, step: int) -> bool:
+        row = self.rows[user_id]
+        last = row["totp_last_step"]
+        if not row["totp_enabled"] or (last is not None and last >= step):
+            return False
+        row["totp_last_step"] = step
+        return True
+
+
+class CountingHasher:
+    """Fast, deterministic stand-in for Argon2 that counts the verifications it runs."""
+
+    def __init__(self, params: str = "m=19456,t=2,p=1") -> None:
+        self.params = params
+        self.verifications = 0
+        self.dummy_verifications = 0
+        self.hashes = 0
+
+    async def hash(self, password: str) -> str:
+        self.hashes += 1
+        return f"$fake${self.params}${hashlib.sha256(password.encode()).hexdigest()}"
+
+    async def verify(self, password: str, encoded: str) -> bool:
+        self.verifications += 1
+        return encoded.rsplit("$", 1)[-1] == hashlib.sha256(password.encode()).hexdigest()
+
+    def needs_rehash(self, encoded: str) -> bool:
+        return f"${self.params}$" not in encoded
+
+    async def dummy_verify(self, password: str) -> None:
+        self.dummy_verifications += 1
+        self.verifications += 1
+
+
+class FakeGuard:
+    """In-memory LoginGuard with the same rules as the Redis scripts."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self.attempts: dict[str, int] = {}
+        self.locks: dict[str, float] = {}
+
+    def _locked_until(self, account: str) -> float:
+        until = self.locks.get(account, 0.0)
+        if until and until <= self._clock():
+            # Redis expires the counter together with the lock.
+            self.locks.pop(account)
+            self.attempts.pop(account, None)
+            return 0.0
+        return until
+
+    async def begin_attempt(self, account: str, max_attempts: int, lock_seconds: float) -> AttemptDecision:
+        until = self._locked_until(account)
+        n = self.attempts.get(account, 0)
+        if until:
+            return AttemptDecision(False, n, until)
+        if n >= max_attempts:
+            self.locks[account] = self._clock() + lock_seconds
+            return AttemptDecision(False, n, self.locks[account])
+        self.attempts[account] = n + 1
+        return AttemptDecision(True, n + 1)
+
+    async def record_failure(self, account: str, max_attempts: int, lock_seconds: float) -> float:
+        if self.attempts.get(account, 0) < max_attempts:
+            return 0.0
+        if until := self._locked_until(account):
+            return until
+        self.locks[account] = self._clock() + lock_seconds
+        return self.locks[account]
+
+    async def give_back(self, account: str) -> None:
+        if self.attempts.get(account, 0) > 0:
+            self.attempts[account] -= 1
+
+    async def reset(self, account: str) -> None:
+        self.attempts.pop(account, None)
+        self.locks.pop(account, None)
+
+    async def status(self, account: str) -> LockState:
+        until = self._locked_until(account)
+        return LockState(bool(until), until, self.attempts.get(account, 0))
+
+
+@dataclass
+class _Token:
+    family_id: str
+    expires_at: float
+    issued_at: float
+    used: bool = False
+
+
+@dataclass
+class _Family:
+    user_id: int
+    expires_at: float
+    revoked: str | None = None
+
+
+class FakeSessions:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self.tokens: dict[str, _Token] = {}
+        self.families: dict[str, _Family] = {}
+        self.revoked_jtis: set[str] = set()
+
+    async def start_family(
+        self, family_id: str, user_id: int, family_ttl: timedelta, token_hash: str, token_ttl: timedelta
+    ) -> None:
+        now = self._clock()
+        family = _Family(user_id, now + family_ttl.total_seconds())
+        self.families[family_id] = family
+        self.tokens[token_hash] = _Token(family_id, min(now + token_ttl.total_seconds(), family.expires_at), now)
+
+    async def rotate_refresh_token(self, old_hash: str, new_hash: str, token_ttl: timedelta) -> RotationResult:
+        now = self._clock()
+        token = self.tokens.get(old_hash)
+        if token is None:
+            return RotationResult(Rotation.UNKNOWN)
+        family = self.families[token.family_id]
+        if token.used:
+            return RotationResult(Rotation.REUSED, token.family_id, family.user_id)
+        if family.revoked:
+            return RotationResult(Rotation.REVOKED, token.family_id, family.user_id)
+        if token.expires_at <= now or family.expires_at <= now:
+            return RotationResult(Rotation.EXPIRED, token.family_id, family.user_id)
+        token.used = True
+        self.tokens[new_hash] = _Token(token.family_id, min(now + token_ttl.total_seconds(), family.expires_at), now)
+        return RotationResult(Rotation.ROTATED, token.family_id, family.user_id)
+
+    async def revoke_family(self, family_id: str, reason: str) -> None:
+        if family_id in self.families and not self.families[family_id].revoked:
+            self.families[family_id].revoked = reason
+
+    async def revoke_access_token(self, jti: str, expires_at: int) -> None:
+        self.revoked_jtis.add(jti)
+
+    async def is_revoked(self, jti: str, family_id: str) -> bool:
+        family = self.families.get(family_id)
+        return jti in self.revoked_jtis or family is None or family.revoked is not None
+
+    async def refresh_token_state(self, token_hash: str) -> RefreshTokenState | None:
+        token = self.tokens.get(token_hash)
+        if token is None:
+            return None
+        family = self.families[token.family_id]
+        now = self._clock()
+        active = not token.used and token.expires_at > now and not family.revoked and family.expires_at > now
+        return RefreshTokenState(
+            token.family_id,
+            family.user_id,
+            int(token.issued_at),
+            int(token.expires_at),
+            token.used,
+            family.revoked is not None,
+            active,
+        )
+
+
+@dataclass
+class FakeAudit:
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    async def record(
+        self,
+        event: str,
+        outcome: str,
+        *,
+        actor: str | None = None,
+        subject: str | None = None,
+        details: Mapping[str, str | int | bool] | None = None,
+    ) -> None:
+        self.events.append(
+            {"event": event, "outcome": outcome, "actor": actor, "subject": subject, "details": dict(details or {})}
+        )
+
+    def reasons(self, event: str = "auth.login") -> list[str]:
+        return [str(e["details"].get("reason", e["outcome"])) for e in self.events if e["event"] == event]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    retry_after: float = 0.0
+
+
+class FakeLimiter:
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.hits: dict[str, int] = {}
+
+    async def hit(self, bucket: str, limit: int, window_seconds: float) -> Verdict:
+        self.hits[bucket] = self.hits.get(bucket, 0) + 1
+        cap = self.limit if self.limit is not None else limit
+        return Verdict(True) if self.hits[bucket] <= cap else Verdict(False, 12.3)
+
+
+class FakeCaptcha:
+    def __init__(self, enabled: bool = False, good_code: str = "424242") -> None:
+        self.enabled = enabled
+        self.good_code = good_code
+        self.consumed: list[tuple[str, str, tuple[str, ...]]] = []
+
+    async def consume(self, captcha_id: str, code: str, allowed_targets: Collection[str] = ()) -> None:
+        if not captcha_id or not code:
+            raise InvalidArgument("CAPTCHA_REQUIRED", "captcha required")
+        if code != self.good_code:
+            raise InvalidArgument("CAPTCHA_INVALID", "captcha invalid")
+        self.consumed.append((captcha_id, code, tuple(allowed_targets)))
+
+
+ED25519_KEY = Ed25519PrivateKey.generate()
+
+
+@dataclass
+class World:
+    """A full set of use cases over fakes."""
+
+    clock: Clock
+    users: FakeUserRepo
+    cipher: FakeCipher
+    hasher: CountingHasher
+    guard: FakeGuard
+    sessions: FakeSessions
+    audit: FakeAudit
+    limiter: FakeLimiter
+    captcha: FakeCaptcha
+    signer: JwtSigner
+    tokens: TokenUsecase
+    auth: AuthUsecase
+    totp: TotpUsecase
+    profiles: UserUsecase
+    lockout: Lockout
+
+    def with_policy(self, **changes: Any) -> World:
+        return replace(self, auth=_auth(self, AuthPolicy(**changes)))
+
+
+def _auth(w: Any, policy: AuthPolicy) -> AuthUsecase:
+    return AuthUsecase(w.users, w.cipher, w.hasher, w.captcha, w.limiter, w.lockout, w.tokens, w.audit, policy, w.clock)
+
+
+def build_world(
+    *, captcha_enabled: bool = False, max_attempts: int = 5, lock_seconds: float = 600, signer: JwtSigner | None = None
+) -> World:
+    clock = Clock()
+    users, cipher, hasher = FakeUserRepo(), FakeCipher(), CountingHasher()
+    guard, sessions, audit = FakeGuard(clock), FakeSessions(clock), FakeAudit()
+    limiter, captcha = FakeLimiter(), FakeCaptcha(captcha_enabled)
+    signer = signer or JwtSigner("EdDSA", ED25519_KEY, "authkms-test", "clients-test")
+    tokens = TokenUsecase(signer, sessions, users, audit, TokenPolicy(), clock)
+    lockout = Lockout(guard, LockoutPolicy(max_attempts, lock_seconds))
+    w = World(
+        clock,
+        users,
+        cipher,
+        hasher,
+        guard,
+        sessions,
+        audit,
+        limiter,
+        captcha,
+        signer,
+        tokens,
+        None,  # type: ignore[arg-type]
+        TotpUsecase(users, cipher, hasher, lockout, audit, "AuthKMS Test", clock),
+        UserUsecase(users, cipher),
+        lockout,
+    )
+    w.auth = _auth(w, AuthPolicy())
+    return w
+
+
+def unique(prefix: str = "u") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
