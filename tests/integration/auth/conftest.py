@@ -102,6 +102,7 @@ def build_stack(
     max_attempts: int = 5,
     lock_seconds: float = 600,
     captcha: Any = None,
+    client_rate_limit: int = 1000,
 ) -> Stack:
     users, audit = PgUserRepo(pool), PgAuditLog(pool)
     sessions = PgSessionRepo(pool, redis, prefix)
@@ -122,7 +123,7 @@ def build_stack(
         lockout,
         tokens,
         a,
-        AuthPolicy(client_rate_limit=1000),
+        AuthPolicy(client_rate_limit=client_rate_limit),
     )
     totp = TotpUsecase(u, cipher, hasher, lockout, a, "AuthKMS IT")
     return Stack(
