@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from internal.biz import pii
 from internal.biz.auth import LoginAttempt, Registration
-from internal.biz.errors import Conflict, InvalidArgument, Unavailable
+from internal.biz.errors import Conflict, DomainError, InvalidArgument, Unavailable
 from internal.biz.password import Argon2Params, Argon2PasswordHasher
 from internal.data.session import RedisLoginGuard
 from internal.data.user import PgUserRepo
@@ -111,3 +111,22 @@ async def test_outages_become_service_unavailable() -> None:
         assert err.value.reason == "SERVICE_UNAVAILABLE"
     finally:
         await client.aclose()
+
+
+async def test_unknown_user_and_wrong_password_take_similar_time(stack: Stack) -> None:
+    username = unique()
+    await stack.auth.register(Registration(username, PASSWORD, f"{unique()}@example.com"))
+    loop = asyncio.get_running_loop()
+
+    async def timed(identifier: str) -> float:
+        t0 = loop.time()
+        with pytest.raises(DomainError) as err:
+            await stack.auth.login(LoginAttempt(identifier, "wrongpass1"))
+        assert err.value.reason == "INVALID_CREDENTIALS"
+        return loop.time() - t0
+
+    await timed(unique())  # warm-up: the dummy hash is computed once
+    known = sorted([await timed(username) for _ in range(4)])[1]
+    await stack.auth.login(LoginAttempt(username, PASSWORD))  # reset the real account's counter
+    unknown = sorted([await timed(unique()) for _ in range(4)])[1]
+    assert 0.5 < unknown / known < 2, (known, unknown)

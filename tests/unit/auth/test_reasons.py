@@ -1,0 +1,53 @@
+"""Every error reason the auth code raises is declared in auth.v1.ErrorReason (API.md)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from api.gen.auth.v1 import error_reason_pb2
+
+ROOT = Path(__file__).resolve().parents[3]
+AUTH_FILES = [
+    "internal/biz/auth.py",
+    "internal/biz/user.py",
+    "internal/biz/token.py",
+    "internal/biz/password.py",
+    "internal/biz/totp.py",
+    "internal/data/user.py",
+    "internal/data/session.py",
+    "internal/data/signing_keys.py",
+    "internal/service/auth.py",
+]
+ERROR_CLASSES = {
+    "InvalidArgument",
+    "NotFound",
+    "Conflict",
+    "Unauthenticated",
+    "PermissionDenied",
+    "FailedPrecondition",
+    "ResourceExhausted",
+    "Unavailable",
+}
+
+
+def raised_reasons() -> set[str]:
+    reasons = set()
+    for name in AUTH_FILES:
+        for node in ast.walk(ast.parse((ROOT / name).read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ERROR_CLASSES
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                reasons.add(str(node.args[0].value))
+    return reasons
+
+
+def test_every_raised_reason_is_declared() -> None:
+    declared = set(error_reason_pb2.ErrorReason.keys())
+    reasons = raised_reasons()
+    assert {"INVALID_CREDENTIALS", "REFRESH_TOKEN_REUSED", "ACCOUNT_LOCKED", "TOTP_INVALID"} <= reasons
+    assert reasons <= declared, reasons - declared
