@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from internal.biz import pii
 from internal.biz.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unauthenticated
@@ -36,6 +36,9 @@ from internal.biz.user import (
     validate_name,
     validate_username,
 )
+
+if TYPE_CHECKING:
+    from internal.conf.config import Auth
 
 MAX_IDENTIFIER_CHARS = 254
 
@@ -75,6 +78,14 @@ class AuthPolicy:
     password_max_length: int = 128
     client_rate_limit: int = 30
     client_rate_window_seconds: float = 60.0
+
+    @classmethod
+    def from_conf(cls, auth: Auth) -> AuthPolicy:
+        return cls(
+            password_max_length=auth.password_max_length,
+            client_rate_limit=auth.login_rate_limit,
+            client_rate_window_seconds=auth.login_rate_window.total_seconds(),
+        )
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,17 @@ import asyncio
 import math
 import os
 import re
+import secrets
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from internal.biz.errors import InvalidArgument, PermissionDenied
+
+if TYPE_CHECKING:
+    from internal.conf.config import Auth
 
 MIN_PASSWORD_LENGTH = 8
 _SALT_BYTES = 16
@@ -62,13 +66,19 @@ class Argon2Params:
     iterations: int = 2
     lanes: int = 1
 
+    @classmethod
+    def from_conf(cls, auth: Auth) -> Argon2Params:
+        a = auth.argon2
+        return cls(memory_kib=a.memory_kib, iterations=a.iterations, lanes=a.lanes)
+
 
 class Argon2PasswordHasher:
     """Argon2id with the configured parameters (``auth.argon2``), computed in a worker thread."""
 
     def __init__(self, params: Argon2Params) -> None:
         self._params = params
-        self._dummy: str | None = None
+        # Computed once up front so even the first unknown-user login costs exactly one verification.
+        self._dummy = self._hash_sync(secrets.token_hex(16))
 
     def _kdf(self) -> Argon2id:
         return Argon2id(
@@ -106,8 +116,6 @@ class Argon2PasswordHasher:
         return (memory, iterations, lanes) != (p.memory_kib, p.iterations, p.lanes)
 
     async def dummy_verify(self, password: str) -> None:
-        if self._dummy is None:
-            self._dummy = await asyncio.to_thread(self._hash_sync, os.urandom(16).hex())
         await self.verify(password, self._dummy)
 
 
@@ -158,6 +166,10 @@ class LockoutPolicy:
 
     max_attempts: int = 5
     lock_seconds: float = 1800.0
+
+    @classmethod
+    def from_conf(cls, auth: Auth) -> LockoutPolicy:
+        return cls(max_attempts=auth.max_login_attempts, lock_seconds=auth.lock_duration.total_seconds())
 
 
 def account_locked(unlock_at: float) -> PermissionDenied:

@@ -21,9 +21,12 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from internal.biz.errors import Unauthenticated
+
+if TYPE_CHECKING:
+    from internal.conf.config import Auth
 
 ACCESS = "access"
 REFRESH = "refresh"
@@ -168,6 +171,14 @@ class TokenPolicy:
     access_ttl: timedelta = timedelta(minutes=15)
     refresh_ttl: timedelta = timedelta(days=7)
     family_lifetime: timedelta = timedelta(days=30)
+
+    @classmethod
+    def from_conf(cls, auth: Auth) -> TokenPolicy:
+        return cls(
+            access_ttl=auth.access_token_expiration,
+            refresh_ttl=auth.refresh_token_expiration,
+            family_lifetime=auth.refresh_token_absolute_lifetime,
+        )
 
 
 @dataclass(frozen=True)
