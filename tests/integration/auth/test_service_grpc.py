@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
@@ -283,3 +284,27 @@ async def test_jwks_and_introspection(client: Client) -> None:
     await client.stub.Logout(auth_pb2.LogoutRequest(), metadata=bearer(pair.access_token))
     revoked = await client.stub.IntrospectToken(auth_pb2.IntrospectTokenRequest(token=pair.access_token))
     assert (revoked.active, revoked.revoked) == (False, True)
+
+
+async def test_no_secret_reaches_the_logs(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    username, email = await client.register()
+    await error_of(client.stub.Login(auth_pb2.LoginRequest(username=email, password="wrongpass1")))
+    pair = await client.login(username)
+    refreshed = await client.stub.RefreshToken(auth_pb2.RefreshTokenRequest(refresh_token=pair.refresh_token))
+    await error_of(client.stub.RefreshToken(auth_pb2.RefreshTokenRequest(refresh_token=pair.refresh_token)))
+    fresh = await client.login(username)
+    await client.stub.GetProfile(auth_pb2.GetProfileRequest(), metadata=bearer(fresh.access_token))
+    logged = caplog.text + "".join(repr(r.__dict__) for r in caplog.records)
+    assert "auth.v1.Auth/Login" in logged  # the access log did run
+    for secret in (
+        PASSWORD,
+        "wrongpass1",
+        email,
+        email.split("@")[0],
+        pair.refresh_token,
+        refreshed.refresh_token,
+        pair.access_token,
+        refreshed.access_token.split(".")[2],
+    ):
+        assert secret not in logged
