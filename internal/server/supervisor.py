@@ -1,0 +1,250 @@
+"""Several server processes on one port, kept alive by one supervisor (``--workers N``).
+
+Each worker is a full ``cmd/server/main.py serve`` with ``server.grpc.workers`` = N, which makes it bind
+the gRPC port with SO_REUSEPORT (the monitoring port always reuses it), so the kernel spreads new
+connections over the workers. The supervisor owns what must exist once per machine: it starts the
+embedded PostgreSQL/Redis when no URL is configured (only one process may own their data folder) and
+hands their URLs to the workers, and it runs the migrations before any worker starts.
+
+Workers that exit while the supervisor is not stopping are restarted after a growing back-off; after
+``CRASH_LIMIT`` exits within ``CRASH_WINDOW`` seconds the supervisor stops the rest and exits 1.
+SIGTERM/SIGINT are forwarded to every worker, which drain within their grace period; the supervisor
+exits 0 when all of them exited cleanly. Workers get ``PR_SET_PDEATHSIG`` = SIGTERM, so a supervisor
+killed with SIGKILL leaves none behind (Linux only; the supervisor must run its event loop in the main
+thread, because that signal follows the thread that forked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from internal.conf.config import Bootstrap
+
+log = logging.getLogger(__name__)
+
+# Present in every worker's environment: a worker serves, it never supervises.
+WORKER_ENV = "AUTHKMS_WORKER"
+ENTRY = Path(__file__).resolve().parents[2] / "cmd" / "server" / "main.py"
+CRASH_LIMIT = 5
+CRASH_WINDOW = 30.0
+BACKOFF_FIRST = 0.25
+BACKOFF_MAX = 8.0
+# Beyond the workers' own grace period, before the supervisor kills stragglers.
+STOP_MARGIN = 10.0
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def workers_to_supervise(config: Bootstrap, flag: int | None = None) -> int:
+    """How many workers this process should supervise; 0 means serve in this process.
+
+    ``flag`` is ``--workers`` (it wins over ``server.grpc.workers``). A worker never supervises.
+    """
+    if os.environ.get(WORKER_ENV):
+        return 0
+    wanted = config.server.grpc.workers if flag is None else flag
+    return wanted if wanted > 1 else 0
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    def preexec() -> None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the supervisor died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+class _Supervisor:
+    def __init__(self, n: int, argv: list[str], env: Mapping[str, str], stop_timeout: float) -> None:
+        self._n = n
+        self._argv = argv
+        self._env = dict(env)
+        self._stop_timeout = stop_timeout
+        self._live: dict[int, asyncio.subprocess.Process] = {}
+        self._crashes: deque[float] = deque()
+        self._stopping = asyncio.Event()
+        self._signal = signal.SIGTERM
+        self._gave_up = False
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self._stopping.is_set():
+            return
+        self._signal = sig
+        self._stopping.set()
+        for proc in self._live.values():
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+
+    async def run(self) -> int:
+        slots = [asyncio.create_task(self._keep(slot)) for slot in range(self._n)]
+        for task in slots:
+            task.add_done_callback(self._slot_done)
+        try:
+            await self._stopping.wait()
+            log.info("stopping workers", extra={"signal": self._signal.name, "workers": len(self._live)})
+            _, pending = await asyncio.wait(slots, timeout=self._stop_timeout)
+            if pending:
+                log.error(
+                    "workers did not stop in time; killing them", extra={"pids": [p.pid for p in self._live.values()]}
+                )
+                self._kill_all()
+                await asyncio.wait(pending)
+                return 1
+            codes = [None if task.exception() else task.result() for task in slots]
+            failed = any(task.exception() for task in slots)
+        finally:
+            self._kill_all()
+            for task in slots:
+                task.cancel()
+            await asyncio.gather(*slots, return_exceptions=True)
+        if failed or self._gave_up or any(code not in (0, None) for code in codes):
+            return 1
+        log.info("all workers stopped")
+        return 0
+
+    def _slot_done(self, task: asyncio.Task[int | None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("worker slot failed", exc_info=task.exception())
+            self.stop()
+
+    def _kill_all(self) -> None:
+        for proc in self._live.values():
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
+    async def _spawn(self, slot: int) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            *self._argv, env={**self._env, WORKER_ENV: str(slot)}, preexec_fn=_die_with_parent(os.getpid())
+        )
+        self._live[slot] = proc
+        if self._stopping.is_set():  # the stop signal arrived while this worker was being forked
+            proc.send_signal(self._signal)
+        log.info("worker started", extra={"worker": slot, "pid": proc.pid})
+        return proc
+
+    async def _keep(self, slot: int) -> int | None:
+        """Run one worker slot until the supervisor stops; returns the last worker's exit code."""
+        while not self._stopping.is_set():
+            try:
+                proc = await self._spawn(slot)
+            except OSError:
+                log.exception("cannot start worker", extra={"worker": slot})
+                code = None
+            else:
+                code = await proc.wait()
+                del self._live[slot]
+                if self._stopping.is_set():
+                    return code
+            delay = self._crashed(slot, code)
+            if delay is None:
+                return code
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+        return None
+
+    def _crashed(self, slot: int, code: int | None) -> float | None:
+        """Record an unexpected exit; the back-off before the restart, or None when giving up."""
+        now = time.monotonic()
+        self._crashes.append(now)
+        while self._crashes and self._crashes[0] < now - CRASH_WINDOW:
+            self._crashes.popleft()
+        recent = len(self._crashes)
+        if recent >= CRASH_LIMIT:
+            log.error(
+                "workers are crash-looping; giving up",
+                extra={"worker": slot, "exit_code": code, "crashes": recent, "window_s": CRASH_WINDOW},
+            )
+            self._gave_up = True
+            self.stop()
+            return None
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (recent - 1))
+        log.warning("worker exited; restarting", extra={"worker": slot, "exit_code": code, "restart_in_s": delay})
+        return delay
+
+
+async def run_workers(n: int, worker_argv: list[str], env: Mapping[str, str], stop_timeout: float = 30.0) -> int:
+    """Run ``n`` copies of ``worker_argv`` until SIGTERM/SIGINT (forwarded to each) or a crash loop.
+
+    Returns 0 when every worker exited cleanly after the stop signal, 1 otherwise. Must run in the
+    main thread's event loop (signal handlers, and PR_SET_PDEATHSIG follows the forking thread).
+    """
+    supervisor = _Supervisor(n, worker_argv, env, stop_timeout)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, supervisor.stop, sig)
+    try:
+        return await supervisor.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def worker_env(config: Bootstrap, workers: int, base: Mapping[str, str]) -> dict[str, str]:
+    """The workers' environment: the resolved database/Redis URLs, SO_REUSEPORT on, migrations off."""
+    database_url, redis_url = config.data.database.url, config.data.redis.url
+    return {
+        **base,
+        # The APP__ forms win over any (possibly empty) override inherited from ``base``.
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "APP__DATA__DATABASE__URL": database_url,
+        "APP__DATA__REDIS__URL": redis_url,
+        "APP__DATA__DATABASE__AUTO_MIGRATE": "false",
+        "APP__SERVER__GRPC__WORKERS": str(workers),
+    }
+
+
+async def supervise(config: Bootstrap, conf_path: str, workers: int) -> int:
+    """Start the shared dependencies once, migrate, then run ``workers`` server processes. Exit code."""
+    from internal.app import dependencies
+    from internal.data.migrate import migrate_up
+
+    if config.server.grpc.addr.endswith(":0"):
+        log.error("server.grpc.addr: several workers need a fixed port, not 0")
+        return 2
+    async with dependencies(config) as resolved:
+        if resolved.data.database.auto_migrate:
+            applied = await migrate_up(resolved.data.database.url)
+            if applied:
+                log.info("migrations applied", extra={"versions": applied})
+        argv = [sys.executable, str(ENTRY), "-conf", conf_path, "serve"]
+        stop_timeout = resolved.server.grpc.grace_period.total_seconds() + STOP_MARGIN
+        log.info("supervising workers", extra={"workers": workers, "addr": resolved.server.grpc.addr})
+        return await run_workers(workers, argv, worker_env(resolved, workers, os.environ), stop_timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from internal.conf.config import ConfigError, load_config
+    from internal.pkg.log import setup_logging
+
+    parser = argparse.ArgumentParser(prog="python -m internal.server.supervisor")
+    parser.add_argument("-conf", "--conf", default="configs", help="config file or folder (default: configs)")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: server.grpc.workers)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.conf)
+    except ConfigError as exc:
+        print(f"authkms: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.monitoring.log_level, config.monitoring.log_format, config.security.mode == "production")
+    workers = args.workers if args.workers is not None else config.server.grpc.workers
+    if workers < 1:
+        parser.error("--workers must be at least 1")
+    return asyncio.run(supervise(config, args.conf, workers))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
