@@ -1,0 +1,210 @@
+"""Self-describing ciphertext envelope and the AEAD algorithms behind it (SECURITY.md items 1, 2).
+
+Layout (all integers big-endian)::
+
+    offset  size  field
+    0       1     magic 0xA7
+    1       1     format version (1)
+    2       4     data-key version (uint32)
+    6       1     algorithm id (1 AES-256-GCM, 2 ChaCha20-Poly1305, 3 SM4-GCM)
+    7       12    nonce (fresh random per encryption)
+    19      n+16  ciphertext + 16-byte tag
+
+The associated data authenticates the first 7 header bytes (so the key version and algorithm cannot be
+edited), the field name and the sorted context map, each length-prefixed so that ("a", "bc") and
+("ab", "c") never encode alike. The nonce is authenticated implicitly by the AEAD.
+
+SM4 takes a 16-byte key. Every data key is 32 random bytes whatever its algorithm (one storage and
+wrapping format); an SM4-GCM key uses HKDF-SHA256(data key, info="authkms/kms/sm4-gcm/v1")[:16].
+
+Every failure to parse or authenticate becomes the same ``CIPHERTEXT_INVALID`` error, so callers learn
+nothing about which check failed.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from internal.biz.errors import InvalidArgument
+
+MAGIC = 0xA7
+FORMAT_VERSION = 1
+NONCE_SIZE = 12
+TAG_SIZE = 16
+DATA_KEY_SIZE = 32
+_PREFIX = struct.Struct(">BBIB")
+# Byte offset of the uint32 key version (0-based); SQL reads it with substring(c FROM 3 FOR 4).
+KEY_VERSION_OFFSET = 2
+HEADER_SIZE = _PREFIX.size + NONCE_SIZE
+MIN_CIPHERTEXT_SIZE = HEADER_SIZE + TAG_SIZE
+MAX_KEY_VERSION = 2**31 - 1  # the version column is a PostgreSQL INTEGER
+
+MAX_FIELD_CHARS = 128
+MAX_CONTEXT_ENTRIES = 64
+MAX_CONTEXT_CHARS = 1024
+_AD_DOMAIN = b"authkms/kms/ad/v1"
+_SM4_INFO = b"authkms/kms/sm4-gcm/v1"
+
+
+class Algorithm(StrEnum):
+    AES_256_GCM = "AES-256-GCM"
+    CHACHA20_POLY1305 = "ChaCha20-Poly1305"
+    SM4_GCM = "SM4-GCM"
+    AES_256_CBC = "AES-256-CBC"
+
+
+ALGORITHM_IDS: dict[Algorithm, int] = {
+    Algorithm.AES_256_GCM: 1,
+    Algorithm.CHACHA20_POLY1305: 2,
+    Algorithm.SM4_GCM: 3,
+}
+_BY_ID = {v: k for k, v in ALGORITHM_IDS.items()}
+# Relative CPU cost per plaintext byte (measured: AES-GCM ≈ 0.2 ns/B with AES-NI, ChaCha ≈ 0.4, SM4 ≈ 10).
+COST_PER_BYTE: dict[Algorithm, int] = {
+    Algorithm.AES_256_GCM: 1,
+    Algorithm.CHACHA20_POLY1305: 2,
+    Algorithm.SM4_GCM: 48,
+}
+
+
+def ciphertext_invalid() -> InvalidArgument:
+    return InvalidArgument("CIPHERTEXT_INVALID", "ciphertext is invalid or does not match its field and context")
+
+
+def algorithm_for_new_key(name: str) -> Algorithm:
+    """The algorithm for a new data key; AES-256-CBC (unauthenticated) and unknown names are refused."""
+    try:
+        algorithm = Algorithm(name)
+    except ValueError:
+        raise InvalidArgument("VALIDATION_ERROR", f"unknown data-key algorithm {name[:40]!r}") from None
+    if algorithm not in ALGORITHM_IDS:
+        raise InvalidArgument(
+            "VALIDATION_ERROR", "AES-256-CBC is unauthenticated and refused for new keys; use AES-256-GCM"
+        )
+    return algorithm
+
+
+class DataKey:
+    """An unwrapped data key, ready to seal and open. Never shows its material."""
+
+    __slots__ = ("_aead", "_sm4_key", "algorithm", "version")
+
+    def __init__(self, version: int, algorithm: Algorithm, material: bytes) -> None:
+        if len(material) != DATA_KEY_SIZE:
+            raise ValueError("data keys are 32 bytes")
+        if algorithm not in ALGORITHM_IDS:
+            raise ValueError("unsupported data-key algorithm")
+        self.version = version
+        self.algorithm = algorithm
+        self._aead: AESGCM | ChaCha20Poly1305 | None = None
+        self._sm4_key: bytes | None = None
+        if algorithm is Algorithm.AES_256_GCM:
+            self._aead = AESGCM(material)
+        elif algorithm is Algorithm.CHACHA20_POLY1305:
+            self._aead = ChaCha20Poly1305(material)
+        else:
+            self._sm4_key = HKDF(algorithm=hashes.SHA256(), length=16, salt=None, info=_SM4_INFO).derive(material)
+
+    def __repr__(self) -> str:
+        return f"DataKey(version={self.version}, algorithm={self.algorithm.value}, <material hidden>)"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError("DataKey cannot be pickled")
+
+    def _seal(self, nonce: bytes, plaintext: bytes, ad: bytes) -> bytes:
+        if self._aead is not None:
+            return self._aead.encrypt(nonce, plaintext, ad)
+        assert self._sm4_key is not None
+        encryptor = Cipher(algorithms.SM4(self._sm4_key), modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(ad)
+        return encryptor.update(plaintext) + encryptor.finalize() + encryptor.tag
+
+    def _open(self, nonce: bytes, sealed: bytes, ad: bytes) -> bytes:
+        if self._aead is not None:
+            return self._aead.decrypt(nonce, sealed, ad)
+        assert self._sm4_key is not None
+        body, tag = sealed[:-TAG_SIZE], sealed[-TAG_SIZE:]
+        decryptor = Cipher(algorithms.SM4(self._sm4_key), modes.GCM(nonce, tag)).decryptor()
+        decryptor.authenticate_additional_data(ad)
+        return decryptor.update(body) + decryptor.finalize()
+
+
+@dataclass(frozen=True)
+class Header:
+    key_version: int
+    algorithm: Algorithm
+    nonce: bytes
+
+
+def validate_binding(field: str, context: Mapping[str, str]) -> None:
+    """Field and context must be short strings; anything else is the caller's error (VALIDATION_ERROR)."""
+    if not isinstance(field, str) or not field or len(field) > MAX_FIELD_CHARS:
+        raise InvalidArgument("VALIDATION_ERROR", f"field must be 1..{MAX_FIELD_CHARS} characters")
+    if not isinstance(context, Mapping) or len(context) > MAX_CONTEXT_ENTRIES:
+        raise InvalidArgument("VALIDATION_ERROR", f"context must be a map of at most {MAX_CONTEXT_ENTRIES} entries")
+    for key, value in context.items():
+        if not (isinstance(key, str) and isinstance(value, str)):
+            raise InvalidArgument("VALIDATION_ERROR", "context keys and values must be strings")
+        if len(key) > MAX_CONTEXT_CHARS or len(value) > MAX_CONTEXT_CHARS:
+            raise InvalidArgument("VALIDATION_ERROR", f"context entries are limited to {MAX_CONTEXT_CHARS} characters")
+
+
+def _lp(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument("VALIDATION_ERROR", "field and context must be valid Unicode text") from None
+
+
+def associated_data(prefix: bytes, field: str, context: Mapping[str, str]) -> bytes:
+    """Canonical, unambiguous encoding of (header prefix, field, sorted context)."""
+    parts = [_AD_DOMAIN, _lp(prefix), _lp(_utf8(field)), struct.pack(">I", len(context))]
+    for key in sorted(context):
+        parts.append(_lp(_utf8(key)))
+        parts.append(_lp(_utf8(context[key])))
+    return b"".join(parts)
+
+
+def parse_header(ciphertext: bytes) -> Header:
+    """The header of a stored value, or CIPHERTEXT_INVALID if it is not one of ours."""
+    if not isinstance(ciphertext, bytes | bytearray | memoryview) or len(ciphertext) < MIN_CIPHERTEXT_SIZE:
+        raise ciphertext_invalid()
+    magic, fmt, version, alg_id = _PREFIX.unpack_from(ciphertext)
+    algorithm = _BY_ID.get(alg_id)
+    if magic != MAGIC or fmt != FORMAT_VERSION or algorithm is None or not 0 < version <= MAX_KEY_VERSION:
+        raise ciphertext_invalid()
+    return Header(version, algorithm, bytes(ciphertext[_PREFIX.size : HEADER_SIZE]))
+
+
+def seal(key: DataKey, field: str, plaintext: bytes, context: Mapping[str, str]) -> bytes:
+    """Encrypt under ``key`` with a fresh random nonce; returns the whole envelope."""
+    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, key.version, ALGORITHM_IDS[key.algorithm])
+    nonce = os.urandom(NONCE_SIZE)
+    return prefix + nonce + key._seal(nonce, bytes(plaintext), associated_data(prefix, field, context))
+
+
+def open_sealed(key: DataKey, field: str, ciphertext: bytes, context: Mapping[str, str]) -> bytes:
+    """Decrypt an envelope whose header names ``key``; any mismatch or tampering → CIPHERTEXT_INVALID."""
+    header = parse_header(ciphertext)
+    if header.key_version != key.version or header.algorithm is not key.algorithm:
+        raise ciphertext_invalid()
+    data = bytes(ciphertext)
+    try:
+        return key._open(header.nonce, data[HEADER_SIZE:], associated_data(data[: _PREFIX.size], field, context))
+    except (InvalidTag, ValueError):
+        raise ciphertext_invalid() from None

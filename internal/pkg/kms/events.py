@@ -1,0 +1,161 @@
+"""Cross-replica key-cache invalidation.
+
+After a rotation or a key destruction the replica that did it publishes a ``KeyEvent`` on the Redis
+channel ``<key_prefix>kms:key-events``; every replica drops its key cache and reloads the active key.
+Pub/sub is fire-and-forget (a replica that is disconnected misses messages), so the manager also
+re-reads the stored active version every ``kms.cache_recheck_interval``; after reconnecting, the
+subscriber asks for a full resync. Bound: a replica stops encrypting under a retired key within the
+pub/sub latency (milliseconds), and at worst within ``cache_recheck_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+CHANNEL_SUFFIX = "kms:key-events"
+
+
+def channel_name(key_prefix: str) -> str:
+    return f"{key_prefix}{CHANNEL_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class KeyEvent:
+    kind: str  # "rotated" or "destroyed"
+    version: int
+    origin: str  # instance id of the publishing manager
+
+    def encode(self) -> str:
+        return json.dumps({"kind": self.kind, "version": self.version, "origin": self.origin})
+
+    @classmethod
+    def decode(cls, data: bytes | str) -> KeyEvent | None:
+        try:
+            item = json.loads(data)
+            return cls(str(item["kind"]), int(item["version"]), str(item["origin"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+# Called with an event, or with None when events may have been missed (resynchronize).
+EventHandler = Callable[[KeyEvent | None], Awaitable[None]]
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel a background task and wait for it, without swallowing the caller's own cancellation."""
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled() and task.exception() is not None:
+        log.error("kms background task failed", exc_info=task.exception())
+
+
+class KeyEvents(Protocol):
+    async def start(self, handler: EventHandler) -> None:
+        """Begin delivering events; the subscription is live when this returns."""
+        ...
+
+    async def publish(self, event: KeyEvent) -> None:
+        """Best effort: a failure is logged, never raised (the periodic re-check covers it)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class NoopKeyEvents:
+    """Single process or file storage: nothing to tell; the periodic re-check still runs."""
+
+    async def start(self, handler: EventHandler) -> None:
+        return None
+
+    async def publish(self, event: KeyEvent) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisKeyEvents:
+    def __init__(
+        self, redis: aioredis.Redis, channel: str, *, reconnect_delay: float = 0.5, max_delay: float = 10.0
+    ) -> None:
+        self._redis = redis
+        self.channel = channel
+        self._reconnect_delay = reconnect_delay
+        self._max_delay = max_delay
+        self._pubsub: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def _subscribe(self) -> None:
+        pubsub = self._redis.pubsub()
+        try:
+            await pubsub.subscribe(self.channel)
+        except BaseException:
+            await pubsub.aclose()
+            raise
+        self._pubsub = pubsub
+
+    async def _drop(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
+
+    async def start(self, handler: EventHandler) -> None:
+        try:
+            await self._subscribe()
+        except (RedisError, OSError) as exc:
+            log.warning("kms key events: subscribe failed, will retry", extra={"error": type(exc).__name__})
+        self._task = asyncio.create_task(self._run(handler), name="kms-key-events")
+
+    async def _deliver(self, handler: EventHandler, event: KeyEvent | None) -> None:
+        try:
+            await handler(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("kms key events: handler failed")
+
+    async def _run(self, handler: EventHandler) -> None:
+        delay = self._reconnect_delay
+        while True:
+            try:
+                if self._pubsub is None:
+                    await self._subscribe()
+                    log.info("kms key events: resubscribed")
+                    delay = self._reconnect_delay
+                    await self._deliver(handler, None)
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            except (RedisError, OSError) as exc:
+                log.warning("kms key events: connection lost", extra={"error": type(exc).__name__})
+                await self._drop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_delay)
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            event = KeyEvent.decode(message["data"])
+            if event is not None:
+                await self._deliver(handler, event)
+
+    async def publish(self, event: KeyEvent) -> None:
+        try:
+            await self._redis.publish(self.channel, event.encode())
+        except (RedisError, OSError) as exc:
+            log.warning("kms key events: publish failed", extra={"error": type(exc).__name__})
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            await cancel_and_wait(task)
+        await self._drop()
