@@ -1,0 +1,205 @@
+"""Envelope and AEAD properties: round trips, tamper detection, context binding, hostile input."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from internal.biz.errors import DomainError, InvalidArgument
+from internal.pkg.kms import envelope
+from internal.pkg.kms.envelope import (
+    HEADER_SIZE,
+    MAGIC,
+    MIN_CIPHERTEXT_SIZE,
+    Algorithm,
+    DataKey,
+    algorithm_for_new_key,
+    associated_data,
+    open_sealed,
+    parse_header,
+    seal,
+)
+
+ALGORITHMS = [Algorithm.AES_256_GCM, Algorithm.CHACHA20_POLY1305, Algorithm.SM4_GCM]
+KEYS = {alg: DataKey(7, alg, os.urandom(32)) for alg in ALGORITHMS}
+contexts = st.dictionaries(st.text(max_size=20), st.text(max_size=40), max_size=6)
+fields = st.text(min_size=1, max_size=40)
+
+
+def assert_invalid(exc: pytest.ExceptionInfo[InvalidArgument]) -> None:
+    assert exc.value.reason == "CIPHERTEXT_INVALID"
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=lambda a: a.value)
+@settings(max_examples=60, deadline=None)
+@given(plaintext=st.binary(max_size=4096), field=fields, context=contexts)
+def test_round_trip(algorithm: Algorithm, plaintext: bytes, field: str, context: dict[str, str]) -> None:
+    key = KEYS[algorithm]
+    sealed = seal(key, field, plaintext, context)
+    assert len(sealed) == HEADER_SIZE + len(plaintext) + 16
+    header = parse_header(sealed)
+    assert (header.key_version, header.algorithm) == (7, algorithm)
+    assert open_sealed(key, field, sealed, dict(reversed(list(context.items())))) == plaintext
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=lambda a: a.value)
+def test_fresh_nonce_every_time(algorithm: Algorithm) -> None:
+    sealed = {seal(KEYS[algorithm], "f", b"same", {}) for _ in range(200)}
+    assert len(sealed) == 200
+    assert len({parse_header(s).nonce for s in sealed}) == 200
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=lambda a: a.value)
+def test_every_byte_tampered_is_rejected(algorithm: Algorithm) -> None:
+    key = KEYS[algorithm]
+    sealed = seal(key, "email", b"alice@example.com", {"user_id": "1"})
+    for i in range(len(sealed)):
+        for flip in (0x01, 0x80):
+            tampered = bytearray(sealed)
+            tampered[i] ^= flip
+            with pytest.raises(InvalidArgument) as exc:
+                open_sealed(key, "email", bytes(tampered), {"user_id": "1"})
+            assert_invalid(exc)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=lambda a: a.value)
+def test_truncation_and_extension_are_rejected(algorithm: Algorithm) -> None:
+    key = KEYS[algorithm]
+    sealed = seal(key, "f", b"value", {})
+    for n in range(len(sealed)):
+        with pytest.raises(InvalidArgument) as exc:
+            open_sealed(key, "f", sealed[:n], {})
+        assert_invalid(exc)
+    with pytest.raises(InvalidArgument) as exc:
+        open_sealed(key, "f", sealed + b"\x00", {})
+    assert_invalid(exc)
+
+
+def test_wrong_field_or_context_is_rejected() -> None:
+    key = KEYS[Algorithm.AES_256_GCM]
+    sealed = seal(key, "email", b"alice@example.com", {"table": "users", "user_id": "1"})
+    for field, context in [
+        ("phone", {"table": "users", "user_id": "1"}),
+        ("email", {"table": "users", "user_id": "2"}),
+        ("email", {"table": "users"}),
+        ("email", {"table": "users", "user_id": "1", "extra": ""}),
+        ("email", {}),
+    ]:
+        with pytest.raises(InvalidArgument) as exc:
+            open_sealed(key, field, sealed, context)
+        assert_invalid(exc)
+
+
+def test_swapped_user_values_do_not_decrypt() -> None:
+    key = KEYS[Algorithm.AES_256_GCM]
+    alice = seal(key, "email", b"alice@example.com", {"user_id": "1"})
+    bob = seal(key, "email", b"bob@example.com", {"user_id": "2"})
+    with pytest.raises(InvalidArgument):
+        open_sealed(key, "email", alice, {"user_id": "2"})
+    with pytest.raises(InvalidArgument):
+        open_sealed(key, "email", bob, {"user_id": "1"})
+
+
+def test_associated_data_is_unambiguous() -> None:
+    prefix = b"\xa7\x01\x00\x00\x00\x01\x01"
+    assert associated_data(prefix, "a", {"b": "c"}) != associated_data(prefix, "ab", {"": "c"})
+    assert associated_data(prefix, "f", {"a": "bc"}) != associated_data(prefix, "f", {"ab": "c"})
+    assert associated_data(prefix, "f", {"a": "b", "c": "d"}) != associated_data(prefix, "f", {"a": "b\x00c"})
+    assert associated_data(prefix, "f", {"x": "1", "y": "2"}) == associated_data(prefix, "f", {"y": "2", "x": "1"})
+
+
+def test_key_of_another_version_or_algorithm_is_rejected() -> None:
+    material = os.urandom(32)
+    sealed = seal(DataKey(3, Algorithm.AES_256_GCM, material), "f", b"v", {})
+    for other in (DataKey(4, Algorithm.AES_256_GCM, material), DataKey(3, Algorithm.CHACHA20_POLY1305, material)):
+        with pytest.raises(InvalidArgument) as exc:
+            open_sealed(other, "f", sealed, {})
+        assert_invalid(exc)
+
+
+def test_header_edits_are_rejected_even_with_a_matching_key() -> None:
+    # Changing the key version in the header and opening with a key of that version still fails: the
+    # header is part of the associated data.
+    material = os.urandom(32)
+    sealed = bytearray(seal(DataKey(3, Algorithm.AES_256_GCM, material), "f", b"v", {}))
+    struct.pack_into(">I", sealed, envelope.KEY_VERSION_OFFSET, 9)
+    with pytest.raises(InvalidArgument):
+        open_sealed(DataKey(9, Algorithm.AES_256_GCM, material), "f", bytes(sealed), {})
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_random_bytes_only_give_ciphertext_invalid(data: bytes) -> None:
+    key = KEYS[Algorithm.AES_256_GCM]
+    try:
+        open_sealed(key, "f", data, {})
+    except DomainError as exc:
+        assert exc.reason == "CIPHERTEXT_INVALID"
+    else:
+        pytest.fail("random bytes decrypted")
+
+
+@settings(max_examples=300, deadline=None)
+@given(version=st.integers(0, 2**32 - 1), alg=st.integers(0, 255), body=st.binary(min_size=28, max_size=60))
+def test_random_bytes_with_our_magic_only_give_ciphertext_invalid(version: int, alg: int, body: bytes) -> None:
+    data = bytes([MAGIC, 1]) + struct.pack(">IB", version, alg) + body
+    try:
+        parse_header(data)
+    except InvalidArgument as exc:
+        assert exc.reason == "CIPHERTEXT_INVALID"
+    try:
+        open_sealed(KEYS[Algorithm.SM4_GCM], "f", data, {})
+    except DomainError as exc:
+        assert exc.reason == "CIPHERTEXT_INVALID"
+
+
+def test_minimum_size() -> None:
+    assert MIN_CIPHERTEXT_SIZE == 35
+    assert len(seal(KEYS[Algorithm.AES_256_GCM], "f", b"", {})) == MIN_CIPHERTEXT_SIZE
+
+
+def test_cbc_is_refused_for_new_keys() -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        algorithm_for_new_key("AES-256-CBC")
+    assert exc.value.reason == "VALIDATION_ERROR"
+    assert "AES-256-CBC" in exc.value.message and "refused" in exc.value.message
+    with pytest.raises(InvalidArgument):
+        algorithm_for_new_key("ROT13")
+    with pytest.raises(ValueError):
+        DataKey(1, Algorithm.AES_256_CBC, os.urandom(32))
+    assert algorithm_for_new_key("SM4-GCM") is Algorithm.SM4_GCM
+
+
+def test_sm4_uses_a_derived_128_bit_key() -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    material = os.urandom(32)
+    sealed = seal(DataKey(1, Algorithm.SM4_GCM, material), "f", b"hello", {})
+    sm4_key = HKDF(hashes.SHA256(), 16, None, b"authkms/kms/sm4-gcm/v1").derive(material)
+    nonce, body, tag = sealed[7:19], sealed[19:-16], sealed[-16:]
+    decryptor = Cipher(algorithms.SM4(sm4_key), modes.GCM(nonce, tag)).decryptor()
+    decryptor.authenticate_additional_data(associated_data(sealed[:7], "f", {}))
+    assert decryptor.update(body) + decryptor.finalize() == b"hello"
+
+
+def test_invalid_bindings_are_validation_errors() -> None:
+    key = KEYS[Algorithm.AES_256_GCM]
+    for field, context in [("", {}), ("x" * 129, {}), ("f", {"k": 1}), ("f", {str(i): "" for i in range(65)})]:
+        with pytest.raises(InvalidArgument) as exc:
+            envelope.validate_binding(field, context)  # type: ignore[arg-type]
+        assert exc.value.reason == "VALIDATION_ERROR"
+    with pytest.raises(InvalidArgument) as exc:
+        seal(key, "f\ud800", b"", {})
+    assert exc.value.reason == "VALIDATION_ERROR"
+
+
+def test_data_key_repr_hides_material() -> None:
+    material = os.urandom(32)
+    text = repr(DataKey(1, Algorithm.AES_256_GCM, material))
+    assert material.hex() not in text and "hidden" in text
