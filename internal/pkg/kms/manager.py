@@ -549,6 +549,16 @@ class KMSManager:
     def _active_version(self) -> int | None:
         return self._active.version if self._active is not None else None
 
+    async def refresh(self) -> KeyInfo:
+        """Re-read the stored active key now (what the periodic re-check does every interval)."""
+        if not self._initialized:
+            raise _not_initialized()
+        record = await self.storage.get_active()
+        if record is None:
+            raise FailedPrecondition("NO_ACTIVE_KEY", "no active data key")
+        self._install_active(record)
+        return KeyInfo.of(record, self._pending_counts.get(record.version, 0))
+
     # ---- queries -----------------------------------------------------------------------------------
 
     async def active_key(self) -> KeyInfo:
