@@ -49,7 +49,7 @@ async def test_manager_on_a_file(tmp_path: Path) -> None:
         assert (await second.status()).counts["inactive"] == 1
     finally:
         await second.close()
-    with pytest.raises(RootKeyMismatch, match="wrong kms.seed"):
+    with pytest.raises(RootKeyMismatch, match=r"wrong kms\.seed"):
         await manager_on(path, seed=SEED + "-wrong").initialize()
     text = path.read_text()
     assert "alice" not in text and SEED not in text
