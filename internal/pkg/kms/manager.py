@@ -174,6 +174,7 @@ class KMSManager:
         self._active_deadline = float("inf")  # monotonic time the active key is due for rotation
         self._keys: dict[int, DataKey] = {}
         self._destroyed: set[int] = set()
+        self._seen_revoked: int | None = None
         self._pending_counts: dict[int, int] = {}
         self._last_newer_reload = 0.0
         self._load_lock = asyncio.Lock()
@@ -205,6 +206,7 @@ class KMSManager:
         try:
             records = await self.storage.all_keys()
             self._verify_all(records)
+            self._seen_revoked = sum(r.status is KeyStatus.REVOKED for r in records)
             active = next((r for r in records if r.status is KeyStatus.ACTIVE), None)
             if active is None:
                 await self._rotate(None, "no active data key", trigger="startup")
@@ -428,9 +430,20 @@ class KMSManager:
             log.info("kms: active key changed elsewhere; cache reloaded", extra={"active_version": record.version})
         unflushed = self._pending_counts.get(record.version, 0)
         self._install_active(record)
+        await self._forget_destroyed_keys()
         due = self._rotation_due(record, unflushed)
         if due:
             await self._rotate_guarded(record.version, due, "automatic")
+
+    async def _forget_destroyed_keys(self) -> None:
+        """Fallback for a lost "destroyed" event: while retired keys are cached, one statistics query per
+        interval notices a destruction elsewhere and drops them (they reload on demand if still present)."""
+        if len(self._keys) <= 1:
+            return
+        revoked = (await self.storage.statistics()).counts.get(KeyStatus.REVOKED.value, 0)
+        if self._seen_revoked is not None and revoked != self._seen_revoked:
+            self.drop_cached_keys()
+        self._seen_revoked = revoked
 
     async def _flush_counts(self) -> None:
         counts, self._pending_counts = self._pending_counts, {}
