@@ -53,8 +53,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 MIN_DESTROY_GRACE = timedelta(minutes=5)
-# A ciphertext naming a version newer than the cached active key triggers at most one reload per second.
-_NEWER_VERSION_RELOAD_SECONDS = 1.0
 _MAX_REASON_CHARS = 200
 
 
@@ -176,7 +174,6 @@ class KMSManager:
         self._destroyed: set[int] = set()
         self._seen_revoked: int | None = None
         self._pending_counts: dict[int, int] = {}
-        self._last_newer_reload = 0.0
         self._load_lock = asyncio.Lock()
         self._rotate_lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -254,7 +251,7 @@ class KMSManager:
             try:
                 async with asyncio.timeout(5):
                     await self._flush_counts()
-            except (TimeoutError, Exception) as exc:
+            except Exception as exc:
                 log.warning("kms: could not flush encryption counts at shutdown", extra={"error": type(exc).__name__})
         self._initialized = False
         self._drop_material()
@@ -300,10 +297,6 @@ class KMSManager:
         async with self._load_lock:
             if version in self._keys:
                 return self._keys[version]
-            if self._active is not None and version > self._active.version:
-                await self._reload_for_newer(version)
-                if version in self._keys:
-                    return self._keys[version]
             record = await self.storage.get_by_version(version)
             if record is None or record.wrapped_key is None:
                 if record is not None:
@@ -312,19 +305,10 @@ class KMSManager:
             key = self._unwrap(record)
             if key is None:
                 raise _key_not_found(version)
+            if self._active is not None and version > self._active.version:
+                self._wake.set()  # a newer key exists: we missed a rotation, re-check now
             self._keys[version] = key
             return key
-
-    async def _reload_for_newer(self, version: int) -> None:
-        """A ciphertext names a version above our active key: maybe we missed a rotation; check once."""
-        now = time.monotonic()
-        if now - self._last_newer_reload < _NEWER_VERSION_RELOAD_SECONDS:
-            raise _key_not_found(version)
-        self._last_newer_reload = now
-        record = await self.storage.get_active()
-        if record is None or record.version < version:
-            raise _key_not_found(version)
-        self._install_active(record)
 
     def count_encryptions(self, version: int, n: int) -> None:
         if n <= 0:

@@ -79,3 +79,13 @@ async def test_steady_state_encrypt_does_no_io(
     assert storage.calls == [] and redis_commands == []
     # Counted in memory only; the background task flushes them.
     assert (await manager.status()).active_encryption_count == 2001
+
+
+async def test_ciphertext_under_a_newer_key_decrypts_and_wakes_the_replica(make_manager: MakeManager) -> None:
+    a = await make_manager(cache_recheck_interval=timedelta(seconds=30))
+    b = await make_manager(cache_recheck_interval=timedelta(seconds=30))
+    await a.rotate("newer")
+    sealed = await a.crypto.encrypt("f", b"from a", {})
+    assert await b.crypto.decrypt("f", sealed.ciphertext, {}) == b"from a"
+    # b learned that a newer key exists and re-checked at once instead of waiting 30 s.
+    assert await seconds_until_version(b, 2, within=1.0) < 0.5

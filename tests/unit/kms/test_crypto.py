@@ -196,3 +196,21 @@ async def test_not_initialized_and_closed(make_manager: Callable[..., KMSManager
         assert exc.value.reason == "KMS_NOT_INITIALIZED"
     with pytest.raises(FailedPrecondition):
         m.crypto.blind_index("email", "a@b.com")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=100), st.binary(max_size=60).map(lambda b: b"\xa7\x01" + b)))
+async def test_decrypting_random_bytes_gives_only_domain_reasons(manager: KMSManager, data: bytes) -> None:
+    with pytest.raises(DomainError) as exc:
+        await manager.crypto.decrypt("f", data, {})
+    assert exc.value.reason in {"CIPHERTEXT_INVALID", "KEY_NOT_FOUND"}
+
+
+async def test_cbc_configuration_is_refused_at_start(make_manager: Callable[..., KMSManager]) -> None:
+    from internal.conf.config import Kms
+
+    m = make_manager()
+    m.config = Kms.model_construct(**{**m.config.model_dump(), "algorithm": "AES-256-CBC"})
+    with pytest.raises(InvalidArgument) as exc:
+        await m.initialize()
+    assert exc.value.reason == "VALIDATION_ERROR" and "AES-256-CBC" in exc.value.message
