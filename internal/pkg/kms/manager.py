@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 MIN_DESTROY_GRACE = timedelta(minutes=5)
+_MIN_TICK_GAP_SECONDS = 0.05
 _MAX_REASON_CHARS = 200
 
 
@@ -390,6 +391,9 @@ class KMSManager:
     # ---- background work ---------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        # Early wake-ups (a due key noticed by encrypt) are spaced out, and after a failure (storage
+        # down) the next attempt waits a full interval, so a busy replica never hammers the database.
+        min_gap = min(_MIN_TICK_GAP_SECONDS, self._recheck)
         while True:
             try:
                 async with asyncio.timeout(self._recheck):
@@ -403,6 +407,9 @@ class KMSManager:
                 raise
             except Exception as exc:
                 log.warning("kms background check failed; retrying", extra={"error": type(exc).__name__})
+                await asyncio.sleep(self._recheck)
+            else:
+                await asyncio.sleep(min_gap)
 
     async def _tick(self) -> None:
         await self._flush_counts()

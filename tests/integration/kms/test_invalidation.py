@@ -34,7 +34,7 @@ async def test_recheck_bounds_staleness_without_pubsub(make_manager: MakeManager
         assert (await b.crypto.encrypt("f", b"v", {})).key_version == round_ + 1
         await a.rotate("invalidate")
         elapsed = await seconds_until_version(b, round_ + 2, within=interval + 1.0)
-        assert elapsed <= interval + 0.15, elapsed
+        assert elapsed <= interval + 0.2, elapsed
 
 
 async def test_pubsub_is_near_immediate(make_manager: MakeManager) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -218,3 +219,28 @@ async def test_close_drops_key_material(manager: KMSManager) -> None:
     await manager.close()
     assert manager._keys == {} and manager._active is None and manager._root is None
     assert root is not None and root.wiped
+
+
+async def test_storage_outage_neither_stops_encryption_nor_hammers_storage(
+    make_manager: Callable[..., KMSManager],
+) -> None:
+    from internal.biz.errors import Unavailable
+
+    storage = CountingStorage(MemoryKeyStorage())
+    m = make_manager(storage, rotate_after_encryptions=10, cache_recheck_interval=timedelta(seconds=0.2))
+    await m.initialize()
+    try:
+
+        async def down(*_: object, **__: object) -> None:
+            storage.calls.append("down")
+            raise Unavailable("SERVICE_UNAVAILABLE", "storage down")
+
+        storage.inner.get_active = down  # type: ignore[method-assign]
+        storage.inner.add_encryption_counts = down  # type: ignore[method-assign]
+        storage.calls.clear()
+        for _ in range(300):  # far past the rotation threshold: every call wakes the background task
+            assert (await m.crypto.encrypt("f", b"v", {})).key_version == 1
+            await asyncio.sleep(0.001)
+        assert storage.calls.count("down") <= 8, storage.calls
+    finally:
+        await m.close()
