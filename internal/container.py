@@ -1,41 +1,172 @@
 """The composition root (Kratos' wire.go): builds every object once, at start-up, never at import.
 
-Resources (the asyncpg pool and the Redis client) open in ``init_resources`` and close in
-``shutdown_resources``. Providers that depend on them resolve to awaitables; ``internal.app`` awaits them.
+One container per layer, joined in ``Container``. Resources (the asyncpg pool, the Redis client, the
+initialized KMS) open in ``init_resources`` and close in ``shutdown_resources``. Providers that depend
+on them resolve to awaitables; ``internal.app.resolve`` awaits them.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 from dependency_injector import containers, providers
 from grpc_health.v1 import health
 
+from api.gen.auth.v1 import auth_pb2_grpc
+from api.gen.kms.v1 import kms_pb2_grpc
+from internal.biz.auth import AuthPolicy, AuthUsecase
+from internal.biz.captcha import CaptchaSettings, CaptchaUsecase
+from internal.biz.credentials import CredentialUsecase
+from internal.biz.password import Argon2Params, Argon2PasswordHasher, Lockout, LockoutPolicy
+from internal.biz.token import TokenPolicy, TokenUsecase
+from internal.biz.totp import TotpUsecase
+from internal.biz.user import UserUsecase
 from internal.conf.config import Bootstrap
+from internal.data.audit import PgAuditLog
+from internal.data.captcha import ImageCaptchaRenderer, RedisCaptchaStore
+from internal.data.credentials import PgCredentialRepo
 from internal.data.data import pg_pool_resource, redis_resource
+from internal.data.kms_reencrypt import UserPiiReencryptor
+from internal.data.ratelimit import RedisRateLimiter
+from internal.data.senders import build_senders
+from internal.data.session import PgSessionRepo, RedisLoginGuard
+from internal.data.signing_keys import build_signer
+from internal.data.user import PgUserRepo
+from internal.pkg.kms import KMSManager, build_kms
+from internal.server.grpc import ServiceRegistration
 from internal.server.health import DependencyHealth
+from internal.service.auth import AuthService
+from internal.service.kms import KMSService
 
 AUTH_SERVICE = "auth.v1.Auth"
 KMS_SERVICE = "kms.v1.KMS"
 
 
-def dependency_probes(pool: Any, redis: Any) -> dict[str, Any]:
+async def kms_resource(config: Bootstrap, pool: asyncpg.Pool, redis: Any) -> AsyncIterator[KMSManager]:
+    """Derive the root key, prove it opens every stored key (or refuse to start), then serve."""
+    manager = build_kms(config.kms, pool, redis, config.data.redis.key_prefix, [UserPiiReencryptor(pool)])
+    await manager.initialize()
+    try:
+        yield manager
+    finally:
+        await manager.close()
+
+
+def dependency_probes(pool: asyncpg.Pool, redis: Any) -> dict[str, Any]:
     return {"postgres": lambda: pool.fetchval("SELECT 1"), "redis": redis.ping}
+
+
+def captcha_code_key(kms: KMSManager) -> bytes:
+    return kms.derive_secret(b"captcha-code-key/v1")
+
+
+class Data(containers.DeclarativeContainer):
+    config = providers.Dependency(instance_of=Bootstrap)
+
+    pg_pool = providers.Resource(pg_pool_resource, conf=config.provided.data.database)
+    redis = providers.Resource(redis_resource, conf=config.provided.data.redis)
+    kms = providers.Resource(kms_resource, config=config, pool=pg_pool, redis=redis)
+    key_prefix = config.provided.data.redis.key_prefix
+
+    audit = providers.Singleton(PgAuditLog, pool=pg_pool)
+    users = providers.Singleton(PgUserRepo, pool=pg_pool)
+    sessions = providers.Singleton(
+        PgSessionRepo,
+        pool=pg_pool,
+        redis=redis,
+        key_prefix=key_prefix,
+        revoked_cache_ttl=config.provided.auth.access_token_expiration,
+    )
+    login_guard = providers.Singleton(RedisLoginGuard, redis=redis, key_prefix=key_prefix)
+    rate_limiter = providers.Singleton(RedisRateLimiter, redis=redis, key_prefix=key_prefix)
+    captcha_store = providers.Singleton(RedisCaptchaStore, redis=redis, key_prefix=key_prefix)
+    senders = providers.Singleton(build_senders, config=config, redis=redis, key_prefix=key_prefix)
+    credentials = providers.Singleton(PgCredentialRepo, pool=pg_pool)
+    signer = providers.Singleton(
+        build_signer,
+        auth=config.provided.auth,
+        data_dir=config.provided.data.data_dir,
+        production=providers.Callable(lambda c: c.security.mode == "production", config),
+    )
+
+
+class Biz(containers.DeclarativeContainer):
+    config = providers.Dependency(instance_of=Bootstrap)
+    data = providers.DependenciesContainer()
+
+    cipher = providers.Callable(lambda kms: kms.crypto, data.kms)
+    hasher = providers.Singleton(
+        Argon2PasswordHasher, providers.Callable(Argon2Params.from_conf, config.provided.auth)
+    )
+    lockout = providers.Singleton(
+        Lockout, data.login_guard, providers.Callable(LockoutPolicy.from_conf, config.provided.auth)
+    )
+    captcha = providers.Singleton(
+        CaptchaUsecase,
+        settings=providers.Callable(CaptchaSettings.from_conf, config.provided.auth),
+        store=data.captcha_store,
+        renderer=providers.Singleton(ImageCaptchaRenderer),
+        senders=data.senders,
+        limiter=data.rate_limiter,
+        code_key=providers.Callable(captcha_code_key, data.kms),
+    )
+    tokens = providers.Singleton(
+        TokenUsecase,
+        data.signer,
+        data.sessions,
+        data.users,
+        data.audit,
+        providers.Callable(TokenPolicy.from_conf, config.provided.auth),
+    )
+    auth = providers.Singleton(
+        AuthUsecase,
+        data.users,
+        cipher,
+        hasher,
+        captcha,
+        data.rate_limiter,
+        lockout,
+        tokens,
+        data.audit,
+        providers.Callable(AuthPolicy.from_conf, config.provided.auth),
+    )
+    totp = providers.Singleton(
+        TotpUsecase, data.users, cipher, hasher, lockout, data.audit, config.provided.auth.totp_issuer
+    )
+    users = providers.Singleton(UserUsecase, data.users, cipher)
+    credentials = providers.Singleton(CredentialUsecase, data.credentials, data.audit)
+
+
+def _auth_registration(service: AuthService) -> ServiceRegistration:
+    return ServiceRegistration(AUTH_SERVICE, lambda server: auth_pb2_grpc.add_AuthServicer_to_server(service, server))
+
+
+def _kms_registration(service: KMSService) -> ServiceRegistration:
+    return ServiceRegistration(KMS_SERVICE, lambda server: kms_pb2_grpc.add_KMSServicer_to_server(service, server))
 
 
 class Container(containers.DeclarativeContainer):
     config = providers.Dependency(instance_of=Bootstrap)
 
-    pg_pool = providers.Resource(pg_pool_resource, conf=config.provided.data.database)
-    redis = providers.Resource(redis_resource, conf=config.provided.data.redis)
+    data = providers.Container(Data, config=config)
+    biz = providers.Container(Biz, config=config, data=data)
+
+    auth_service = providers.Singleton(AuthService, biz.auth, biz.tokens, biz.totp, biz.users, biz.captcha)
+    kms_service = providers.Singleton(
+        KMSService, data.kms, biz.credentials, config.provided.security.kms_require_credentials
+    )
+    # The gRPC services to serve, as internal.server.grpc.ServiceRegistration values.
+    services = providers.List(
+        providers.Callable(_auth_registration, auth_service),
+        providers.Callable(_kms_registration, kms_service),
+    )
 
     health_servicer = providers.Singleton(health.aio.HealthServicer)
     dependency_health = providers.Singleton(
         DependencyHealth,
         servicer=health_servicer,
         service_names=[AUTH_SERVICE, KMS_SERVICE],
-        probes=providers.Callable(dependency_probes, pool=pg_pool, redis=redis),
+        probes=providers.Callable(dependency_probes, pool=data.pg_pool, redis=data.redis),
     )
-
-    # The gRPC services to serve, as internal.server.grpc.ServiceRegistration values.
-    services = providers.List()

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Protocol
 
 from internal.biz.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from internal.biz.token import AuditLog
 
 SCOPES = frozenset({"kms.encrypt", "kms.decrypt", "kms.admin", "auth.admin"})
 TOKEN_PREFIX = "akms_"
@@ -50,10 +51,6 @@ class CredentialRepo(Protocol):
     async def list(self) -> list[ServiceCredential]: ...
 
 
-class AuditLog(Protocol):
-    async def record(self, event: str, outcome: str, *, actor: str = "", subject: str = "", **details: str) -> None: ...
-
-
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -74,7 +71,8 @@ class CredentialUsecase:
             raise InvalidArgument("VALIDATION_ERROR", f"scopes must be a non-empty subset of {sorted(SCOPES)}")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         credential = await self._repo.create(name, token_hash(token), sorted(set(scopes)))
-        await self._audit.record("credential.create", "success", subject=name, scopes=",".join(sorted(scopes)))
+        scope_list = ",".join(sorted(scopes))
+        await self._audit.record("credential.create", "success", subject=name, details={"scopes": scope_list})
         return IssuedCredential(credential, token)
 
     async def revoke(self, name: str) -> None:
@@ -106,13 +104,13 @@ class CredentialUsecase:
     async def authorize(self, token: str | None, *any_of: str, action: str) -> ServiceCredential:
         """The caller's credential if it holds one of ``any_of``; otherwise UNAUTHENTICATED/PERMISSION_DENIED."""
         if not token:
-            await self._audit.record("access.denied", "missing_credentials", subject=action)
+            await self._audit.record("access.denied", "no_credential", subject=action)
             raise Unauthenticated("CREDENTIALS_MISSING", "a service credential is required (authorization: Bearer …)")
         credential = await self.lookup(token)
         if credential is None:
-            await self._audit.record("access.denied", "invalid_credentials", subject=action)
+            await self._audit.record("access.denied", "bad_credential", subject=action)
             raise Unauthenticated("CREDENTIALS_INVALID", "the service credential is invalid or revoked")
         if not credential.scopes & set(any_of):
-            await self._audit.record("access.denied", "insufficient_scope", actor=credential.name, subject=action)
+            await self._audit.record("access.denied", "no_scope", actor=credential.name, subject=action)
             raise PermissionDenied("PERMISSION_DENIED", f"this credential lacks the scope {' or '.join(any_of)}")
         return credential

@@ -41,6 +41,7 @@ class PgCredentialRepo:
             )
         except asyncpg.UniqueViolationError:
             raise Conflict("CREDENTIAL_EXISTS", "a credential with that name already exists") from None
+        assert row is not None  # INSERT … RETURNING always yields the row
         return _credential(row)
 
     @translate_driver_errors

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 import redis.exceptions
@@ -37,7 +37,7 @@ def dependency_unavailable(exc: BaseException) -> Unavailable:
     return Unavailable("SERVICE_UNAVAILABLE", "a backing service is unavailable; retry later")
 
 
-def translate_driver_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def translate_driver_errors(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Decorator for repository methods: connection-level failures → Unavailable."""
 
     @functools.wraps(fn)

@@ -10,26 +10,15 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from prometheus_client import Counter, Gauge, Histogram
 
 from internal.biz import errors
 from internal.pkg.log import request_id
+from internal.service.status import domain_status_proto, status_proto
 
 log = logging.getLogger(__name__)
 
-_GRPC_CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.Conflict: grpc.StatusCode.ALREADY_EXISTS,
-    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-}
-ERROR_DOMAIN = "authkms"
 
 RPC_HANDLED = Counter("grpc_server_handled_total", "RPCs completed", ["grpc_service", "grpc_method", "grpc_code"])
 RPC_LATENCY = Histogram(
@@ -39,21 +28,6 @@ RPC_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 RPC_IN_FLIGHT = Gauge("grpc_server_in_flight", "RPCs in progress", ["grpc_service", "grpc_method"])
-
-
-def status_proto(
-    code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str] | None = None
-) -> status_pb2.Status:
-    """A google.rpc.Status with one ErrorInfo detail, exactly what Kratos' errors.GRPCStatus() sends."""
-    status = status_pb2.Status(code=code.value[0], message=message)
-    status.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {}))
-    return status
-
-
-def domain_status_proto(exc: errors.DomainError) -> status_pb2.Status:
-    """The status of a domain error, e.g. for one item of a batch reply."""
-    code = next(c for kind, c in _GRPC_CODES.items() if isinstance(exc, kind))
-    return status_proto(code, exc.reason, exc.message, exc.metadata)
 
 
 def status_for(code: grpc.StatusCode, reason: str, message: str) -> grpc.Status:

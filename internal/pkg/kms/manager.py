@@ -324,6 +324,12 @@ class KMSManager:
             raise _not_initialized()
         return self._root.blind_index_key(field)
 
+    def derive_secret(self, purpose: bytes) -> bytes:
+        """A long-term secret for another component (e.g. captcha code hashing), the same on every replica."""
+        if self._root is None:
+            raise _not_initialized()
+        return self._root.derive(b"authkms/secret:" + purpose)
+
     def drop_cached_keys(self) -> None:
         """Forget unwrapped retired keys; the active key is kept (it is what encryption needs)."""
         active = self._active
