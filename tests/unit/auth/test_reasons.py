@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 from api.gen.auth.v1 import error_reason_pb2
+from api.gen.kms.v1 import error_reason_pb2 as kms_error_reason_pb2
 
 ROOT = Path(__file__).resolve().parents[3]
 AUTH_FILES = [
@@ -31,9 +32,9 @@ ERROR_CLASSES = {
 }
 
 
-def raised_reasons() -> set[str]:
+def raised_reasons(files: list[str] = AUTH_FILES) -> set[str]:
     reasons = set()
-    for name in AUTH_FILES:
+    for name in files:
         for node in ast.walk(ast.parse((ROOT / name).read_text())):
             if (
                 isinstance(node, ast.Call)
@@ -50,4 +51,12 @@ def test_every_raised_reason_is_declared() -> None:
     declared = set(error_reason_pb2.ErrorReason.keys())
     reasons = raised_reasons()
     assert {"INVALID_CREDENTIALS", "REFRESH_TOKEN_REUSED", "ACCOUNT_LOCKED", "TOTP_INVALID"} <= reasons
+    assert reasons <= declared, reasons - declared
+
+
+def test_every_reason_raised_anywhere_is_declared_in_a_proto() -> None:
+    files = [str(p.relative_to(ROOT)) for p in (ROOT / "internal").rglob("*.py")]
+    declared = set(error_reason_pb2.ErrorReason.keys()) | set(kms_error_reason_pb2.ErrorReason.keys())
+    reasons = raised_reasons(files)
+    assert {"CIPHERTEXT_INVALID", "KEY_NOT_FOUND", "CREDENTIALS_MISSING", "CAPTCHA_INVALID"} <= reasons
     assert reasons <= declared, reasons - declared

@@ -20,6 +20,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROTATION_IN_PROGRESS: _ClassVar[ErrorReason]
     SERVICE_UNAVAILABLE: _ClassVar[ErrorReason]
     INTERNAL_ERROR: _ClassVar[ErrorReason]
+    CREDENTIAL_NOT_FOUND: _ClassVar[ErrorReason]
+    CREDENTIAL_EXISTS: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 VALIDATION_ERROR: ErrorReason
 CIPHERTEXT_INVALID: ErrorReason
@@ -34,3 +36,5 @@ PERMISSION_DENIED: ErrorReason
 ROTATION_IN_PROGRESS: ErrorReason
 SERVICE_UNAVAILABLE: ErrorReason
 INTERNAL_ERROR: ErrorReason
+CREDENTIAL_NOT_FOUND: ErrorReason
+CREDENTIAL_EXISTS: ErrorReason
