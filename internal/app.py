@@ -14,6 +14,7 @@ from typing import Any
 from internal.conf.config import Bootstrap
 from internal.container import Container
 from internal.data.migrate import migrate_up
+from internal.pkg.tracing import setup_tracing, shutdown_tracing
 from internal.server.grpc import new_grpc_server
 from internal.server.http import MonitoringServer
 
@@ -62,6 +63,14 @@ def _stop_event() -> asyncio.Event:
 async def serve(config: Bootstrap) -> None:
     """Run until SIGTERM/SIGINT, then drain in-flight RPCs within the grace period and release everything."""
     stop = _stop_event()
+    setup_tracing(config.monitoring)
+    try:
+        await _serve(config, stop)
+    finally:
+        await asyncio.to_thread(shutdown_tracing)
+
+
+async def _serve(config: Bootstrap, stop: asyncio.Event) -> None:
     async with dependencies(config) as config:
         if config.data.database.auto_migrate:
             applied = await migrate_up(config.data.database.url)

@@ -1,31 +1,140 @@
-"""authkms entry point: `python cmd/server/main.py [-conf configs] <command>` (default command: serve)."""
+"""authkms entry point: `python cmd/server/main.py [-conf configs] [--workers N] <command>`.
+
+Commands: serve (default), migrate up|down|version, kms rotate|status|maintenance,
+credentials create|revoke|list, users unlock. Every command exits non-zero with a one-line reason.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
 
-from internal.conf.config import ConfigError, load_config
+from internal.conf.config import Bootstrap, ConfigError, load_config
 from internal.pkg.log import setup_logging
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="authkms", description="Authentication and field-level encryption service")
     parser.add_argument("-conf", "--conf", default="configs", help="config file or folder (default: configs)")
+    parser.add_argument("--workers", type=int, default=None, help="serve with N processes sharing the port")
     commands = parser.add_subparsers(dest="command", metavar="command")
     commands.add_parser("serve", help="run the gRPC service (default)")
-    migrate = commands.add_parser("migrate", help="database schema migrations")
-    migrate_cmds = migrate.add_subparsers(dest="action", required=True, metavar="action")
-    up = migrate_cmds.add_parser("up", help="apply pending migrations")
+
+    migrate = commands.add_parser("migrate", help="database schema migrations").add_subparsers(
+        dest="action", required=True, metavar="action"
+    )
+    up = migrate.add_parser("up", help="apply pending migrations")
     up.add_argument("n", nargs="?", type=int, help="apply at most N migrations")
-    down = migrate_cmds.add_parser("down", help="revert migrations")
+    down = migrate.add_parser("down", help="revert migrations")
     down.add_argument("n", nargs="?", type=int, default=1, help="revert N migrations (default 1)")
-    migrate_cmds.add_parser("version", help="print the current schema version")
+    migrate.add_parser("version", help="print the current schema version")
+
+    kms = commands.add_parser("kms", help="key management").add_subparsers(
+        dest="action", required=True, metavar="action"
+    )
+    rotate = kms.add_parser("rotate", help="make a new active data key")
+    rotate.add_argument("--reason", default="cli", help="recorded in the audit trail")
+    kms.add_parser("status", help="show the active key and key counts")
+    maintenance = kms.add_parser("maintenance", help="expire keys, re-encrypt old data, destroy unused keys")
+    maintenance.add_argument("--batch-size", type=int, default=0, help="records per batch (default: config)")
+    maintenance.add_argument("--dry-run", action="store_true", help="report only")
+
+    creds = commands.add_parser("credentials", help="service credentials for kms.v1 callers").add_subparsers(
+        dest="action", required=True, metavar="action"
+    )
+    create = creds.add_parser("create", help="create a credential and print its token once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scopes", required=True, help="comma-separated: kms.encrypt,kms.decrypt,kms.admin,auth.admin")
+    revoke = creds.add_parser("revoke", help="revoke a credential (effective within seconds everywhere)")
+    revoke.add_argument("--name", required=True)
+    creds.add_parser("list", help="list credentials (never tokens)")
+
+    users = commands.add_parser("users", help="user accounts").add_subparsers(dest="action", required=True)
+    unlock = users.add_parser("unlock", help="clear a user's login lock")
+    unlock.add_argument("username")
     return parser
 
 
-async def _migrate(config, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+def _when(moment: datetime | None) -> str:
+    return moment.isoformat(timespec="seconds") if moment else "-"
+
+
+async def _with_container(config: Bootstrap, action: Callable[[Any], Awaitable[int]]) -> int:
+    from internal.app import dependencies, resolve
+    from internal.container import Container
+
+    async with dependencies(config) as config:
+        container = Container(config=config)
+        await resolve(container.init_resources())
+        try:
+            return await action(container)
+        finally:
+            await resolve(container.shutdown_resources())
+
+
+async def _kms(container: Any, args: argparse.Namespace) -> int:
+    manager = await container.data.kms()
+    if args.action == "rotate":
+        key = await manager.rotate(args.reason)
+        print(f"active key is now version {key.version} ({key.algorithm})")
+    elif args.action == "status":
+        status = await manager.status()
+        print(f"algorithm {status.algorithm}, active version {status.active_version}")
+        print(f"active since {_when(status.active_created_at)}, expires {_when(status.active_expires_at)}")
+        print(f"encryptions under active key: {status.active_encryption_count}")
+        print("keys by status: " + ", ".join(f"{k}={v}" for k, v in sorted(status.counts.items())))
+    else:
+        return await _maintenance(manager, args)
+    return 0
+
+
+async def _maintenance(manager: Any, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    with tqdm(unit="record", desc="re-encrypting", file=sys.stderr) as bar:
+        def progress(step: Any) -> None:
+            bar.update(step.reencrypted + step.failed + step.skipped)
+
+        while True:
+            report = await manager.maintenance(args.batch_size, args.dry_run, progress)
+            bar.total = bar.n + report.remaining
+            if report.done or args.dry_run or report.records_reencrypted == 0:
+                break
+    print(
+        f"expired marked {report.expired_marked}, re-encrypted {report.records_reencrypted}, "
+        f"failed {report.records_failed}, keys destroyed {report.keys_destroyed}, remaining {report.remaining}"
+    )
+    return 0 if report.records_failed == 0 else 1
+
+
+async def _credentials(container: Any, args: argparse.Namespace) -> int:
+    usecase = await container.biz.credentials()
+    if args.action == "create":
+        issued = await usecase.create(args.name, [s.strip() for s in args.scopes.split(",") if s.strip()])
+        print(f"created {issued.credential.name} with scopes {','.join(sorted(issued.credential.scopes))}")
+        print("token (shown once, store it now):", file=sys.stderr)
+        print(issued.token)
+    elif args.action == "revoke":
+        await usecase.revoke(args.name)
+        print(f"revoked {args.name}")
+    else:
+        for cred in await usecase.list():
+            state = f"revoked {_when(cred.revoked_at)}" if cred.revoked_at else "active"
+            print(f"{cred.name}\t{','.join(sorted(cred.scopes))}\t{state}\tcreated {_when(cred.created_at)}")
+    return 0
+
+
+async def _users(container: Any, args: argparse.Namespace) -> int:
+    await (await container.biz.auth()).unlock(args.username)
+    print(f"unlocked {args.username}")
+    return 0
+
+
+async def _migrate(config: Bootstrap, args: argparse.Namespace) -> int:
     from internal.app import dependencies
     from internal.data import migrate
 
@@ -41,6 +150,23 @@ async def _migrate(config, args: argparse.Namespace) -> int:  # type: ignore[no-
     return 0
 
 
+def _run(config: Bootstrap, args: argparse.Namespace) -> int:
+    from internal.app import serve
+    from internal.server.supervisor import supervise, workers_to_supervise
+
+    if args.command == "migrate":
+        return asyncio.run(_migrate(config, args))
+    handlers = {"kms": _kms, "credentials": _credentials, "users": _users}
+    if args.command in handlers:
+        handler = handlers[args.command]
+        return asyncio.run(_with_container(config, lambda container: handler(container, args)))
+    workers = workers_to_supervise(config, args.workers)
+    if workers:
+        return asyncio.run(supervise(config, args.conf, workers))
+    asyncio.run(serve(config))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -49,16 +175,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"authkms: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.monitoring.log_level, config.monitoring.log_format, config.security.mode == "production")
-    from internal.app import serve
+    from internal.biz.errors import DomainError
 
     try:
-        if args.command == "migrate":
-            return asyncio.run(_migrate(config, args))
-        asyncio.run(serve(config))
-    except Exception as exc:  # one clear line instead of a traceback at start-up
+        return _run(config, args)
+    except DomainError as exc:
+        print(f"authkms: {exc.reason}: {exc.message}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # one clear line instead of a traceback
         print(f"authkms: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -253,6 +253,14 @@ class AuthUsecase:
             max_attempts=self._lockout.policy.max_attempts,
         )
 
+    async def unlock(self, username: str) -> None:
+        """Operator action: clear an account's failure counter and lock."""
+        user = await self._users.find_by_username(username)
+        if user is None:
+            raise NotFound("USER_NOT_FOUND", "user not found")
+        await self._lockout.succeeded(user_account(user.id))
+        await self._audit.record("account.unlock", "success", actor="operator", subject=str(user.id))
+
     async def _throttle(self, bucket: str) -> None:
         verdict = await self._limiter.hit(
             bucket, self._policy.client_rate_limit, self._policy.client_rate_window_seconds

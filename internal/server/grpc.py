@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from internal.conf.config import GRPC
+from internal.pkg.tracing import tracing_interceptors
 from internal.server.interceptors import AccessLogInterceptor, ErrorInterceptor
 
 
@@ -44,7 +45,9 @@ def new_grpc_server(
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
-    server = grpc.aio.server(interceptors=[AccessLogInterceptor(), ErrorInterceptor()], options=options)
+    # Tracing outermost, so its span sees the status the error interceptor sets.
+    interceptors = [*tracing_interceptors(), AccessLogInterceptor(), ErrorInterceptor()]
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     for service in services:
         service.add_to_server(server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
