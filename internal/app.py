@@ -17,6 +17,7 @@ from internal.data.migrate import migrate_up
 from internal.pkg.tracing import setup_tracing, shutdown_tracing
 from internal.server.grpc import new_grpc_server
 from internal.server.http import MonitoringServer
+from internal.server.metrics import kms_gauges
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,8 @@ async def _run_servers(container: Container, config: Bootstrap, stop: asyncio.Ev
         await monitoring.start()
     log.info("serving", extra={"grpc_port": port, "services": [s.full_name for s in services]})
     try:
-        await stop.wait()
+        async with kms_gauges(await resolve(container.data.kms())):
+            await stop.wait()
     finally:
         log.info("shutting down", extra={"grace_s": config.server.grpc.grace_period.total_seconds()})
         await health_check.shutdown()

@@ -15,6 +15,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from internal.biz import errors
 from internal.pkg.log import request_id
+from internal.server.metrics import error_reason
 from internal.service.status import domain_status_proto, status_proto
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             try:
                 return await inner(request, context)
             except errors.DomainError as exc:
+                error_reason.set(exc.reason)
                 await context.abort_with_status(rpc_status.to_status(domain_status_proto(exc)))
             except grpc.aio.AbortError:
                 raise

@@ -1,0 +1,126 @@
+"""Business metrics for Prometheus, read off the RPCs themselves (request, reply, error reason).
+
+Kept in one interceptor so servicers stay free of metric plumbing. Labels never carry user data: only
+method names, outcomes (gRPC code or error reason), captcha types and key versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Gauge
+
+log = logging.getLogger(__name__)
+
+# Set by the error interceptor when it maps a domain error, read here for the outcome label.
+error_reason: contextvars.ContextVar[str] = contextvars.ContextVar("error_reason", default="")
+
+KMS_OPERATIONS = Counter(
+    "kms_operations_total", "KMS operations (batch items counted one by one)", ["operation", "key_version", "outcome"]
+)
+KMS_ACTIVE_KEY_VERSION = Gauge("kms_active_key_version", "Version of the active data key")
+KMS_ACTIVE_KEY_AGE = Gauge("kms_active_key_age_seconds", "Age of the active data key")
+KMS_ACTIVE_KEY_ENCRYPTIONS = Gauge("kms_active_key_encryptions", "Encryptions under the active data key")
+LOGINS = Counter("auth_logins_total", "Login attempts by outcome (success, or the error reason)", ["outcome"])
+CAPTCHAS = Counter("auth_captchas_issued_total", "Captchas issued (image) or codes sent (sms, email)", ["type"])
+
+_KMS_OPERATIONS = {
+    "Encrypt": "encrypt",
+    "Decrypt": "decrypt",
+    "EncryptBatch": "encrypt",
+    "DecryptBatch": "decrypt",
+    "Rewrap": "rewrap",
+    "HashField": "hash",
+    "RotateDataKey": "rotate",
+    "PerformMaintenance": "maintenance",
+}
+
+
+def _key_version(reply: Any) -> str:
+    """The key version a KMS reply names (``key_version``, or ``key.version`` for rotations), else ""."""
+    if reply is None:
+        return ""
+    if hasattr(reply, "key_version"):
+        return str(reply.key_version)
+    key = getattr(reply, "key", None)
+    return str(key.version) if key is not None else ""
+
+
+def _record(method: str, request: Any, reply: Any, outcome: str) -> None:
+    service, _, name = method.lstrip("/").rpartition("/")
+    if service == "kms.v1.KMS" and name in _KMS_OPERATIONS:
+        operation = _KMS_OPERATIONS[name]
+        results = getattr(reply, "results", None)
+        if results is not None:
+            for item in results:
+                ok = item.status.code == 0
+                KMS_OPERATIONS.labels(operation, _key_version(item) if ok else "", "OK" if ok else "ITEM_ERROR").inc()
+            return
+        KMS_OPERATIONS.labels(operation, _key_version(reply), outcome).inc()
+    elif service == "auth.v1.Auth" and name == "Login":
+        LOGINS.labels("success" if outcome == "OK" else outcome).inc()
+    elif service == "auth.v1.Auth" and name == "GetCaptcha" and outcome == "OK":
+        CAPTCHAS.labels(request.captcha_type).inc()
+
+
+class BusinessMetricsInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or handler.unary_unary is None or not method.startswith(("/kms.v1.", "/auth.v1.")):
+            return handler
+        inner = handler.unary_unary
+
+        async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = error_reason.set("")
+            try:
+                reply = await inner(request, context)
+                _record(method, request, reply, "OK")
+                return reply
+            except grpc.aio.AbortError:
+                _record(method, request, None, error_reason.get() or (context.code() or grpc.StatusCode.UNKNOWN).name)
+                raise
+            finally:
+                error_reason.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            behaviour,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+async def publish_kms_gauges(kms: Any, interval: float = 15.0) -> None:
+    """Refresh the active-key gauges periodically (runs until cancelled)."""
+    while True:
+        try:
+            status = await kms.status()
+            KMS_ACTIVE_KEY_VERSION.set(status.active_version)
+            KMS_ACTIVE_KEY_ENCRYPTIONS.set(status.active_encryption_count)
+            if status.active_created_at:
+                KMS_ACTIVE_KEY_AGE.set(time.time() - status.active_created_at.timestamp())
+        except Exception as exc:  # metrics must never take the service down
+            log.warning("kms gauges not refreshed", extra={"error": type(exc).__name__})
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def kms_gauges(kms: Any) -> Any:
+    task = asyncio.create_task(publish_kms_gauges(kms), name="kms-gauges")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
