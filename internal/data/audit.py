@@ -7,12 +7,15 @@ The request id comes from the logging context so an audit row can be matched to 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 
 import asyncpg
 
 from internal.data.errors import translate_driver_errors
 from internal.pkg.log import request_id
+
+log = logging.getLogger("audit")
 
 
 class PgAuditLog:
@@ -29,6 +32,8 @@ class PgAuditLog:
         subject: str | None = None,
         details: Mapping[str, str | int | bool] | None = None,
     ) -> None:
+        # The same event goes to the log stream, so operators see it next to the RPC line.
+        log.info(event, extra={"outcome": outcome, "actor": actor or "", "subject": subject or ""})
         await self._pool.execute(
             """
             INSERT INTO audit_events (event, outcome, actor, subject, request_id, details)
