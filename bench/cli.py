@@ -1,0 +1,299 @@
+"""`python -m bench [--seconds S] [--concurrency C] [--quick] [--output PATH]`.
+
+One run, one fresh database and Redis prefix, one credential; everything below is measured in this run:
+
+1. KMS Encrypt RPC rate ÷ grpc.health.v1 Check RPC rate on the same server, same client design.
+2. EncryptBatch (1,000 × 32-byte fields) fields/s ÷ in-process AES-GCM encryptions/s.
+3. PostgreSQL statements per Encrypt in steady state (``db_queries_total`` around the Encrypt run).
+4. Login p50 (sequential) ÷ one in-process Argon2id hash with the configured parameters; Register and
+   Login rates with concurrent clients.
+5. Encrypt rate with 1 worker (from 1.) and with ``--workers 2`` (a fresh server start).
+
+Goals are reported, not enforced: the exit status is 0 whenever the measurements ran, 1 on errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.env import Backend, BenchError, new_backend
+from bench.load import LoadResult, LoadSpec, run_load
+from bench.measure import (
+    ConnectionSampler,
+    aesgcm_rate,
+    argon2_hash_times,
+    db_queries,
+    login_times,
+    register_user,
+    wait_workers_serving,
+    warm_up_kms,
+)
+from bench.report import Report, Row, at_least, at_most
+from internal.biz.password import Argon2Params
+from internal.conf.config import load_config
+from tests.e2e.harness import ROOT, ServerProcess, start_server
+
+DEFAULT_OUTPUT = ROOT / "bench" / "results" / "latest.json"
+# Per-call statements would show as ≥ 1 per call (or 1/(rate·ttl) for a cache); the periodic background
+# statements (key re-check, count flush, credential-cache refresh: a few per 5 s) stay far below this.
+QUERIES_PER_CALL_BOUND = 0.01
+
+
+@dataclass(frozen=True)
+class Settings:
+    seconds: float
+    warmup: float
+    concurrency: int
+    auth_concurrency: int
+    batch_concurrency: int
+    processes: int
+    channels: int
+    min_samples: int
+    quick: bool
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement (default 5)")
+    parser.add_argument("--concurrency", type=int, default=32,
+                        help="KMS/health calls in flight over both client processes (default 32)")
+    parser.add_argument("--auth-concurrency", type=int, default=8,
+                        help="concurrent Register/Login clients (default 8)")
+    parser.add_argument("--quick", action="store_true", help="tiny durations, for a smoke test")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
+                        help=f"also write the results as JSON (default {DEFAULT_OUTPUT.relative_to(ROOT)})")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    if args.seconds <= 0 or args.concurrency < 1 or args.auth_concurrency < 1:
+        raise BenchError("--seconds, --concurrency and --auth-concurrency must be positive")
+    seconds = min(args.seconds, 0.5) if args.quick else args.seconds
+    return Settings(
+        seconds=seconds,
+        warmup=0.2 if args.quick else min(1.0, max(0.2, seconds / 5)),
+        concurrency=args.concurrency,
+        auth_concurrency=args.auth_concurrency,
+        batch_concurrency=min(args.concurrency, 4),
+        processes=2,
+        channels=2,
+        min_samples=3 if args.quick else 10,
+        quick=args.quick,
+    )
+
+
+def _say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Run:
+    """The servers of one run; every one started is terminated by ``stop_all``."""
+
+    def __init__(self, settings: Settings, backend: Backend, log_dir: Path) -> None:
+        self.s = settings
+        self.backend = backend
+        self.log_dir = log_dir
+        self.servers: list[ServerProcess] = []
+        self.report = Report()
+
+    def start(self, workers: int = 1) -> ServerProcess:
+        args = ("--workers", str(workers)) if workers > 1 else ()
+        server = start_server(self.log_dir, self.backend.server_env, args)
+        self.servers.append(server)
+        server.wait_serving(timeout=120)
+        if workers > 1:
+            wait_workers_serving(server, workers)
+        return server
+
+    def stop(self, server: ServerProcess) -> None:
+        code = server.terminate()
+        self.servers.remove(server)
+        if code != 0:
+            raise BenchError(f"server exited with {code} at SIGTERM; log: {server.log_path}")
+
+    def stop_all(self) -> list[str]:
+        problems = []
+        for server in list(self.servers):
+            try:
+                server.terminate()
+            except Exception as exc:  # keep terminating the others
+                problems.append(f"server pid {server.proc.pid}: {exc}")
+            finally:
+                if server.proc.poll() is None:
+                    server.proc.kill()
+                    server.proc.wait()
+        self.servers.clear()
+        return problems
+
+    def load(self, server: ServerProcess, operation: str, concurrency: int, **extra: Any) -> LoadResult:
+        spec = LoadSpec(
+            target=server.target,
+            operation=operation,
+            concurrency=concurrency,
+            seconds=self.s.seconds,
+            warmup=self.s.warmup,
+            processes=self.s.processes,
+            channels=self.s.channels,
+            **extra,
+        )
+        result = run_load(spec)
+        _say(f"{operation}: {result.rate:,.1f} calls/s ({result.calls} calls, {concurrency} in flight)")
+        return result
+
+
+def _measure(run: Run, token: str) -> None:
+    s, report, details = run.s, run.report, run.report.details
+    _say("starting the server (1 worker)")
+    server = run.start()
+    warm_up_kms(server.target, token)
+
+    # 1 + 3: Encrypt vs health Check, and statements per Encrypt around the Encrypt run.
+    check = run.load(server, "check", s.concurrency)
+    before = db_queries(server)
+    encrypt = run.load(server, "encrypt", s.concurrency, token=token)
+    statements = db_queries(server) - before
+    per_call = statements / encrypt.total_calls
+    details["check"] = asdict(check)
+    details["encrypt"] = asdict(encrypt)
+    details["db_queries"] = {"statements": statements, "encrypt_calls": encrypt.total_calls,
+                             "window_seconds": s.warmup + s.seconds}
+
+    # 2: EncryptBatch vs in-process AES-GCM.
+    batch = run.load(server, "batch", s.batch_concurrency, token=token, batch_size=1000)
+    details["batch"] = asdict(batch)
+    _say("in-process AES-GCM")
+    aes = aesgcm_rate(s.seconds)
+
+    # 4: Login p50 vs one Argon2id hash; Register and Login rates.
+    tag = uuid.uuid4().hex[:6]
+    solo = f"bsolo{tag}"
+    register_user(server.target, solo)
+    _say("sequential logins")
+    logins = login_times(server.target, solo, s.seconds, s.min_samples)
+    params = Argon2Params.from_conf(load_config(ROOT / "configs", environ=server.env).auth)
+    _say(f"in-process Argon2id {params}")
+    hashes = argon2_hash_times(params, s.seconds, s.min_samples)
+    details["login_sequential"] = {"samples": len(logins.values), "p50_ms": logins.p50 * 1e3,
+                                   "p90_ms": logins.p90 * 1e3}
+    details["argon2_in_process"] = {"samples": len(hashes.values), "p50_ms": hashes.p50 * 1e3,
+                                    "p90_ms": hashes.p90 * 1e3, "params": asdict(params)}
+    register = run.load(server, "register", s.auth_concurrency, tag=tag)
+    login = run.load(server, "login", s.auth_concurrency, users=tuple(register.registered))
+    details["register"] = asdict(register) | {"registered": len(register.registered)}
+    details["login"] = asdict(login)
+    run.stop(server)
+
+    # 5: a fresh start with two workers.
+    _say("starting the server (--workers 2)")
+    server2 = run.start(workers=2)
+    warm_up_kms(server2.target, token, calls=50)
+    with ConnectionSampler(server2.grpc_port) as sampler:
+        encrypt2 = run.load(server2, "encrypt", s.concurrency, token=token)
+    details["encrypt_2_workers"] = asdict(encrypt2) | {
+        "connections_per_worker": sorted(sampler.best.values(), reverse=True)
+    }
+    run.stop(server2)
+
+    report.add(Row("encrypt_check_ratio", "1. Encrypt rate ÷ health Check rate", encrypt.rate / check.rate,
+                   goal=at_least(0.8)))
+    report.add(Row("encrypt_rps", "   Encrypt RPC rate", encrypt.rate, "/s"))
+    report.add(Row("check_rps", "   health Check RPC rate", check.rate, "/s"))
+    report.add(Row("batch_aesgcm_ratio", "2. EncryptBatch fields/s ÷ in-process AES-GCM/s", batch.item_rate / aes,
+                   goal=at_least(0.5), digits=3))
+    report.add(Row("batch_fields_per_s", "   EncryptBatch (1,000 × 32 B) throughput", batch.item_rate, "fields/s"))
+    report.add(Row("aesgcm_per_s", "   in-process AES-GCM (32 B, fresh nonce)", aes, "enc/s"))
+    report.add(Row("db_queries_per_encrypt", "3. DB statements per Encrypt (steady state)", per_call,
+                   goal=at_most(QUERIES_PER_CALL_BOUND, f"0 (≤ {QUERIES_PER_CALL_BOUND:g})"), digits=5))
+    report.add(Row("login_argon2_ratio", "4. Login p50 ÷ in-process Argon2id hash", logins.p50 / hashes.p50,
+                   goal=at_most(1.3)))
+    report.add(Row("login_p50_ms", "   Login p50 (sequential)", logins.p50 * 1e3, "ms", digits=1))
+    report.add(Row("argon2_hash_ms", "   Argon2id hash p50 (in-process)", hashes.p50 * 1e3, "ms", digits=1))
+    report.add(Row("register_per_s", f"   Register rate ({s.auth_concurrency} clients)", register.rate, "users/s",
+                   digits=1))
+    report.add(Row("login_per_s", f"   Login rate ({s.auth_concurrency} clients)", login.rate, "users/s", digits=1))
+    report.add(Row("encrypt_rps_1_worker", "5. Encrypt rate, 1 worker", encrypt.rate, "/s"))
+    report.add(Row("encrypt_rps_2_workers", "   Encrypt rate, --workers 2", encrypt2.rate, "/s"))
+    report.add(Row("workers_2_1_ratio", "   2 workers ÷ 1 worker", encrypt2.rate / encrypt.rate))
+    report.notes.append(
+        f"3: {statements:.0f} statements during {encrypt.total_calls} Encrypt calls "
+        f"(~{s.warmup + s.seconds:.1f} s; periodic background statements, not per call)"
+    )
+    spread = details["encrypt_2_workers"]["connections_per_worker"]
+    if spread:
+        report.notes.append(f"5: client connections per worker with --workers 2: {spread}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    log_dir = Path(tempfile.mkdtemp(prefix="authkms-bench-"))
+    extra_env = {
+        "APP__AUTH__CAPTCHA_ENABLED": "false",
+        "APP__AUTH__LOGIN_RATE_LIMIT": "1000000000",
+        # The configured level (the harness defaults to DEBUG for tests).
+        "APP__MONITORING__LOG_LEVEL": "INFO",
+    }
+    backend: Backend | None = None
+    run: Run | None = None
+    failed = True
+    problems: list[str] = []
+    started = time.monotonic()
+    try:
+        _say("preparing database and Redis")
+        backend = new_backend(extra_env)
+        _say(backend.describe())
+        backend.cli("migrate", "up")
+        token = backend.create_credential(f"bench-{backend.run_id}", "kms.encrypt,kms.decrypt,kms.admin")
+        run = Run(settings, backend, log_dir)
+        _measure(run, token)
+        failed = False
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+    except Exception as exc:
+        print(f"bench: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    finally:
+        if run is not None:
+            problems += run.stop_all()
+        if backend is not None:
+            problems += backend.close()
+    for problem in problems:
+        print(f"bench: cleanup: {problem}", file=sys.stderr)
+    if failed or run is None:
+        print(f"bench: server logs kept in {log_dir}", file=sys.stderr)
+        return 1
+    shutil.rmtree(log_dir, ignore_errors=True)
+
+    report = run.report
+    meta = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "duration_s": round(time.monotonic() - started, 1),
+        "settings": asdict(settings),
+        "backend": backend.describe() if backend else "",
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "machine": platform.platform(),
+    }
+    print(report.table())
+    for note in report.notes:
+        print(f"note {note}")
+    try:
+        report.write(args.output, meta)
+    except OSError as exc:
+        print(f"bench: cannot write {args.output}: {exc}", file=sys.stderr)
+        return 1
+    print(f"results written to {args.output}")
+    return 0

@@ -1,0 +1,199 @@
+"""Single measurements that are not closed-loop gRPC load: in-process baselines, sequential logins,
+server metrics and the spread of client connections over worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import statistics
+import subprocess
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
+from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
+from bench.load import CONTEXT, FIELD, PASSWORD, PLAINTEXT_BYTES
+from internal.biz.password import Argon2Params, Argon2PasswordHasher
+from tests.e2e.harness import ServerProcess
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Durations in seconds."""
+
+    values: list[float]
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def p90(self) -> float:
+        ordered = sorted(self.values)
+        return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+
+
+def _sample(fn: Callable[[], None], seconds: float, min_samples: int, max_samples: int) -> Samples:
+    """Time ``fn`` repeatedly: for ``seconds``, but at least ``min_samples`` and at most ``max_samples`` times."""
+    values: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(values) < max_samples and (len(values) < min_samples or time.perf_counter() < deadline):
+        started = time.perf_counter()
+        fn()
+        values.append(time.perf_counter() - started)
+    return Samples(values)
+
+
+# ---- in-process baselines -----------------------------------------------------------------------------
+
+
+def aesgcm_rate(seconds: float) -> float:
+    """AES-256-GCM encryptions/s of 32-byte plaintexts, fresh ``os.urandom(12)`` nonce each, one thread."""
+    aead = AESGCM(AESGCM.generate_key(bit_length=256))
+    plaintext = os.urandom(PLAINTEXT_BYTES)
+    encrypt, urandom = aead.encrypt, os.urandom
+    for _ in range(1000):  # warm-up
+        encrypt(urandom(12), plaintext, None)
+    done = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+    while True:
+        for _ in range(1000):
+            encrypt(urandom(12), plaintext, None)
+        done += 1000
+        now = time.perf_counter()
+        if now >= deadline:
+            return done / (now - started)
+
+
+def argon2_hash_times(params: Argon2Params, seconds: float, min_samples: int, max_samples: int = 200) -> Samples:
+    """One Argon2id hash with the server's parameters, through the server's own hasher (worker thread)."""
+    hasher = Argon2PasswordHasher(params)
+    loop = asyncio.new_event_loop()
+
+    def hash_once() -> None:
+        loop.run_until_complete(hasher.hash(PASSWORD))
+
+    try:
+        hash_once()  # warm-up
+        return _sample(hash_once, seconds, min_samples, max_samples)
+    finally:
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
+
+
+# ---- sequential calls ---------------------------------------------------------------------------------
+
+
+def warm_up_kms(target: str, token: str, calls: int = 20) -> None:
+    """A few Encrypts so the credential and the active key are cached before anything is measured."""
+    with grpc.insecure_channel(target) as channel:
+        kms = kms_pb2_grpc.KMSStub(channel)
+        request = kms_pb2.EncryptRequest(field=FIELD, plaintext=os.urandom(PLAINTEXT_BYTES), context=CONTEXT)
+        for _ in range(calls):
+            kms.Encrypt(request, metadata=(("authorization", f"Bearer {token}"),), timeout=30)
+
+
+def register_user(target: str, username: str) -> None:
+    with grpc.insecure_channel(target) as channel:
+        auth_pb2_grpc.AuthStub(channel).Register(
+            auth_pb2.RegisterRequest(username=username, password=PASSWORD, email=f"{username}@x.io"), timeout=60
+        )
+
+
+def login_times(target: str, username: str, seconds: float, min_samples: int, max_samples: int = 500) -> Samples:
+    """Sequential logins of one user, one call in flight, after two unmeasured ones."""
+    with grpc.insecure_channel(target) as channel:
+        auth = auth_pb2_grpc.AuthStub(channel)
+        request = auth_pb2.LoginRequest(username=username, password=PASSWORD)
+
+        def login() -> None:
+            reply = auth.Login(request, timeout=60)
+            if not reply.access_token:
+                raise RuntimeError("Login returned no access token")
+
+        login()
+        login()
+        return _sample(login, seconds, min_samples, max_samples)
+
+
+# ---- server state -------------------------------------------------------------------------------------
+
+
+def scrape(server: ServerProcess) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=10) as reply:
+        lines = reply.read().decode().splitlines()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if line and line[0] != "#"}
+
+
+def db_queries(server: ServerProcess) -> float:
+    """``db_queries_total`` summed over outcomes (one process: with several workers this is one of them)."""
+    return sum(v for k, v in scrape(server).items() if k == "db_queries_total" or k.startswith("db_queries_total{"))
+
+
+def wait_workers_serving(server: ServerProcess, workers: int, timeout: float = 90) -> None:
+    """With ``--workers N`` the health check answers once one worker serves; wait for all N."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"server exited with {server.proc.returncode}:\n{server.logs()[-4000:]}")
+        serving = sum(1 for line in server.logs().splitlines() if '"msg": "serving"' in line)
+        if serving >= workers:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"fewer than {workers} workers serving after {timeout}s:\n{server.logs()[-4000:]}")
+
+
+_PID = re.compile(r"pid=(\d+)")
+
+
+def connections_by_pid(port: int) -> dict[int, int]:
+    """Established TCP connections on the server side of ``port``, per owning process (via ``ss``)."""
+    try:
+        out = subprocess.run(
+            ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    counts: Counter[int] = Counter()
+    for line in out.splitlines():
+        match = _PID.search(line)
+        if match:
+            counts[int(match.group(1))] += 1
+    return dict(counts)
+
+
+class ConnectionSampler:
+    """Samples ``connections_by_pid`` in a thread; keeps the sample with the most connections."""
+
+    def __init__(self, port: int, interval: float = 0.5) -> None:
+        self._port = port
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-ss", daemon=True)
+        self.best: dict[int, int] = {}
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            sample = connections_by_pid(self._port)
+            if sum(sample.values()) > sum(self.best.values()):
+                self.best = sample
+
+    def __enter__(self) -> ConnectionSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
