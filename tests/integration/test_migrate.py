@@ -56,20 +56,19 @@ async def test_concurrent_runners_apply_each_step_once(scratch_db: str) -> None:
     assert applied == [m.version for m in discover()]
 
 
-async def test_database_allows_at_most_one_active_key(pg_pool: asyncpg.Pool) -> None:
+async def test_database_allows_at_most_one_active_key(scratch_db: str) -> None:
+    await migrate_up(scratch_db)
     insert = (
         "INSERT INTO kms_data_keys (id, version, algorithm, encrypted_key, key_hash, status) "
         "VALUES ($1, $2, 'AES-256-GCM', '\\x00', repeat('0', 64), 'active')"
     )
-    async with pg_pool.acquire() as conn:
-        tx = conn.transaction()
-        await tx.start()
-        try:
-            await conn.execute(insert, uuid.uuid4(), 900001)
-            with pytest.raises(asyncpg.UniqueViolationError):
-                await conn.execute(insert, uuid.uuid4(), 900002)
-        finally:
-            await tx.rollback()
+    conn = await asyncpg.connect(scratch_db)
+    try:
+        await conn.execute(insert, uuid.uuid4(), 1)
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(insert, uuid.uuid4(), 2)
+    finally:
+        await conn.close()
 
 
 async def test_schema_rejects_unknown_status_and_algorithm(pg_pool: asyncpg.Pool) -> None:
