@@ -1,0 +1,54 @@
+"""`python -m bench --quick` runs end to end (real servers, 1 and 2 workers) and reports every metric."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import ROOT
+
+METRICS = (
+    "encrypt_check_ratio",
+    "encrypt_rps",
+    "check_rps",
+    "batch_aesgcm_ratio",
+    "batch_fields_per_s",
+    "aesgcm_per_s",
+    "db_queries_per_encrypt",
+    "login_argon2_ratio",
+    "login_p50_ms",
+    "argon2_hash_ms",
+    "register_per_s",
+    "login_per_s",
+    "encrypt_rps_1_worker",
+    "encrypt_rps_2_workers",
+    "workers_2_1_ratio",
+)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+def test_quick_bench_reports_every_metric(tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--output", str(output)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "PASS" in result.stdout or "FAIL" in result.stdout
+    metrics = json.loads(output.read_text())["metrics"]
+    assert set(METRICS) <= set(metrics)
+    for name in METRICS:
+        value = metrics[name]
+        assert isinstance(value, int | float), (name, value)
+        if name == "db_queries_per_encrypt":
+            assert value >= 0, (name, value)
+        else:
+            assert value > 0, (name, value)
