@@ -153,7 +153,9 @@ class Container(containers.DeclarativeContainer):
     data = providers.Container(Data, config=config)
     biz = providers.Container(Biz, config=config, data=data)
 
-    auth_service = providers.Singleton(AuthService, biz.auth, biz.tokens, biz.totp, biz.users, biz.captcha)
+    auth_service = providers.Singleton(
+        AuthService, biz.auth, biz.tokens, biz.totp, biz.users, biz.captcha, biz.credentials
+    )
     kms_service = providers.Singleton(
         KMSService, data.kms, biz.credentials, config.provided.security.kms_require_credentials
     )

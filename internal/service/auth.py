@@ -3,6 +3,8 @@
 Errors are raised as domain errors; the server's ErrorInterceptor turns them into a gRPC status with
 an ErrorInfo. RPCs that require an access token resolve it to a ``Caller`` first
 (``TokenUsecase.authenticate``: TOKEN_MISSING / TOKEN_INVALID / TOKEN_EXPIRED / TOKEN_REVOKED).
+LockStatus also accepts a service credential (``akms_…``); it becomes a ``Caller`` with the
+credential's scopes and no user, so only ``auth.admin`` lets it act for another account.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import grpc
 from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from internal.biz.auth import AuthUsecase, LoginAttempt, Registration
 from internal.biz.captcha import CaptchaUsecase
+from internal.biz.credentials import TOKEN_PREFIX, CredentialUsecase
 from internal.biz.errors import Unauthenticated
 from internal.biz.token import Caller, TokenUsecase
 from internal.biz.totp import TotpUsecase
@@ -33,15 +36,24 @@ class AuthService(auth_pb2_grpc.AuthServicer):
         totp: TotpUsecase,
         users: UserUsecase,
         captcha: CaptchaUsecase,
+        credentials: CredentialUsecase | None = None,
     ) -> None:
         self._auth = auth
         self._tokens = tokens
         self._totp = totp
         self._users = users
         self._captcha = captcha
+        self._credentials = credentials
 
-    async def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
-        return await self._tokens.authenticate(bearer_token(context))
+    async def _caller(self, context: grpc.aio.ServicerContext, *, allow_service: bool = False) -> Caller:
+        """The user behind the access token or, where ``allow_service``, a service credential's scopes."""
+        token = bearer_token(context)
+        if allow_service and self._credentials is not None and token.startswith(TOKEN_PREFIX):
+            credential = await self._credentials.lookup(token)
+            if credential is None:
+                raise Unauthenticated("TOKEN_INVALID", "token is invalid")
+            return Caller(scopes=credential.scopes)
+        return await self._tokens.authenticate(token)
 
     async def GetCaptcha(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.GetCaptchaReply:
         """Issue an image captcha, or send an SMS/email code to ``target``."""
@@ -96,8 +108,8 @@ class AuthService(auth_pb2_grpc.AuthServicer):
         )
 
     async def LockStatus(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.LockStatusReply:
-        """Lock state of the caller's own account."""
-        caller = await self._caller(context)
+        """Lock state of the caller's own account (any account with an ``auth.admin`` credential)."""
+        caller = await self._caller(context, allow_service=True)
         status = await self._auth.lock_status(caller, request.username)
         return auth_pb2.LockStatusReply(
             locked=status.locked,
