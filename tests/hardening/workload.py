@@ -47,6 +47,12 @@ def error_reason(err: grpc.RpcError) -> str:
     return ""
 
 
+def _never_sent(err: grpc.RpcError) -> bool:
+    """A transport failure before the request left the client (the replica is gone, not mid-call)."""
+    details = (err.details() or "").lower()
+    return err.code() == grpc.StatusCode.UNAVAILABLE and ("failed to connect" in details or "refused" in details)
+
+
 @dataclass
 class WorkerConfig:
     index: int
@@ -131,9 +137,11 @@ class Worker:
         *,
         retry: bool = True,
         accept_after_retry: tuple[str, ...] = (),
+        unsent_only: bool = False,
     ) -> tuple[Any, grpc.RpcError | None, bool]:
         """Call on successive replicas; returns (reply, last error, retried). ``accept_after_retry`` lists
-        reasons that mean "an earlier attempt already did it" once a retry happened (ALREADY_EXISTS…)."""
+        reasons that mean "an earlier attempt already did it" once a retry happened (ALREADY_EXISTS…).
+        ``unsent_only``: retry only when the request never reached a server (connection refused)."""
         retried = False
         last: grpc.RpcError | None = None
         for attempt in range(MAX_ATTEMPTS if retry else 1):
@@ -153,6 +161,8 @@ class Worker:
                 if retried and why in accept_after_retry:
                     self.result.ambiguous[f"{method} {why} after retry"] += 1
                     return None, err, True
+                if unsent_only and not _never_sent(err):
+                    return None, err, retried
                 if retry and code in RETRYABLE:
                     retried = True
                     self.result.retries += 1
@@ -359,7 +369,7 @@ class Worker:
         user = self.rng.choice(pending)
         request = auth_pb2.LoginRequest(username=user.username, password=user.password + "x")
         reply, err, _ = self.call(
-            "Login(wrong)", lambda r: self.auth[r].Login(request, timeout=ATTEMPT_DEADLINE), retry=False
+            "Login(wrong)", lambda r: self.auth[r].Login(request, timeout=ATTEMPT_DEADLINE), unsent_only=True
         )
         why = error_reason(err) if err is not None else "OK"
         if why in ("INVALID_CREDENTIALS", "ACCOUNT_LOCKED"):

@@ -1,0 +1,374 @@
+"""Faults under load, each followed by the full invariant check: a replica SIGKILLed, Redis stopped and
+restarted, PostgreSQL restarted, the CLI SIGKILLed in the middle of a key rotation and of maintenance."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
+from internal.data.migrate import migrate_up
+from internal.pkg.embedded import EmbeddedPostgres
+from tests.conftest import _with_database
+from tests.e2e.test_kms_e2e import create_credential
+from tests.hardening.cluster import (
+    Cluster,
+    PrivateRedis,
+    cli_popen,
+    health_status,
+    server_env,
+    sql,
+    sql_poll,
+    wait_all_serving,
+)
+from tests.hardening.conftest import _admin
+from tests.hardening.invariants import check_invariants
+from tests.hardening.load import Event, LoadOutcome, run_load
+from tests.hardening.summary import SUMMARY
+from tests.hardening.workload import ATTEMPT_DEADLINE
+
+# Errors a healthy service gives this workload on purpose (deliberate reuse and wrong passwords).
+EXPECTED_REASONS = {"REFRESH_TOKEN_REUSED", "TOKEN_REVOKED", "INVALID_CREDENTIALS", "ACCOUNT_LOCKED"}
+
+
+def _unexpected(outcome: LoadOutcome, allowed: set[str]) -> Counter[str]:
+    """Error answers other than the expected ones and ``allowed`` ("CODE REASON", reason may be empty)."""
+    out: Counter[str] = Counter()
+    for key, n in outcome.counter("reasons").items():
+        method, code, *rest = key.split(" ")
+        why = rest[0] if rest else ""
+        if why in EXPECTED_REASONS or f"{code} {why}".strip() in allowed or code in allowed:
+            continue
+        out[f"{method} {code} {why}"] += n
+    return out
+
+
+def _kms(target: str, credential: str) -> tuple[grpc.Channel, kms_pb2_grpc.KMSStub, tuple[tuple[str, str]]]:
+    channel = grpc.insecure_channel(target)
+    return channel, kms_pb2_grpc.KMSStub(channel), (("authorization", f"Bearer {credential}"),)
+
+
+def test_sigkill_one_replica_during_load(cluster: Cluster, hardening_database: str, credential: str) -> None:
+    victim: list[str] = []
+
+    def kill() -> None:
+        victim.append(cluster.kill(len(cluster.replicas) - 1).target)
+
+    outcome = run_load(cluster, credential, duration=10.0, events=[Event(3.0, "SIGKILL replica", kill)], seed=2)
+    unexpected = _unexpected(outcome, {"UNAVAILABLE"})
+    transport = sum(n for k, n in outcome.counter("reasons").items() if k.split(" ")[1] == "UNAVAILABLE")
+    retried_ok = sum(r.retried_ok for r in outcome.results)
+    gave_up = outcome.counter("gave_up")
+    cluster.start(1)  # a replacement, as an orchestrator would start one
+
+    SUMMARY.load.append("during replica SIGKILL: " + outcome.describe())
+    SUMMARY.faults.append(
+        f"SIGKILL replica {victim[0]} at t=3 s under load: {transport} calls hit the dead replica "
+        f"(UNAVAILABLE), {retried_ok} succeeded on a retry to another replica, {sum(gave_up.values())} given up; "
+        f"2 survivors kept serving, replacement SERVING"
+    )
+    report = check_invariants(cluster, hardening_database, credential, outcome, "replica SIGKILL")
+    assert not report.problems, report.problems
+    assert not unexpected, unexpected
+    assert not gave_up, gave_up
+    assert transport > 0 and retried_ok > 0
+
+
+def test_redis_stopped_and_restarted_during_load(
+    cluster: Cluster, hardening_database: str, credential: str, private_redis: PrivateRedis
+) -> None:
+    marks: dict[str, float] = {}
+    health_during: list[int] = []
+
+    def stop() -> None:
+        private_redis.stop()
+        marks["stopped"] = time.time()
+
+    def probe() -> None:
+        health_during.extend(health_status(t) for t in cluster.targets)
+
+    def restart() -> None:
+        private_redis.start()
+        marks["restarted"] = time.time()
+        marks["recovered_in"] = wait_all_serving(cluster.targets, timeout=30)
+
+    events = [Event(3.0, "stop redis", stop), Event(6.0, "probe health", probe), Event(8.0, "start redis", restart)]
+    outcome = run_load(cluster, credential, duration=13.0, events=events, lock_after_load=True, seed=3)
+
+    outage = [
+        e for r in outcome.results for e in r.errors_timeline if marks["stopped"] <= e[0] <= marks["restarted"] + 1
+    ]
+    unavailable = [e for e in outage if e[2] == "UNAVAILABLE"]
+    slowest = max((e[4] for e in unavailable), default=0.0)
+    by_method = Counter(e[1] for e in unavailable)
+    unexpected = _unexpected(outcome, {"UNAVAILABLE SERVICE_UNAVAILABLE"})
+    SUMMARY.load.append("during Redis outage: " + outcome.describe())
+    SUMMARY.faults.append(
+        f"Redis stopped (SIGTERM) for {marks['restarted'] - marks['stopped']:.1f} s under load, new redis-server on "
+        f"the same port: {len(unavailable)} RPCs answered UNAVAILABLE/SERVICE_UNAVAILABLE (slowest "
+        f"{slowest * 1000:.0f} ms, deadline {ATTEMPT_DEADLINE:.0f} s; {dict(by_method)}), health NOT_SERVING during "
+        f"the outage, all replicas SERVING {marks['recovered_in']:.1f} s after the restart, no revoked token back"
+    )
+    report = check_invariants(cluster, hardening_database, credential, outcome, "Redis restart")
+    assert not report.problems, report.problems
+    assert not unexpected, unexpected
+    assert unavailable, "Redis outage went unnoticed"
+    assert slowest < 5.0, f"an RPC took {slowest:.1f}s to report the outage"
+    assert health_during and all(s == health_pb2.HealthCheckResponse.NOT_SERVING for s in health_during)
+
+
+def test_sigkill_cli_in_the_middle_of_key_rotation(cluster: Cluster, hardening_database: str, credential: str) -> None:
+    env = cluster.cli_env()
+    # Time one undisturbed run: when its transaction commits (a new row appears) and when it exits.
+    count_q = "SELECT count(*) FROM kms_data_keys"
+    keys = sql(hardening_database, count_q.replace("count(*)", "count(*) AS n"))[0]["n"]
+    began = time.monotonic()
+    first = cli_popen(env, "kms", "rotate", "--reason", "timing")
+    assert sql_poll(hardening_database, count_q, lambda n: n > keys, timeout=60, interval=0.005)
+    commit_at = time.monotonic() - began
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    full = time.monotonic() - began
+
+    rng = random.Random(7)
+    channel, kms, md = _kms(cluster.targets[0], credential)
+    sealed: list[tuple[bytes, bytes]] = []
+    before_after: Counter[str] = Counter()
+    kills = 10
+    for i in range(kills):
+        versions_before = sql(hardening_database, "SELECT count(*) AS n FROM kms_data_keys")[0]["n"]
+        proc = cli_popen(env, "kms", "rotate", "--reason", f"kill-{i}")
+        # Around the commit: while the process starts, derives the root key, and inside the transaction.
+        time.sleep(max(0.05, rng.uniform(commit_at - 0.3, commit_at + 0.05)))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        versions_after = sql(hardening_database, "SELECT count(*) AS n FROM kms_data_keys")[0]["n"]
+        before_after["committed" if versions_after > versions_before else "killed before commit"] += 1
+        active = sql(hardening_database, "SELECT version FROM kms_data_keys WHERE status = 'active'")
+        assert len(active) == 1, f"after kill {i}: {len(active)} active keys"
+        plaintext = f"value-{i}".encode()
+        reply = kms.Encrypt(kms_pb2.EncryptRequest(field="f", plaintext=plaintext), metadata=md, timeout=10)
+        sealed.append((plaintext, reply.ciphertext))
+
+    final = cli_popen(env, "kms", "rotate", "--reason", "after kills")
+    _, err = final.communicate(timeout=60)
+    assert final.returncode == 0, err
+    rows = sql(hardening_database, "SELECT version, status, encrypted_key IS NULL AS gone FROM kms_data_keys")
+    versions = sorted(r["version"] for r in rows)
+    assert versions == list(range(1, len(versions) + 1)), "key versions have gaps or duplicates"
+    assert sum(r["status"] == "active" for r in rows) == 1
+    assert not any(r["gone"] for r in rows)
+    for target in cluster.targets:
+        ch, stub, _ = _kms(target, credential)
+        with ch:
+            for plaintext, ciphertext in sealed:
+                assert stub.Decrypt(
+                    kms_pb2.DecryptRequest(ciphertext=ciphertext, field="f"), metadata=md, timeout=10
+                ).plaintext == plaintext
+    channel.close()
+    SUMMARY.faults.append(
+        f"`kms rotate` CLI SIGKILLed {kills}x at random moments up to its commit ({commit_at:.2f} s of a "
+        f"{full:.1f} s run): "
+        f"{dict(before_after)}; always exactly one active key, versions 1..{versions[-1]} without gaps, "
+        f"{len(sealed)} values sealed in between decrypt on all {len(cluster.targets)} replicas"
+    )
+    SUMMARY.invariants["'exactly one active key' checks"] += kills + 1
+    SUMMARY.invariants["ciphertexts decrypted to their plaintext"] += len(sealed) * len(cluster.targets)
+
+
+def _seed_users(database_url: str, stub: kms_pb2_grpc.KMSStub, md: tuple[tuple[str, str]], n: int) -> list[int]:
+    """n users whose email is sealed (through the KMS, bound to the row) under the current active key."""
+    ids = [r["id"] for r in sql(database_url, "SELECT nextval('users_id_seq') AS id FROM generate_series(1, $1)", n)]
+    rows = []
+    for start in range(0, n, 500):
+        chunk = ids[start : start + 500]
+        reply = stub.EncryptBatch(
+            kms_pb2.EncryptBatchRequest(
+                items=[
+                    kms_pb2.EncryptItem(
+                        field="email", plaintext=f"seed{i}@example.com".encode(),
+                        context={"table": "users", "user_id": str(i)},
+                    )
+                    for i in chunk
+                ]
+            ),
+            metadata=md,
+            timeout=30,
+        )
+        for i, result in zip(chunk, reply.results, strict=True):
+            assert result.status.code == 0
+            rows.append((i, f"seed_{i}", "x", result.ciphertext, uuid.uuid4().hex * 2, result.key_version))
+
+    async def insert() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.executemany(
+                "INSERT INTO users (id, username, password, email_encrypted, email_hash, pii_key_version) "
+                "VALUES ($1, $2, $3, $4, $5, $6)",
+                rows,
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(insert())
+    return ids
+
+
+def _all_pii_decrypts(database_url: str, stub: kms_pb2_grpc.KMSStub, md: tuple[tuple[str, str]]) -> tuple[int, int]:
+    """(values that decrypt, values stored) over every users row's email and phone."""
+    rows = sql(database_url, "SELECT id, email_encrypted, phone_encrypted FROM users ORDER BY id")
+    items = [
+        (field, bytes(row[column]), str(row["id"]))
+        for row in rows
+        for field, column in (("email", "email_encrypted"), ("phone", "phone_encrypted"))
+        if row[column] is not None
+    ]
+    good = 0
+    for start in range(0, len(items), 500):
+        chunk = items[start : start + 500]
+        reply = stub.DecryptBatch(
+            kms_pb2.DecryptBatchRequest(
+                items=[
+                    kms_pb2.DecryptItem(ciphertext=ct, field=f, context={"table": "users", "user_id": uid})
+                    for f, ct, uid in chunk
+                ]
+            ),
+            metadata=md,
+            timeout=30,
+        )
+        good += sum(r.status.code == 0 for r in reply.results)
+    return good, len(items)
+
+
+def test_sigkill_cli_in_the_middle_of_maintenance(cluster: Cluster, hardening_database: str, credential: str) -> None:
+    channel, kms, md = _kms(cluster.targets[0], credential)
+    seeded = _seed_users(hardening_database, kms, md, 2000)
+    new = kms.RotateDataKey(kms_pb2.RotateDataKeyRequest(reason="before maintenance"), metadata=md, timeout=10)
+    active = new.key.version
+    pending_q = f"SELECT count(*) FROM users WHERE pii_key_version < {active}"
+    pending_before = sql(hardening_database, pending_q.replace("count(*)", "count(*) AS n"))[0]["n"]
+    keys_before = sql(hardening_database, "SELECT count(*) AS n FROM kms_data_keys WHERE encrypted_key IS NOT NULL")
+
+    proc = cli_popen(cluster.cli_env(), "kms", "maintenance", "--batch-size", "20")
+    done_q = f"SELECT count(*) FROM users WHERE pii_key_version = {active}"
+    assert sql_poll(hardening_database, done_q, lambda n: n >= 1, timeout=60, interval=0.005), "no batch committed"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    at_kill = sql(hardening_database, done_q.replace("count(*)", "count(*) AS n"))[0]["n"]
+    assert 0 < at_kill < pending_before, "maintenance was not interrupted in the middle"
+    good_mid, total_mid = _all_pii_decrypts(hardening_database, kms, md)
+    assert good_mid == total_mid, f"after the kill {total_mid - good_mid} stored values do not decrypt"
+
+    again = cli_popen(cluster.cli_env(), "kms", "maintenance", "--batch-size", "500")
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    assert "remaining 0" in out, out
+    remaining = sql(hardening_database, pending_q.replace("count(*)", "count(*) AS n"))[0]["n"]
+    assert remaining == 0
+    good, total = _all_pii_decrypts(hardening_database, kms, md)
+    assert good == total, f"{total - good} of {total} stored values do not decrypt after maintenance"
+    emails = sql(hardening_database, "SELECT id, email_encrypted FROM users WHERE id = ANY($1::bigint[])", seeded)
+    for row in emails[:200]:
+        opened = kms.Decrypt(
+            kms_pb2.DecryptRequest(
+                ciphertext=bytes(row["email_encrypted"]), field="email",
+                context={"table": "users", "user_id": str(row["id"])},
+            ),
+            metadata=md,
+            timeout=10,
+        )
+        assert opened.plaintext == f"seed{row['id']}@example.com".encode() and opened.key_version == active
+    keys_after = sql(hardening_database, "SELECT count(*) AS n FROM kms_data_keys WHERE encrypted_key IS NOT NULL")
+    assert keys_after[0]["n"] >= keys_before[0]["n"], "a data key lost its material"
+    channel.close()
+    SUMMARY.faults.append(
+        f"`kms maintenance` CLI SIGKILLed after {at_kill} of {pending_before} users were re-encrypted "
+        f"(batches of 20): every stored value still decrypted; the second run completed (remaining 0), "
+        f"{total} stored PII values decrypt, no key lost its material"
+    )
+    SUMMARY.invariants["stored PII values decrypting after maintenance kill"] += total + total_mid
+
+
+@pytest.fixture
+def pg_cluster(hardening_dir: Path, private_redis: PrivateRedis) -> Iterator[tuple[Cluster, EmbeddedPostgres, str]]:
+    """Two replicas on a private PostgreSQL that the test may restart."""
+    server = EmbeddedPostgres(hardening_dir / "postgres")
+    dsn = server.start()
+    try:
+        asyncio.run(_admin(dsn, 'CREATE DATABASE "hardening"'))
+        url = _with_database(dsn, "hardening")
+        asyncio.run(migrate_up(url))
+        logs = hardening_dir / "pg-logs"
+        logs.mkdir()
+        env = server_env(url, private_redis.url, f"hardpg:{uuid.uuid4().hex[:8]}:", hardening_dir / "pg-data")
+        group = Cluster(logs, env)
+        try:
+            group.start(2)
+            yield group, server, url
+        finally:
+            group.stop()
+    finally:
+        server.stop()
+
+
+def test_postgres_restarted_during_load(pg_cluster: tuple[Cluster, EmbeddedPostgres, str]) -> None:
+    group, server, url = pg_cluster
+    credential = create_credential(group.cli_env(), "hardening-pg", "kms.encrypt,kms.decrypt,kms.admin")
+    marks: dict[str, float] = {}
+
+    def stop() -> None:
+        server.stop()
+        marks["stopped"] = time.time()
+
+    def start() -> None:
+        server.start()
+        marks["started"] = time.time()
+        marks["recovered_in"] = wait_all_serving(group.targets, timeout=45)
+
+    events = [Event(3.0, "stop postgres", stop), Event(6.0, "start postgres", start)]
+    outcome = run_load(group, credential, duration=11.0, events=events, seed=4)
+    unexpected = _unexpected(outcome, {"UNAVAILABLE SERVICE_UNAVAILABLE"})
+    unavailable = sum(n for k, n in outcome.counter("reasons").items() if k.split(" ")[1] == "UNAVAILABLE")
+
+    # No partial writes: every users row complete, every session started with its first token, and
+    # every refresh rotation consumed one token and stored exactly one successor.
+    incomplete = sql(
+        url,
+        "SELECT count(*) AS n FROM users WHERE email_encrypted IS NULL OR email_hash IS NULL "
+        "OR pii_key_version IS NULL OR (phone_encrypted IS NULL) <> (phone_hash IS NULL)",
+    )[0]["n"]
+    broken_families = sql(
+        url,
+        "SELECT count(*) AS n FROM refresh_token_families f WHERE (SELECT count(*) FROM refresh_tokens t "
+        "WHERE t.family_id = f.id) <> 1 + (SELECT count(*) FROM refresh_tokens t WHERE t.family_id = f.id "
+        "AND t.used_at IS NOT NULL)",
+    )[0]["n"]
+    families = sql(url, "SELECT count(*) AS n FROM refresh_token_families")[0]["n"]
+    channel, kms, md = _kms(group.targets[0], credential)
+    with channel:
+        good, total = _all_pii_decrypts(url, kms, md)
+    SUMMARY.load.append("during PostgreSQL restart: " + outcome.describe())
+    SUMMARY.faults.append(
+        f"PostgreSQL (private cluster) stopped for {marks['started'] - marks['stopped']:.1f} s under load and "
+        f"started again: {unavailable} RPCs answered UNAVAILABLE, pools reconnected by themselves (all SERVING "
+        f"{marks['recovered_in']:.1f} s after the start); no partial writes: {incomplete} incomplete users rows, "
+        f"{broken_families} of {families} token families inconsistent, {good}/{total} stored PII values decrypt"
+    )
+    SUMMARY.invariants["token families checked for partial writes"] += families
+    report = check_invariants(group, url, credential, outcome, "PostgreSQL restart")
+    assert not report.problems, report.problems
+    assert not unexpected, unexpected
+    assert unavailable > 0, "the PostgreSQL outage went unnoticed"
+    assert incomplete == 0 and broken_families == 0 and good == total
