@@ -30,6 +30,7 @@ from bench.env import Backend, BenchError, new_backend
 from bench.load import LoadResult, LoadSpec, run_load
 from bench.measure import (
     ConnectionSampler,
+    CpuSampler,
     aesgcm_rate,
     argon2_hash_times,
     db_queries,
@@ -86,7 +87,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         auth_concurrency=args.auth_concurrency,
         batch_concurrency=min(args.concurrency, 4),
         processes=2,
-        channels=2,
+        channels=4,
         min_samples=3 if args.quick else 10,
         quick=args.quick,
     )
@@ -104,12 +105,14 @@ class Run:
         self.backend = backend
         self.log_dir = log_dir
         self.servers: list[ServerProcess] = []
+        self.workers: dict[int, int] = {}  # server pid → workers
         self.report = Report()
 
     def start(self, workers: int = 1) -> ServerProcess:
         args = ("--workers", str(workers)) if workers > 1 else ()
         server = start_server(self.log_dir, self.backend.server_env, args)
         self.servers.append(server)
+        self.workers[server.proc.pid] = workers
         server.wait_serving(timeout=120)
         if workers > 1:
             wait_workers_serving(server, workers)
@@ -146,9 +149,19 @@ class Run:
             channels=self.s.channels,
             **extra,
         )
-        result = run_load(spec)
-        _say(f"{operation}: {result.rate:,.1f} calls/s ({result.calls} calls, {concurrency} in flight)")
+        with CpuSampler(server.proc.pid) as cpu:
+            result = run_load(spec)
+        result.server_cpu = cpu.cores(*result.window)
+        _say(
+            f"{operation}: {result.rate:,.1f} calls/s ({result.calls} calls, {concurrency} in flight); "
+            f"CPU cores busy: server {result.server_cpu:.2f}, clients {result.client_cpu:.2f}"
+        )
+        self.report.cpu.append((self.phase(operation, server), result.server_cpu, result.client_cpu))
         return result
+
+    def phase(self, operation: str, server: ServerProcess) -> str:
+        workers = self.workers.get(server.proc.pid, 1)
+        return f"{operation} ({'1 worker' if workers == 1 else f'--workers {workers}'})"
 
 
 def _measure(run: Run, token: str) -> None:
@@ -158,15 +171,20 @@ def _measure(run: Run, token: str) -> None:
     warm_up_kms(server.target, token)
 
     # 1 + 3: Encrypt vs health Check, and statements per Encrypt around the Encrypt run.
+    _say(f"idle server: statements for {min(s.seconds, 5):g} s")
+    idle_started, idle_before = time.monotonic(), db_queries(server)
+    time.sleep(min(s.seconds, 5))
+    idle_rate = (db_queries(server) - idle_before) / (time.monotonic() - idle_started)
     check = run.load(server, "check", s.concurrency)
-    before = db_queries(server)
+    busy_started, before = time.monotonic(), db_queries(server)
     encrypt = run.load(server, "encrypt", s.concurrency, token=token)
     statements = db_queries(server) - before
+    busy_rate = statements / (time.monotonic() - busy_started)
     per_call = statements / encrypt.total_calls
     details["check"] = asdict(check)
     details["encrypt"] = asdict(encrypt)
     details["db_queries"] = {"statements": statements, "encrypt_calls": encrypt.total_calls,
-                             "window_seconds": s.warmup + s.seconds}
+                             "per_second_during_encrypt": busy_rate, "per_second_idle": idle_rate}
 
     # 2: EncryptBatch vs in-process AES-GCM.
     batch = run.load(server, "batch", s.batch_concurrency, token=token, batch_size=1000)
@@ -179,12 +197,14 @@ def _measure(run: Run, token: str) -> None:
     solo = f"bsolo{tag}"
     register_user(server.target, solo)
     _say("sequential logins")
+    before = db_queries(server)
     logins = login_times(server.target, solo, s.seconds, s.min_samples)
+    login_statements = (db_queries(server) - before) / (len(logins.values) + 2)  # + 2 unmeasured warm-ups
     params = Argon2Params.from_conf(load_config(ROOT / "configs", environ=server.env).auth)
     _say(f"in-process Argon2id {params}")
     hashes = argon2_hash_times(params, s.seconds, s.min_samples)
     details["login_sequential"] = {"samples": len(logins.values), "p50_ms": logins.p50 * 1e3,
-                                   "p90_ms": logins.p90 * 1e3}
+                                   "p90_ms": logins.p90 * 1e3, "db_statements_per_login": login_statements}
     details["argon2_in_process"] = {"samples": len(hashes.values), "p50_ms": hashes.p50 * 1e3,
                                     "p90_ms": hashes.p90 * 1e3, "params": asdict(params)}
     register = run.load(server, "register", s.auth_concurrency, tag=tag)
@@ -225,8 +245,12 @@ def _measure(run: Run, token: str) -> None:
     report.add(Row("encrypt_rps_2_workers", "   Encrypt rate, --workers 2", encrypt2.rate, "/s"))
     report.add(Row("workers_2_1_ratio", "   2 workers ÷ 1 worker", encrypt2.rate / encrypt.rate))
     report.notes.append(
-        f"3: {statements:.0f} statements during {encrypt.total_calls} Encrypt calls "
-        f"(~{s.warmup + s.seconds:.1f} s; periodic background statements, not per call)"
+        f"3: {statements:.0f} statements during {encrypt.total_calls} Encrypt calls: {busy_rate:.2f}/s, "
+        f"idle server {idle_rate:.2f}/s (periodic background work, independent of the call rate)"
+    )
+    report.notes.append(
+        f"4: Login p90 {logins.p90 * 1e3:.1f} ms, Argon2id p90 {hashes.p90 * 1e3:.1f} ms; "
+        f"~{login_statements:.1f} DB statements per Login"
     )
     spread = details["encrypt_2_workers"]["connections_per_worker"]
     if spread:
@@ -288,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.platform(),
     }
     print(report.table())
+    print()
+    print(report.cpu_table())
     for note in report.notes:
         print(f"note {note}")
     try:

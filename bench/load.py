@@ -68,7 +68,10 @@ class LoadResult:
     total_calls: int  # including warm-up and calls finishing after the window
     concurrency: int
     processes: int
+    window: tuple[float, float]  # wall-clock (time.time) span every client process was measuring in
+    client_cpu: float  # CPU seconds per second of the client processes together (2.0 = two busy cores)
     registered: list[str] = field(default_factory=list)  # register: one username per task
+    server_cpu: float = float("nan")  # filled in by the caller that samples the server, same unit
 
 
 def _tasks_per_process(spec: LoadSpec) -> list[int]:
@@ -183,11 +186,11 @@ async def _client(spec: LoadSpec, proc: int, barrier: Barrier) -> dict[str, Any]
         tasks = [asyncio.create_task(run(i)) for i in range(counts[proc])]
         await asyncio.sleep(spec.warmup)
         await asyncio.get_running_loop().run_in_executor(None, barrier.wait, _START_TIMEOUT)
-        started = time.perf_counter()
+        started, wall_start, cpu_start = time.perf_counter(), time.time(), time.process_time()
         state["measuring"] = True
         await asyncio.sleep(spec.seconds)
         state["measuring"] = False
-        elapsed = time.perf_counter() - started
+        elapsed, wall_end, cpu = time.perf_counter() - started, time.time(), time.process_time() - cpu_start
         state["stop"] = True
         await asyncio.gather(*tasks)
         if failure:
@@ -199,6 +202,8 @@ async def _client(spec: LoadSpec, proc: int, barrier: Barrier) -> dict[str, Any]
             "items": state["items"],
             "total": state["total"],
             "seconds": elapsed,
+            "window": (wall_start, wall_end),
+            "cpu": cpu,
             "registered": registered,
         }
     finally:
@@ -262,5 +267,7 @@ def run_load(spec: LoadSpec) -> LoadResult:
         total_calls=sum(o["total"] for o in done),
         concurrency=spec.concurrency,
         processes=spec.processes,
+        window=(max(o["window"][0] for o in done), min(o["window"][1] for o in done)),
+        client_cpu=sum(o["cpu"] / o["seconds"] for o in done),
         registered=[u for o in done for u in o["registered"]],
     )
