@@ -7,6 +7,7 @@ The summary is printed at the end of the run (``pytest_terminal_summary``) and w
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -51,9 +52,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 @pytest.fixture(scope="session")
 def hardening_dir() -> Iterator[Path]:
+    """.data/hardening-<uuid>: private Redis and PostgreSQL files, server logs. Removed after a clean run,
+    kept (and named in the summary) when a hardening test failed."""
     path = data_root() / f"hardening-{uuid.uuid4().hex[:10]}"
     path.mkdir(parents=True)
     yield path
+    if all(outcome == "passed" for outcome in _outcomes.values()):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        SUMMARY.failures.append(f"server logs and data kept in {path}")
 
 
 @pytest.fixture(scope="session")
