@@ -152,11 +152,12 @@ class Run:
         with CpuSampler(server.proc.pid) as cpu:
             result = run_load(spec)
         result.server_cpu = cpu.cores(*result.window)
+        other = cpu.machine_cores(*result.window) - result.server_cpu - result.client_cpu
         _say(
             f"{operation}: {result.rate:,.1f} calls/s ({result.calls} calls, {concurrency} in flight); "
-            f"CPU cores busy: server {result.server_cpu:.2f}, clients {result.client_cpu:.2f}"
+            f"CPU cores busy: server {result.server_cpu:.2f}, clients {result.client_cpu:.2f}, other {other:.2f}"
         )
-        self.report.cpu.append((self.phase(operation, server), result.server_cpu, result.client_cpu))
+        self.report.cpu.append((self.phase(operation, server), result.server_cpu, result.client_cpu, other))
         return result
 
     def phase(self, operation: str, server: ServerProcess) -> str:

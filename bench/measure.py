@@ -230,20 +230,27 @@ def tree_cpu_seconds(pid: int) -> float:
     return total / _TICK
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy (not idle/iowait) since boot (Linux /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / _TICK
+
+
 class CpuSampler:
-    """Samples the server process tree's CPU time in a thread; ``cores(start, end)`` is its mean CPU use
-    (1.0 = one busy core) between two wall-clock times inside the sampled span."""
+    """Samples the server process tree's CPU time (and the whole machine's) in a thread; ``cores(start, end)``
+    is the tree's mean CPU use (1.0 = one busy core) between two wall-clock times inside the sampled span,
+    ``machine_cores`` the same for every process on the machine."""
 
     def __init__(self, pid: int, interval: float = 0.05) -> None:
         self._pid = pid
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-cpu", daemon=True)
-        self.samples: list[tuple[float, float]] = []
+        self.samples: list[tuple[float, float, float]] = []
 
     def _run(self) -> None:
         while True:
-            self.samples.append((time.time(), tree_cpu_seconds(self._pid)))
+            self.samples.append((time.time(), tree_cpu_seconds(self._pid), machine_busy_seconds()))
             if self._stop.wait(self._interval):
                 return
 
@@ -255,8 +262,11 @@ class CpuSampler:
         self._stop.set()
         self._thread.join(10)
 
-    def cores(self, start: float, end: float) -> float:
+    def cores(self, start: float, end: float, column: int = 1) -> float:
         inside = [s for s in self.samples if start <= s[0] <= end]
         if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
             return float("nan")
-        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+        return (inside[-1][column] - inside[0][column]) / (inside[-1][0] - inside[0][0])
+
+    def machine_cores(self, start: float, end: float) -> float:
+        return self.cores(start, end, column=2)

@@ -50,12 +50,14 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
-    cpu: list[tuple[str, float, float]] = field(default_factory=list)  # phase, server cores, client cores
+    # phase, CPU cores busy: server process tree, client processes, everything else on the machine
+    cpu: list[tuple[str, float, float, float]] = field(default_factory=list)
 
     def cpu_table(self) -> str:
         width = max([len("phase"), *(len(c[0]) for c in self.cpu)])
-        out = [f"{'phase':<{width}}  server  clients   (CPU cores busy during the measured window)"]
-        out += [f"{phase:<{width}}  {server:6.2f}  {clients:7.2f}" for phase, server, clients in self.cpu]
+        out = [f"{'phase':<{width}}  server  clients  other   (CPU cores busy during the measured window)"]
+        out += [f"{phase:<{width}}  {server:6.2f}  {clients:7.2f}  {other:5.2f}"
+                for phase, server, clients, other in self.cpu]
         return "\n".join(out)
 
     def add(self, row: Row) -> None:
@@ -83,7 +85,7 @@ class Report:
             },
             "units": {r.key: r.unit for r in self.rows},
             "details": self.details,
-            "cpu_cores": [{"phase": p, "server": sv, "clients": cl} for p, sv, cl in self.cpu],
+            "cpu_cores": [{"phase": p, "server": sv, "clients": cl, "other": ot} for p, sv, cl, ot in self.cpu],
             "notes": self.notes,
         }
 
