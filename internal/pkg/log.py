@@ -19,22 +19,37 @@ from typing import Any
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
-_SECRET_KEYS = r"password|passwd|secret|token|code|captcha_code|totp_code|seed|salt|key|plaintext|authorization"
-_PATTERNS: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"eyJ[\w-]{5,}\.[\w-]{5,}\.[\w-]*"), "[JWT]"),
-    (re.compile(r"(?i)bearer\s+\S+"), "Bearer [REDACTED]"),
-    (re.compile(r"\$argon2\w*\$[^\s\"']+"), "[PASSWORD-HASH]"),
-    (re.compile(rf"(?i)(\"?\b(?:{_SECRET_KEYS})\"?\s*[:=]\s*)(\"[^\"]*\"|'[^']*'|[^\s,}}]+)"), r"\1[REDACTED]"),
-    (re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"), "[EMAIL]"),
-    (re.compile(r"\+\d[\d\s-]{6,}\d"), "[PHONE]"),
-    (re.compile(r"\b[0-9a-fA-F]{32,}\b"), "[HEX]"),
-    (re.compile(r"[A-Za-z0-9+/_-]{32,}={0,2}"), "[BLOB]"),
+_SECRET_KEYS = frozenset(
+    {
+        "password", "passwd", "secret", "token", "code", "seed", "salt", "key", "plaintext", "authorization",
+        "captcha_code", "totp_code", "secret_key", "api_key", "private_key", "access_token", "refresh_token",
+    }
+)  # fmt: skip
+# Any `name: value` / `name=value` pair; the value is masked when the name is a secret's (see _mask_pair).
+_PAIR = re.compile(r"""([A-Za-z_]+)("?\s*[:=]\s*)("[^"]*"|'[^']*'|[^\s,}]+)""")
+# (pattern, replacement, needles): a pattern runs only when one of its needles occurs in the lower-cased
+# text, which keeps the per-line cost low (one access-log line per RPC) without weakening any pattern.
+_PATTERNS: list[tuple[re.Pattern[str], str, tuple[str, ...]]] = [
+    (re.compile(r"eyJ[\w-]{5,}\.[\w-]{5,}\.[\w-]*"), "[JWT]", ("eyj",)),
+    (re.compile(r"(?i)bearer\s+\S+"), "Bearer [REDACTED]", ("bearer",)),
+    (re.compile(r"\$argon2\w*\$[^\s\"']+"), "[PASSWORD-HASH]", ("$argon2",)),
+    (re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"), "[EMAIL]", ("@",)),
+    (re.compile(r"\+\d[\d\s-]{6,}\d"), "[PHONE]", ("+",)),
+    (re.compile(r"\b[0-9a-fA-F]{32,}\b"), "[HEX]", ("",)),
+    (re.compile(r"[A-Za-z0-9+/_-]{32,}={0,2}"), "[BLOB]", ("",)),
 ]
 
 
+def _mask_pair(match: re.Match[str]) -> str:
+    return match[1] + match[2] + "[REDACTED]" if match[1].lower() in _SECRET_KEYS else match[0]
+
+
 def redact(text: str) -> str:
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+    text = _PAIR.sub(_mask_pair, text)
+    lowered = text.lower()
+    for pattern, replacement, needles in _PATTERNS:
+        if any(needle in lowered for needle in needles):
+            text = pattern.sub(replacement, text)
     return text
 
 

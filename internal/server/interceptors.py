@@ -119,7 +119,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         quiet = service.startswith("grpc.")
 
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            rid = str(incoming.get("x-request-id") or uuid.uuid4().hex)[:64]
+            rid = str(incoming.get("x-request-id") or uuid.uuid4().hex[:16])[:64]
             token = request_id.set(rid)
             started = time.perf_counter()
             RPC_IN_FLIGHT.labels(service, name).inc()
@@ -142,7 +142,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                 if not quiet:
                     log.info(
                         "rpc",
-                        extra={"method": f"{service}/{name}", "code": code.name, "ms": round(elapsed * 1000, 2)},
+                        extra={"method": f"{service}/{name}", "grpc_code": code.name, "ms": round(elapsed * 1000, 2)},
                     )
                 request_id.reset(token)
 

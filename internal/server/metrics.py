@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import logging
 import time
+from collections import Counter as Tally
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -59,9 +60,9 @@ def _record(method: str, request: Any, reply: Any, outcome: str) -> None:
         operation = _KMS_OPERATIONS[name]
         results = getattr(reply, "results", None)
         if results is not None:
-            for item in results:
-                ok = item.status.code == 0
-                KMS_OPERATIONS.labels(operation, _key_version(item) if ok else "", "OK" if ok else "ITEM_ERROR").inc()
+            tally = Tally((_key_version(i), "OK") if i.status.code == 0 else ("", "ITEM_ERROR") for i in results)
+            for (version, item_outcome), n in tally.items():
+                KMS_OPERATIONS.labels(operation, version, item_outcome).inc(n)
             return
         KMS_OPERATIONS.labels(operation, _key_version(reply), outcome).inc()
     elif service == "auth.v1.Auth" and name == "Login":

@@ -69,3 +69,16 @@ def test_json_lines_are_valid_json() -> None:
     record = logging.makeLogRecord({"msg": "rpc", "levelname": "INFO", "name": "x", "method": "auth.v1.Auth/Login"})
     line = JsonFormatter().format(record)
     assert json.loads(line)["method"] == "auth.v1.Auth/Login"
+
+
+def test_access_log_fields_stay_readable() -> None:
+    record = logging.makeLogRecord(
+        {"msg": "rpc", "levelname": "INFO", "name": "x", "method": "kms.v1.KMS/Encrypt", "grpc_code": "OK"}
+    )
+    token = request_id.set("0123456789abcdef")
+    try:
+        entry = json.loads(JsonFormatter().format(record))
+    finally:
+        request_id.reset(token)
+    assert entry["grpc_code"] == "OK"
+    assert entry["request_id"] == "0123456789abcdef"
