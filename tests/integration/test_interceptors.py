@@ -1,19 +1,26 @@
-"""The error model on the wire: domain errors → status + ErrorInfo; bugs → INTERNAL without details;
-malformed requests → INVALID_ARGUMENT. Exercised through a real grpc.aio server and channel."""
+"""The server on the wire: the error model: domain errors → status + ErrorInfo; bugs → INTERNAL without details;
+malformed requests → INVALID_ARGUMENT; in-flight calls drain on stop; TLS when configured."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from google.protobuf import wrappers_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health
 from grpc_status import rpc_status
 
 from internal.biz import errors
-from internal.conf.config import GRPC
+from internal.conf.config import GRPC, TLS
 from internal.server.grpc import ServiceRegistration, new_grpc_server
 
 
@@ -93,3 +100,71 @@ async def test_malformed_request_bytes_are_invalid_argument(channel: grpc.aio.Ch
 async def test_well_formed_request_passes_through(channel: grpc.aio.Channel) -> None:
     reply = await _call(channel, "Echo")
     assert wrappers_pb2.StringValue.FromString(reply).value == "x"
+
+
+async def _slow(request: wrappers_pb2.StringValue, context: grpc.aio.ServicerContext) -> wrappers_pb2.StringValue:
+    await asyncio.sleep(0.5)
+    return wrappers_pb2.StringValue(value="done")
+
+
+def _register_slow(server: grpc.aio.Server) -> None:
+    handler = grpc.unary_unary_rpc_method_handler(
+        _slow,
+        request_deserializer=wrappers_pb2.StringValue.FromString,
+        response_serializer=wrappers_pb2.StringValue.SerializeToString,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.v1.Slow", {"Run": handler}),))
+
+
+async def test_stop_drains_in_flight_rpcs_within_the_grace_period() -> None:
+    server, port = new_grpc_server(
+        GRPC(addr="127.0.0.1:0"), [ServiceRegistration("test.v1.Slow", _register_slow)], health.aio.HealthServicer()
+    )
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as chan:
+        call = chan.unary_unary("/test.v1.Slow/Run", request_serializer=None, response_deserializer=None)(b"")
+        await asyncio.sleep(0.1)
+        await server.stop(5)
+        assert wrappers_pb2.StringValue.FromString(await call).value == "done"
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_tls_when_configured(tmp_path: Path) -> None:
+    cert_file, key_file = _self_signed(tmp_path)
+    conf = GRPC(addr="127.0.0.1:0", tls=TLS(cert_file=str(cert_file), key_file=str(key_file)))
+    server, port = new_grpc_server(conf, [ServiceRegistration("test.v1.Probe", _register)], health.aio.HealthServicer())
+    await server.start()
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert_file.read_bytes())
+        async with grpc.aio.secure_channel(f"localhost:{port}", credentials) as chan:
+            assert wrappers_pb2.StringValue.FromString(await _call(chan, "Echo")).value == "x"
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as plain:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await _call(plain, "Echo")
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await server.stop(None)
