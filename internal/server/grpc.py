@@ -13,7 +13,6 @@ from grpc_reflection.v1alpha import reflection
 from internal.conf.config import GRPC
 from internal.pkg.tracing import tracing_interceptors
 from internal.server.interceptors import AccessLogInterceptor, ErrorInterceptor
-from internal.server.metrics import BusinessMetricsInterceptor
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ def new_grpc_server(
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
     # Tracing outermost, so its span sees the status the error interceptor sets.
-    interceptors = [*tracing_interceptors(), AccessLogInterceptor(), BusinessMetricsInterceptor(), ErrorInterceptor()]
+    interceptors = [*tracing_interceptors(), AccessLogInterceptor(), ErrorInterceptor()]
     server = grpc.aio.server(interceptors=interceptors, options=options)
     for service in services:
         service.add_to_server(server)

@@ -15,7 +15,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from internal.biz import errors
 from internal.pkg.log import request_id
-from internal.server.metrics import error_reason
+from internal.server.metrics import error_reason, record_rpc
 from internal.service.status import domain_status_proto, status_proto
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def _split(method: str) -> tuple[str, str]:
 
 
 class AccessLogInterceptor(grpc.aio.ServerInterceptor):
-    """One log line and metrics per RPC: method, code, duration, request id. Never the payload."""
+    """One log line and metrics per RPC: method, code, duration, request id, business counters. Never the payload."""
 
     async def intercept_service(
         self,
@@ -117,19 +117,24 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         service, name = _split(handler_call_details.method)
         incoming = dict(handler_call_details.invocation_metadata or ())
         quiet = service.startswith("grpc.")
+        method = handler_call_details.method
 
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
             rid = str(incoming.get("x-request-id") or uuid.uuid4().hex[:16])[:64]
             token = request_id.set(rid)
+            reason_token = error_reason.set("")
             started = time.perf_counter()
             RPC_IN_FLIGHT.labels(service, name).inc()
             code = grpc.StatusCode.OK
             try:
                 response = await inner(request, context)
                 code = context.code() or grpc.StatusCode.OK
+                if not quiet:
+                    record_rpc(method, request, response, code.name)
                 return response
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
+                record_rpc(method, request, None, error_reason.get() or code.name)
                 raise
             except BaseException:
                 code = grpc.StatusCode.UNKNOWN
@@ -145,6 +150,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                         extra={"method": f"{service}/{name}", "grpc_code": code.name, "ms": round(elapsed * 1000, 2)},
                     )
                 request_id.reset(token)
+                error_reason.reset(reason_token)
 
         return grpc.unary_unary_rpc_method_handler(
             behaviour,

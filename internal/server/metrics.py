@@ -1,6 +1,6 @@
 """Business metrics for Prometheus, read off the RPCs themselves (request, reply, error reason).
 
-Kept in one interceptor so servicers stay free of metric plumbing. Labels never carry user data: only
+Called by the access-log interceptor, so servicers stay free of metric plumbing. Labels never carry user data: only
 method names, outcomes (gRPC code or error reason), captcha types and key versions.
 """
 
@@ -12,10 +12,8 @@ import contextvars
 import logging
 import time
 from collections import Counter as Tally
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
 from prometheus_client import Counter, Gauge
 
 log = logging.getLogger(__name__)
@@ -54,7 +52,8 @@ def _key_version(reply: Any) -> str:
     return str(key.version) if key is not None else ""
 
 
-def _record(method: str, request: Any, reply: Any, outcome: str) -> None:
+def record_rpc(method: str, request: Any, reply: Any, outcome: str) -> None:
+    """Count one finished kms.v1/auth.v1 call (``reply`` is None when it failed with ``outcome``)."""
     service, _, name = method.lstrip("/").rpartition("/")
     if service == "kms.v1.KMS" and name in _KMS_OPERATIONS:
         operation = _KMS_OPERATIONS[name]
@@ -69,37 +68,6 @@ def _record(method: str, request: Any, reply: Any, outcome: str) -> None:
         LOGINS.labels("success" if outcome == "OK" else outcome).inc()
     elif service == "auth.v1.Auth" and name == "GetCaptcha" and outcome == "OK":
         CAPTCHAS.labels(request.captcha_type).inc()
-
-
-class BusinessMetricsInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or not method.startswith(("/kms.v1.", "/auth.v1.")):
-            return handler
-        inner = handler.unary_unary
-
-        async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            token = error_reason.set("")
-            try:
-                reply = await inner(request, context)
-                _record(method, request, reply, "OK")
-                return reply
-            except grpc.aio.AbortError:
-                _record(method, request, None, error_reason.get() or (context.code() or grpc.StatusCode.UNKNOWN).name)
-                raise
-            finally:
-                error_reason.reset(token)
-
-        return grpc.unary_unary_rpc_method_handler(
-            behaviour,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
 
 
 async def publish_kms_gauges(kms: Any, interval: float = 15.0) -> None:
