@@ -9,18 +9,16 @@ from __future__ import annotations
 from datetime import datetime
 
 import grpc
-from google.rpc import status_pb2
 
 from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
 from internal.biz.credentials import CredentialUsecase
 from internal.biz.errors import DomainError, InvalidArgument, Unauthenticated
-from internal.pkg.kms import DecryptItem, EncryptItem, KeyInfo, KMSManager
+from internal.pkg.kms import KeyInfo, KMSManager
 from internal.pkg.kms.envelope import parse_header
 from internal.service.metadata import bearer_token
 from internal.service.status import domain_status_proto
 
 ENCRYPT, DECRYPT, ADMIN = "kms.encrypt", "kms.decrypt", "kms.admin"
-_OK = status_pb2.Status(code=0)
 
 
 def _unix(moment: datetime | None) -> int:
@@ -38,10 +36,6 @@ def key_info(key: KeyInfo) -> kms_pb2.DataKeyInfo:
         expires_at=_unix(key.expires_at),
         encryption_count=key.encryption_count,
     )
-
-
-def _status(result: object) -> status_pb2.Status:
-    return domain_status_proto(result) if isinstance(result, DomainError) else _OK
 
 
 class KMSService(kms_pb2_grpc.KMSServicer):
@@ -81,32 +75,30 @@ class KMSService(kms_pb2_grpc.KMSServicer):
     ) -> kms_pb2.EncryptBatchReply:
         """Encrypt many values under one active key; each item succeeds or fails on its own."""
         await self._authorize(context, "EncryptBatch", ENCRYPT)
-        batch = await self._crypto.encrypt_batch(
-            [EncryptItem(i.field, i.plaintext, dict(i.context)) for i in request.items]
-        )
-        results = [
-            kms_pb2.EncryptResult(status=_status(r))
-            if isinstance(r, DomainError)
-            else kms_pb2.EncryptResult(status=_OK, ciphertext=r.ciphertext, key_version=r.key_version)
-            for r in batch.results
-        ]
-        return kms_pb2.EncryptBatchReply(results=results, algorithm=batch.algorithm)
+        batch = await self._crypto.encrypt_batch(request.items)
+        reply = kms_pb2.EncryptBatchReply(algorithm=batch.algorithm)
+        add, version = reply.results.add, batch.key_version
+        for result in batch.results:
+            if isinstance(result, DomainError):
+                add(status=domain_status_proto(result))
+            else:
+                add(ciphertext=result, key_version=version)  # status unset: code 0, OK
+        return reply
 
     async def DecryptBatch(
         self, request: kms_pb2.DecryptBatchRequest, context: grpc.aio.ServicerContext
     ) -> kms_pb2.DecryptBatchReply:
         """Decrypt many values; each item succeeds or fails on its own."""
         await self._authorize(context, "DecryptBatch", DECRYPT)
-        opened = await self._crypto.decrypt_batch(
-            [DecryptItem(i.field, i.ciphertext, dict(i.context)) for i in request.items]
-        )
-        results = [
-            kms_pb2.DecryptResult(status=_status(r))
-            if isinstance(r, DomainError)
-            else kms_pb2.DecryptResult(status=_OK, plaintext=r.plaintext, key_version=r.key_version)
-            for r in opened
-        ]
-        return kms_pb2.DecryptBatchReply(results=results)
+        opened = await self._crypto.decrypt_batch(request.items)
+        reply = kms_pb2.DecryptBatchReply()
+        add = reply.results.add
+        for result in opened:
+            if isinstance(result, DomainError):
+                add(status=domain_status_proto(result))
+            else:
+                add(plaintext=result.plaintext, key_version=result.key_version)  # status unset: code 0, OK
+        return reply
 
     async def HashField(
         self, request: kms_pb2.HashFieldRequest, context: grpc.aio.ServicerContext

@@ -95,20 +95,20 @@ async def test_batches_fail_item_by_item(manager: KMSManager) -> None:
     )
     assert result.algorithm == "AES-256-GCM" and result.key_version == 1
     ok1, bad_field, too_large, ok2 = result.results
-    assert isinstance(ok1, Sealed) and isinstance(ok2, Sealed)
+    assert isinstance(ok1, bytes) and isinstance(ok2, bytes)
     assert isinstance(bad_field, DomainError) and bad_field.reason == "VALIDATION_ERROR"
     assert isinstance(too_large, DomainError) and too_large.reason == "PLAINTEXT_TOO_LARGE"
-    tampered = ok2.ciphertext[:-1] + bytes([ok2.ciphertext[-1] ^ 1])
-    unknown = bytearray(ok1.ciphertext)
+    tampered = ok2[:-1] + bytes([ok2[-1] ^ 1])
+    unknown = bytearray(ok1)
     unknown[2:6] = (77).to_bytes(4, "big")
     opened = await manager.crypto.decrypt_batch(
         [
-            DecryptItem("f", ok1.ciphertext, {"i": "1"}),
+            DecryptItem("f", ok1, {"i": "1"}),
             DecryptItem("f", tampered, {"i": "2"}),
             DecryptItem("f", bytes(unknown), {"i": "1"}),
             DecryptItem("f", b"garbage", {}),
-            DecryptItem("f", ok2.ciphertext, {"i": "2"}),
-            DecryptItem("g", ok2.ciphertext, {"i": "2"}),
+            DecryptItem("f", ok2, {"i": "2"}),
+            DecryptItem("g", ok2, {"i": "2"}),
         ]
     )
     assert opened[0] == Decrypted(b"one", 1) and opened[4] == Decrypted(b"two", 1)
@@ -124,7 +124,11 @@ async def test_rewrap_moves_to_the_active_key(manager: KMSManager) -> None:
     assert await manager.crypto.decrypt("f", new.ciphertext, {"k": "v"}) == b"secret"
 
 
-async def test_large_work_goes_to_a_thread(manager: KMSManager, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_large_work_goes_to_a_thread(
+    make_manager: Callable[..., KMSManager], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = make_manager(max_plaintext_bytes=crypto_module.THREAD_COST_THRESHOLD)
+    await manager.initialize()
     calls: list[Any] = []
     real = asyncio.to_thread
 
@@ -134,10 +138,32 @@ async def test_large_work_goes_to_a_thread(manager: KMSManager, monkeypatch: pyt
 
     monkeypatch.setattr(crypto_module.asyncio, "to_thread", counting)
     await manager.crypto.encrypt("f", b"x" * 100, {})
-    await manager.crypto.encrypt_batch([EncryptItem("f", b"x" * 100)] * 10)
     assert calls == []
-    await manager.crypto.encrypt_batch([EncryptItem("f", b"x" * 60_000)] * 20)
+    await manager.crypto.encrypt("f", b"x" * crypto_module.THREAD_COST_THRESHOLD, {})
     assert len(calls) == 1
+    await manager.close()
+
+
+async def test_batches_yield_between_chunks(manager: KMSManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches stay on the event loop (no thread hand-over) but give other calls a turn between chunks."""
+    yields: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def counting_sleep(delay: float) -> None:
+        yields.append(delay)
+        await real_sleep(delay)
+
+    monkeypatch.setattr(crypto_module.asyncio, "sleep", counting_sleep)
+    monkeypatch.setattr(crypto_module.asyncio, "to_thread", None)  # any use would fail
+    limit = manager.crypto.max_plaintext_bytes
+    per_chunk = max(1, min(crypto_module.CHUNK_ITEMS, crypto_module.CHUNK_COST // limit))
+    items = [EncryptItem("f", bytes([i % 256]) * 32, {"i": str(i % 3)}) for i in range(per_chunk * 2 + 1)]
+    result = await manager.crypto.encrypt_batch(items)
+    assert yields == [0, 0]  # three chunks
+    opened = await manager.crypto.decrypt_batch(
+        [DecryptItem("f", c, item.context) for c, item in zip(result.results, items, strict=True)]  # type: ignore[arg-type]
+    )
+    assert [o.plaintext for o in opened] == [item.plaintext for item in items]  # type: ignore[union-attr]
 
 
 def blind(manager: KMSManager, field: str, value: str) -> str:

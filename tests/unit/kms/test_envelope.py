@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from internal.biz.errors import DomainError, InvalidArgument
+from api.gen.kms.v1 import kms_pb2
+from internal.biz.errors import DomainError, InvalidArgument, NotFound
 from internal.pkg.kms import envelope
+from internal.pkg.kms.crypto import DecryptItem, EncryptItem
 from internal.pkg.kms.envelope import (
     HEADER_SIZE,
     MAGIC,
@@ -19,9 +21,11 @@ from internal.pkg.kms.envelope import (
     DataKey,
     algorithm_for_new_key,
     associated_data,
+    open_many,
     open_sealed,
     parse_header,
     seal,
+    seal_many,
 )
 
 ALGORITHMS = [Algorithm.AES_256_GCM, Algorithm.CHACHA20_POLY1305, Algorithm.SM4_GCM]
@@ -203,3 +207,67 @@ def test_data_key_repr_hides_material() -> None:
     material = os.urandom(32)
     text = repr(DataKey(1, Algorithm.AES_256_GCM, material))
     assert material.hex() not in text and "hidden" in text
+
+
+# Few distinct fields and contexts, so batches mix cache hits, misses and near-misses (same keys, other
+# values; same size, other keys).
+batch_fields = st.sampled_from(["email", "phone", "é"])
+batch_contexts = st.sampled_from([{}, {"a": "1"}, {"a": "2"}, {"b": "1"}, {"a": "1", "b": "2"}, {"b": "2", "a": "1"}])
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=lambda a: a.value)
+@pytest.mark.parametrize("as_proto", [False, True], ids=["dataclass", "proto"])
+@settings(max_examples=40, deadline=None)
+@given(items=st.lists(st.tuples(batch_fields, st.binary(max_size=64), batch_contexts), max_size=30))
+def test_seal_many_matches_seal(
+    algorithm: Algorithm, as_proto: bool, items: list[tuple[str, bytes, dict[str, str]]]
+) -> None:
+    """Batch sealing caches associated data per field + context; each envelope must still open with its own
+    binding (through the one-value path) and with no other."""
+    key = KEYS[algorithm]
+    make = kms_pb2.EncryptItem if as_proto else EncryptItem
+    sealed = seal_many(key, [make(field=f, plaintext=p, context=c) for f, p, c in items], 1024)
+    assert len(sealed) == len(items)
+    assert len({s[HEADER_SIZE - 12 : HEADER_SIZE] for s in sealed if isinstance(s, bytes)}) == len(items)  # nonces
+    for (field, plaintext, context), ciphertext in zip(items, sealed, strict=True):
+        assert isinstance(ciphertext, bytes)
+        assert open_sealed(key, field, ciphertext, context) == plaintext
+        for other in ({"a": "1", "b": "3"}, {"a": "3"}, {"c": "1"}):
+            with pytest.raises(InvalidArgument) as exc:
+                open_sealed(key, field, ciphertext, other)
+            assert_invalid(exc)
+    opened = open_many({key.version: key}, [DecryptItem(f, s, c) for (f, _, c), s in zip(items, sealed, strict=True)])  # type: ignore[arg-type]
+    assert opened == [(p, key.version) for _, p, _ in items]
+
+
+def test_seal_many_fails_item_by_item() -> None:
+    key = KEYS[Algorithm.AES_256_GCM]
+    items = [
+        EncryptItem("f", b"ok", {"k": "v"}),
+        EncryptItem("f", b"x" * 11, {"k": "v"}),  # over the limit
+        EncryptItem("f", "text", {"k": "v"}),  # type: ignore[arg-type]
+        EncryptItem("f", b"ok", {"k": 1}),  # type: ignore[dict-item]
+        EncryptItem("f", b"ok", None),  # type: ignore[arg-type]
+        EncryptItem("", b"ok"),
+        EncryptItem("f", b"ok", {"k": "\ud800"}),  # not encodable as UTF-8
+        EncryptItem("f", bytearray(b"ok"), {"k": "v"}),  # type: ignore[arg-type]
+    ]
+    results = seal_many(key, items, 10)
+    reasons = [r.reason if isinstance(r, DomainError) else "OK" for r in results]
+    assert reasons == ["OK", "PLAINTEXT_TOO_LARGE"] + ["VALIDATION_ERROR"] * 5 + ["OK"]
+    assert open_sealed(key, "f", results[-1], {"k": "v"}) == b"ok"  # type: ignore[arg-type]
+    missing, unknown = NotFound("KEY_NOT_FOUND", "no such key"), bytearray(results[0])  # type: ignore[arg-type]
+    unknown[2:6] = (9).to_bytes(4, "big")
+    opened = open_many(
+        {key.version: key, 9: missing},
+        [
+            DecryptItem("f", results[0], {"k": "v"}),  # type: ignore[arg-type]
+            DecryptItem("f", results[0], {"k": "w"}),  # type: ignore[arg-type]
+            DecryptItem("f", bytes(unknown), {"k": "v"}),
+            DecryptItem("f", b"short", {}),
+            DecryptItem("f", results[0][:-1] + bytes([results[0][-1] ^ 1]), {"k": "v"}),  # type: ignore[index]
+        ],
+    )
+    assert opened[0] == (b"ok", key.version)
+    assert opened[2] is missing
+    assert [o.reason for o in opened[1:2] + opened[3:]] == ["CIPHERTEXT_INVALID"] * 3  # type: ignore[union-attr]
