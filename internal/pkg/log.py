@@ -4,6 +4,10 @@ Redaction works on the fully rendered line (message, arguments, extras, tracebac
 reaches a logger by accident is still masked: JWTs, bearer tokens, e-mail addresses, phone numbers,
 PHC password hashes, long hex/base64 runs (keys, ciphertexts, refresh tokens), and the values of
 keys that name a secret (``password=…``, ``"code": …``).
+
+The one exception is a record logged with ``extra={VETTED: True, ...}``: every field is server-defined (method
+name, status code, duration) or was vetted before it was logged (the request id, see ``safe_request_id``).
+That is the access line, one per RPC, where the line-wide scan would cost more than the rest of the line.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import time
 from typing import Any
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+VETTED = "_vetted"  # record attribute: every field is server-defined or vetted, skip the line-wide redaction
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
 
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 _SECRET_KEYS = frozenset(
@@ -25,8 +31,12 @@ _SECRET_KEYS = frozenset(
         "captcha_code", "totp_code", "secret_key", "api_key", "private_key", "access_token", "refresh_token",
     }
 )  # fmt: skip
-# Any `name: value` / `name=value` pair; the value is masked when the name is a secret's (see _mask_pair).
-_PAIR = re.compile(r"""([A-Za-z_]+)("?\s*[:=]\s*)("[^"]*"|'[^']*'|[^\s,}]+)""")
+# A `name: value` / `name=value` pair whose whole name (any case) is a secret's: the value is masked. Searched for
+# wherever it starts, even inside another pair's value ("ValueError: password=…").
+_SECRET_PAIR = re.compile(
+    r"""(?<![A-Za-z_])((?i:%s)"?\s*[:=]\s*)(?:"[^"]*"|'[^']*'|[^\s,}]+)"""
+    % "|".join(sorted(_SECRET_KEYS, key=len, reverse=True))
+)
 # (pattern, replacement, needles): a pattern runs only when one of its needles occurs in the lower-cased
 # text, which keeps the per-line cost low (one access-log line per RPC) without weakening any pattern.
 _PATTERNS: list[tuple[re.Pattern[str], str, tuple[str, ...]]] = [
@@ -40,17 +50,21 @@ _PATTERNS: list[tuple[re.Pattern[str], str, tuple[str, ...]]] = [
 ]
 
 
-def _mask_pair(match: re.Match[str]) -> str:
-    return match[1] + match[2] + "[REDACTED]" if match[1].lower() in _SECRET_KEYS else match[0]
-
-
 def redact(text: str) -> str:
-    text = _PAIR.sub(_mask_pair, text)
     lowered = text.lower()
+    if any(name in lowered for name in _SECRET_KEYS):
+        text = _SECRET_PAIR.sub(r"\1[REDACTED]", text)
     for pattern, replacement, needles in _PATTERNS:
         if any(needle in lowered for needle in needles):
             text = pattern.sub(replacement, text)
     return text
+
+
+def safe_request_id(candidate: object) -> str | None:
+    """A caller-supplied request id if it is short, plain and nothing the redaction would mask; else None."""
+    if isinstance(candidate, str) and _REQUEST_ID.fullmatch(candidate) and redact(candidate) == candidate:
+        return candidate
+    return None
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -58,9 +72,19 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class JsonFormatter(logging.Formatter):
+    _second: tuple[int, str] = (-1, "")  # the last second rendered, reused by every line within it
+
+    def _timestamp(self, created: float, msecs: float) -> str:
+        second, text = self._second
+        if int(created) != second:
+            second = int(created)
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
+        return f"{text}.{int(msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record.created, record.msecs),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
@@ -70,7 +94,8 @@ class JsonFormatter(logging.Formatter):
         entry.update(_extras(record))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return redact(json.dumps(entry, default=str))
+        line = json.dumps(entry, default=str)
+        return line if getattr(record, VETTED, False) and not record.exc_info else redact(line)
 
 
 class TextFormatter(logging.Formatter):
@@ -83,13 +108,15 @@ class TextFormatter(logging.Formatter):
         line += f" request_id={rid}" if rid else ""
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return redact(line)
+        return line if getattr(record, VETTED, False) and not record.exc_info else redact(line)
 
 
 def setup_logging(level: str = "INFO", fmt: str = "auto", production: bool = False) -> None:
     """Route all logging through one redacting handler on stderr."""
     if fmt == "auto":
         fmt = "json" if production or not sys.stderr.isatty() else "text"
+    # No formatter here prints thread or process names: skip collecting them for every record.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()

@@ -14,7 +14,7 @@ from grpc_status import rpc_status
 from prometheus_client import Counter, Gauge, Histogram
 
 from internal.biz import errors
-from internal.pkg.log import request_id
+from internal.pkg.log import VETTED, request_id, safe_request_id
 from internal.server.metrics import error_reason, record_rpc
 from internal.service.status import domain_status_proto, status_proto
 
@@ -102,8 +102,29 @@ def _split(method: str) -> tuple[str, str]:
     return service, name
 
 
+class _MethodMetrics:
+    """The metric children of one method, looked up once instead of by label on every call."""
+
+    def __init__(self, service: str, name: str) -> None:
+        self.in_flight = RPC_IN_FLIGHT.labels(service, name)
+        self.latency = RPC_LATENCY.labels(service, name)
+        self._labels = (service, name)
+        self._handled: dict[grpc.StatusCode, Any] = {}
+
+    def handled(self, code: grpc.StatusCode) -> Any:
+        child = self._handled.get(code)
+        if child is None:
+            child = self._handled[code] = RPC_HANDLED.labels(*self._labels, code.name)
+        return child
+
+
 class AccessLogInterceptor(grpc.aio.ServerInterceptor):
-    """One log line and metrics per RPC: method, code, duration, request id, business counters. Never the payload."""
+    """One log line and metrics per RPC: method, code, duration, request id, business counters. Never the payload.
+
+    The request id is the caller's ``x-request-id`` when ``safe_request_id`` accepts it, else a new one."""
+
+    def __init__(self) -> None:
+        self._metrics: dict[str, _MethodMetrics] = {}
 
     async def intercept_service(
         self,
@@ -114,17 +135,21 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
-        service, name = _split(handler_call_details.method)
-        incoming = dict(handler_call_details.invocation_metadata or ())
-        quiet = service.startswith("grpc.")
         method = handler_call_details.method
+        service, name = _split(method)
+        metrics = self._metrics.get(method)
+        if metrics is None:  # only methods with a handler get here, so the table stays small
+            metrics = self._metrics[method] = _MethodMetrics(service, name)
+        quiet = service.startswith("grpc.")
+        logged_method = f"{service}/{name}"
+        offered = next((v for k, v in handler_call_details.invocation_metadata or () if k == "x-request-id"), None)
 
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            rid = str(incoming.get("x-request-id") or uuid.uuid4().hex[:16])[:64]
+            rid = safe_request_id(offered) or uuid.uuid4().hex[:16]
             token = request_id.set(rid)
             reason_token = error_reason.set("")
             started = time.perf_counter()
-            RPC_IN_FLIGHT.labels(service, name).inc()
+            metrics.in_flight.inc()
             code = grpc.StatusCode.OK
             try:
                 response = await inner(request, context)
@@ -141,13 +166,18 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                 raise
             finally:
                 elapsed = time.perf_counter() - started
-                RPC_IN_FLIGHT.labels(service, name).dec()
-                RPC_HANDLED.labels(service, name, code.name).inc()
-                RPC_LATENCY.labels(service, name).observe(elapsed)
+                metrics.in_flight.dec()
+                metrics.handled(code).inc()
+                metrics.latency.observe(elapsed)
                 if not quiet:
                     log.info(
                         "rpc",
-                        extra={"method": f"{service}/{name}", "grpc_code": code.name, "ms": round(elapsed * 1000, 2)},
+                        extra={
+                            "method": logged_method,
+                            "grpc_code": code.name,
+                            "ms": round(elapsed * 1000, 2),
+                            VETTED: True,
+                        },
                     )
                 request_id.reset(token)
                 error_reason.reset(reason_token)
@@ -157,4 +187,3 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
-

@@ -12,6 +12,7 @@ import contextvars
 import logging
 import time
 from collections import Counter as Tally
+from operator import attrgetter
 from typing import Any
 
 from prometheus_client import Counter, Gauge
@@ -40,6 +41,7 @@ _KMS_OPERATIONS = {
     "RotateDataKey": "rotate",
     "PerformMaintenance": "maintenance",
 }
+_ITEM_KEY_VERSION = attrgetter("key_version")
 
 
 def _key_version(reply: Any) -> str:
@@ -59,9 +61,10 @@ def record_rpc(method: str, request: Any, reply: Any, outcome: str) -> None:
         operation = _KMS_OPERATIONS[name]
         results = getattr(reply, "results", None)
         if results is not None:
-            tally = Tally((_key_version(i), "OK") if i.status.code == 0 else ("", "ITEM_ERROR") for i in results)
-            for (version, item_outcome), n in tally.items():
-                KMS_OPERATIONS.labels(operation, version, item_outcome).inc(n)
+            # A failed item has key_version 0, a sealed or opened one its key's (≥ 1). map + Counter keep this
+            # per-item pass in C: batches have thousands of items.
+            for version, n in Tally(map(_ITEM_KEY_VERSION, results)).items():
+                KMS_OPERATIONS.labels(operation, *((str(version), "OK") if version else ("", "ITEM_ERROR"))).inc(n)
             return
         KMS_OPERATIONS.labels(operation, _key_version(reply), outcome).inc()
     elif service == "auth.v1.Auth" and name == "Login":

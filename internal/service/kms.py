@@ -14,7 +14,7 @@ from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
 from internal.biz.credentials import CredentialUsecase
 from internal.biz.errors import DomainError, InvalidArgument, Unauthenticated
 from internal.pkg.kms import KeyInfo, KMSManager
-from internal.pkg.kms.envelope import parse_header
+from internal.pkg.kms.envelope import sealed_algorithm
 from internal.service.metadata import bearer_token
 from internal.service.status import domain_status_proto
 
@@ -57,17 +57,17 @@ class KMSService(kms_pb2_grpc.KMSServicer):
     async def Encrypt(self, request: kms_pb2.EncryptRequest, context: grpc.aio.ServicerContext) -> kms_pb2.EncryptReply:
         """Encrypt one field value under the active key, bound to its field name and context."""
         await self._authorize(context, "Encrypt", ENCRYPT)
-        sealed = await self._crypto.encrypt(request.field, request.plaintext, dict(request.context))
+        sealed = await self._crypto.encrypt(request.field, request.plaintext, request.context)
         return kms_pb2.EncryptReply(
             ciphertext=sealed.ciphertext,
             key_version=sealed.key_version,
-            algorithm=parse_header(sealed.ciphertext).algorithm,
+            algorithm=sealed_algorithm(sealed.ciphertext),
         )
 
     async def Decrypt(self, request: kms_pb2.DecryptRequest, context: grpc.aio.ServicerContext) -> kms_pb2.DecryptReply:
         """Decrypt with the key named inside the ciphertext; wrong field/context or tampering is CIPHERTEXT_INVALID."""
         await self._authorize(context, "Decrypt", DECRYPT)
-        opened = await self._crypto.decrypt_with_version(request.field, request.ciphertext, dict(request.context))
+        opened = await self._crypto.decrypt_with_version(request.field, request.ciphertext, request.context)
         return kms_pb2.DecryptReply(plaintext=opened.plaintext, key_version=opened.key_version)
 
     async def EncryptBatch(

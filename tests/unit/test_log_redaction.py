@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 
 import pytest
 
-from internal.pkg.log import JsonFormatter, TextFormatter, redact, request_id
+from internal.pkg.log import VETTED, JsonFormatter, TextFormatter, redact, request_id, safe_request_id
 
 SECRETS = {
     "jwt": "eyJhbGciOiJFZERTQSIsImtpZCI6ImFiYyJ9.eyJzdWIiOiI0MiJ9.c2lnbmF0dXJlLWJ5dGVz",
@@ -82,3 +83,36 @@ def test_access_log_fields_stay_readable() -> None:
         request_id.reset(token)
     assert entry["grpc_code"] == "OK"
     assert entry["request_id"] == "0123456789abcdef"
+
+
+@pytest.mark.parametrize("kind", [k for k in SECRETS if " " not in SECRETS[k] and "=" not in SECRETS[k]])
+def test_request_ids_that_look_secret_are_refused(kind: str) -> None:
+    assert safe_request_id(SECRETS[kind]) is None
+
+
+@pytest.mark.parametrize("candidate", ["", "x" * 65, "a b", "id\n", "ünï", None, b"bytes", 42])
+def test_request_ids_must_be_short_and_plain(candidate: object) -> None:
+    assert safe_request_id(candidate) is None
+
+
+def test_plain_request_ids_are_kept() -> None:
+    for candidate in ("req-123", "0123456789abcdef", "trace/7:span.9_a"):
+        assert safe_request_id(candidate) == candidate
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()])
+def test_vetted_records_skip_only_the_line_scan(formatter: logging.Formatter) -> None:
+    """The access line's fields are server-defined; anything with a traceback is scanned whatever it claims."""
+    vetted = logging.makeLogRecord({"msg": "rpc", "levelname": "INFO", "name": "x", VETTED: True, "method": "a/b"})
+    assert VETTED not in formatter.format(vetted) and "a/b" in formatter.format(vetted)
+    try:
+        raise ValueError(SECRETS["password_kv"])
+    except ValueError:
+        failing = logging.makeLogRecord({"msg": "rpc", "levelname": "ERROR", "name": "x", VETTED: True})
+        failing.exc_info = sys.exc_info()
+    assert LEAKED_PARTS["password_kv"] not in formatter.format(failing)
+
+
+def test_secret_pairs_are_found_inside_other_values() -> None:
+    for line in ("ValueError: password=hunter2pass", "detail='token: hunter2pass'", "a=b,secret=hunter2pass"):
+        assert "hunter2pass" not in redact(line), line

@@ -201,6 +201,11 @@ def parse_header(ciphertext: bytes) -> Header:
     return Header(version, algorithm, bytes(ciphertext[_PREFIX.size : HEADER_SIZE]))
 
 
+def sealed_algorithm(ciphertext: bytes) -> str:
+    """The algorithm name in the header of an envelope ``seal`` just made (no checks: not for input)."""
+    return _BY_ID[ciphertext[_PREFIX.size - 1]].value
+
+
 def _prefix(key: DataKey) -> bytes:
     return _PREFIX.pack(MAGIC, FORMAT_VERSION, key.version, ALGORITHM_IDS[key.algorithm])
 
