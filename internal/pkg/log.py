@@ -33,9 +33,9 @@ _SECRET_KEYS = frozenset(
 )  # fmt: skip
 # A `name: value` / `name=value` pair whose whole name (any case) is a secret's: the value is masked. Searched for
 # wherever it starts, even inside another pair's value ("ValueError: password=…").
+_SECRET_NAMES = "|".join(sorted(_SECRET_KEYS, key=len, reverse=True))
 _SECRET_PAIR = re.compile(
-    r"""(?<![A-Za-z_])((?i:%s)"?\s*[:=]\s*)(?:"[^"]*"|'[^']*'|[^\s,}]+)"""
-    % "|".join(sorted(_SECRET_KEYS, key=len, reverse=True))
+    r"""(?<![A-Za-z_])((?i:""" + _SECRET_NAMES + r""")"?\s*[:=]\s*)(?:"[^"]*"|'[^']*'|[^\s,}]+)"""
 )
 # (pattern, replacement, needles): a pattern runs only when one of its needles occurs in the lower-cased
 # text, which keeps the per-line cost low (one access-log line per RPC) without weakening any pattern.
