@@ -5,9 +5,9 @@ reaches a logger by accident is still masked: JWTs, bearer tokens, e-mail addres
 PHC password hashes, long hex/base64 runs (keys, ciphertexts, refresh tokens), and the values of
 keys that name a secret (``password=…``, ``"code": …``).
 
-The one exception is a record logged with ``extra={VETTED: True, ...}``: every field is server-defined (method
-name, status code, duration) or was vetted before it was logged (the request id, see ``safe_request_id``).
-That is the access line, one per RPC, where the line-wide scan would cost more than the rest of the line.
+The one exception is a record logged with ``log_vetted``: every field is server-defined (method name, status
+code, duration) or was vetted before it was logged (the request id, see ``safe_request_id``). That is the
+access line, one per RPC, where the line-wide scan would cost more than the rest of the line.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
-VETTED = "_vetted"  # record attribute: every field is server-defined or vetted, skip the line-wide redaction
+VETTED = "_vetted"  # record attribute: the extra fields, all server-defined or vetted (see log_vetted)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
 
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -31,12 +31,12 @@ _SECRET_KEYS = frozenset(
         "captcha_code", "totp_code", "secret_key", "api_key", "private_key", "access_token", "refresh_token",
     }
 )  # fmt: skip
-# A `name: value` / `name=value` pair whose whole name (any case) is a secret's: the value is masked. Searched for
-# wherever it starts, even inside another pair's value ("ValueError: password=…").
+# A `name: value` / `name=value` pair whose whole name (any case) is a secret's: the value (group 1) is masked.
+# Searched for wherever it starts, even inside another pair's value ("ValueError: password=…"). It runs on an
+# ASCII-lower-cased copy (same length, so spans carry over): much faster than a case-insensitive pattern.
 _SECRET_NAMES = "|".join(sorted(_SECRET_KEYS, key=len, reverse=True))
-_SECRET_PAIR = re.compile(
-    r"""(?<![A-Za-z_])((?i:""" + _SECRET_NAMES + r""")"?\s*[:=]\s*)(?:"[^"]*"|'[^']*'|[^\s,}]+)"""
-)
+_SECRET_PAIR = re.compile(r"""(?<![a-z_])(?:""" + _SECRET_NAMES + r""")"?\s*[:=]\s*("[^"]*"|'[^']*'|[^\s,}]+)""")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 # (pattern, replacement, needles): a pattern runs only when one of its needles occurs in the lower-cased
 # text, which keeps the per-line cost low (one access-log line per RPC) without weakening any pattern.
 _PATTERNS: list[tuple[re.Pattern[str], str, tuple[str, ...]]] = [
@@ -51,9 +51,14 @@ _PATTERNS: list[tuple[re.Pattern[str], str, tuple[str, ...]]] = [
 
 
 def redact(text: str) -> str:
-    lowered = text.lower()
+    lowered = text.translate(_ASCII_LOWER)
     if any(name in lowered for name in _SECRET_KEYS):
-        text = _SECRET_PAIR.sub(r"\1[REDACTED]", text)
+        parts: list[str] = []
+        done = 0
+        for match in _SECRET_PAIR.finditer(lowered):
+            parts += (text[done : match.start(1)], "[REDACTED]")
+            done = match.end(1)
+        text = "".join(parts) + text[done:]
     for pattern, replacement, needles in _PATTERNS:
         if any(needle in lowered for needle in needles):
             text = pattern.sub(replacement, text)
@@ -67,8 +72,27 @@ def safe_request_id(candidate: object) -> str | None:
     return None
 
 
+_to_json = json.JSONEncoder(default=str).encode  # one encoder, not one per line
+
+
+def log_vetted(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> None:
+    """Log ``msg`` at INFO with ``fields``, every one server-defined or vetted: no line-wide redaction, and none
+    of the caller lookup a call site needs (this is the once-per-RPC access line)."""
+    if logger.isEnabledFor(logging.INFO):
+        record = logging.LogRecord(logger.name, logging.INFO, "", 0, msg, None, None)
+        setattr(record, VETTED, fields)
+        logger.handle(record)
+
+
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    vetted = getattr(record, VETTED, None)
+    if vetted is not None:
+        return vetted  # type: ignore[no-any-return]
     return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
+
+
+def _is_vetted(record: logging.LogRecord) -> bool:
+    return getattr(record, VETTED, None) is not None and not record.exc_info and not record.args
 
 
 class JsonFormatter(logging.Formatter):
@@ -94,8 +118,8 @@ class JsonFormatter(logging.Formatter):
         entry.update(_extras(record))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        line = json.dumps(entry, default=str)
-        return line if getattr(record, VETTED, False) and not record.exc_info else redact(line)
+        line = _to_json(entry)
+        return line if _is_vetted(record) else redact(line)
 
 
 class TextFormatter(logging.Formatter):
@@ -108,7 +132,7 @@ class TextFormatter(logging.Formatter):
         line += f" request_id={rid}" if rid else ""
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line if getattr(record, VETTED, False) and not record.exc_info else redact(line)
+        return line if _is_vetted(record) else redact(line)
 
 
 def setup_logging(level: str = "INFO", fmt: str = "auto", production: bool = False) -> None:

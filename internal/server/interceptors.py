@@ -14,7 +14,7 @@ from grpc_status import rpc_status
 from prometheus_client import Counter, Gauge, Histogram
 
 from internal.biz import errors
-from internal.pkg.log import VETTED, request_id, safe_request_id
+from internal.pkg.log import log_vetted, request_id, safe_request_id
 from internal.server.metrics import error_reason, record_rpc
 from internal.service.status import domain_status_proto, status_proto
 
@@ -170,15 +170,8 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                 metrics.handled(code).inc()
                 metrics.latency.observe(elapsed)
                 if not quiet:
-                    log.info(
-                        "rpc",
-                        extra={
-                            "method": logged_method,
-                            "grpc_code": code.name,
-                            "ms": round(elapsed * 1000, 2),
-                            VETTED: True,
-                        },
-                    )
+                    fields = {"method": logged_method, "grpc_code": code.name, "ms": round(elapsed * 1000, 2)}
+                    log_vetted(log, "rpc", fields)
                 request_id.reset(token)
                 error_reason.reset(reason_token)
 

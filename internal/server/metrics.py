@@ -54,6 +54,18 @@ def _key_version(reply: Any) -> str:
     return str(key.version) if key is not None else ""
 
 
+def _kms_operation(operation: str, version: object, outcome: str) -> Any:
+    """The kms_operations_total child; cached, since the label sets are few and the data plane calls this a lot."""
+    labels = (operation, str(version), outcome)
+    child = _KMS_CHILDREN.get(labels)
+    if child is None:
+        child = _KMS_CHILDREN[labels] = KMS_OPERATIONS.labels(*labels)
+    return child
+
+
+_KMS_CHILDREN: dict[tuple[str, str, str], Any] = {}
+
+
 def record_rpc(method: str, request: Any, reply: Any, outcome: str) -> None:
     """Count one finished kms.v1/auth.v1 call (``reply`` is None when it failed with ``outcome``)."""
     service, _, name = method.lstrip("/").rpartition("/")
@@ -64,9 +76,9 @@ def record_rpc(method: str, request: Any, reply: Any, outcome: str) -> None:
             # A failed item has key_version 0, a sealed or opened one its key's (≥ 1). map + Counter keep this
             # per-item pass in C: batches have thousands of items.
             for version, n in Tally(map(_ITEM_KEY_VERSION, results)).items():
-                KMS_OPERATIONS.labels(operation, *((str(version), "OK") if version else ("", "ITEM_ERROR"))).inc(n)
+                _kms_operation(operation, version or "", "OK" if version else "ITEM_ERROR").inc(n)
             return
-        KMS_OPERATIONS.labels(operation, _key_version(reply), outcome).inc()
+        _kms_operation(operation, _key_version(reply), outcome).inc()
     elif service == "auth.v1.Auth" and name == "Login":
         LOGINS.labels("success" if outcome == "OK" else outcome).inc()
     elif service == "auth.v1.Auth" and name == "GetCaptcha" and outcome == "OK":

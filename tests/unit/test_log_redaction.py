@@ -9,7 +9,15 @@ import sys
 
 import pytest
 
-from internal.pkg.log import VETTED, JsonFormatter, TextFormatter, redact, request_id, safe_request_id
+from internal.pkg.log import (
+    VETTED,
+    JsonFormatter,
+    TextFormatter,
+    log_vetted,
+    redact,
+    request_id,
+    safe_request_id,
+)
 
 SECRETS = {
     "jwt": "eyJhbGciOiJFZERTQSIsImtpZCI6ImFiYyJ9.eyJzdWIiOiI0MiJ9.c2lnbmF0dXJlLWJ5dGVz",
@@ -103,12 +111,25 @@ def test_plain_request_ids_are_kept() -> None:
 @pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()])
 def test_vetted_records_skip_only_the_line_scan(formatter: logging.Formatter) -> None:
     """The access line's fields are server-defined; anything with a traceback is scanned whatever it claims."""
-    vetted = logging.makeLogRecord({"msg": "rpc", "levelname": "INFO", "name": "x", VETTED: True, "method": "a/b"})
-    assert VETTED not in formatter.format(vetted) and "a/b" in formatter.format(vetted)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    logger = logging.getLogger("test.vetted")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        log_vetted(logger, "rpc", {"method": "kms.v1.KMS/Encrypt", "hex": "0123456789abcdef" * 2, "ms": 0.5})
+        logger.setLevel(logging.WARNING)
+        log_vetted(logger, "rpc", {"method": "below the level"})
+    finally:
+        logger.removeHandler(handler)
+    line = stream.getvalue()
+    assert "kms.v1.KMS/Encrypt" in line and "0123456789abcdef" * 2 in line and "below" not in line
+    assert VETTED not in line
     try:
         raise ValueError(SECRETS["password_kv"])
     except ValueError:
-        failing = logging.makeLogRecord({"msg": "rpc", "levelname": "ERROR", "name": "x", VETTED: True})
+        failing = logging.makeLogRecord({"msg": "rpc", "levelname": "ERROR", "name": "x", VETTED: {}})
         failing.exc_info = sys.exc_info()
     assert LEAKED_PARTS["password_kv"] not in formatter.format(failing)
 

@@ -29,13 +29,12 @@ from internal.pkg.kms.envelope import (
     DataKey,
     FieldValue,
     SealedValue,
+    Sealer,
     check_plaintext,
     key_versions,
     open_many,
     open_sealed,
     parse_header,
-    seal,
-    seal_many,
     validate_binding,
 )
 
@@ -127,9 +126,17 @@ class CryptoService:
         self.max_batch_items = max_batch_items
         self._thread_cost = thread_cost_threshold
         self._index_keys: dict[str, bytes] = {}
+        self._current_sealer: Sealer | None = None
 
     def __repr__(self) -> str:
         return "CryptoService(<keys hidden>)"
+
+    def _sealer(self, key: DataKey) -> Sealer:
+        """The sealer of ``key``, kept while it stays the active key (its binding cache is per key)."""
+        sealer = self._current_sealer
+        if sealer is None or sealer.key is not key:
+            sealer = self._current_sealer = Sealer(key)
+        return sealer
 
     async def _run(self, cost: int, fn: Callable[[], T]) -> T:
         if cost > self._thread_cost:
@@ -145,12 +152,12 @@ class CryptoService:
     async def encrypt(self, field: str, plaintext: bytes, context: Mapping[str, str]) -> Sealed:
         """Seal under the active key. Errors: VALIDATION_ERROR, PLAINTEXT_TOO_LARGE, KMS_NOT_INITIALIZED."""
         data = check_plaintext(plaintext, self.max_plaintext_bytes)
-        validate_binding(field, context)
         key = self._keys.cached_active() or await self._keys.load_active()
+        sealer = self._sealer(key)
         if ITEM_COST + len(data) * COST_PER_BYTE[key.algorithm] > self._thread_cost:
-            ciphertext = await asyncio.to_thread(seal, key, field, data, context)
+            ciphertext = await asyncio.to_thread(sealer.seal, field, data, context)
         else:  # the common case, inline: this is the Encrypt RPC's hot path
-            ciphertext = seal(key, field, data, context)
+            ciphertext = sealer.seal(field, data, context)
         self._keys.count_encryptions(key.version, 1)
         return Sealed(ciphertext, key.version)
 
@@ -200,7 +207,7 @@ class CryptoService:
         for start in range(0, len(items), chunk := self._chunk_items(key)):
             if start:
                 await asyncio.sleep(0)  # let other calls run between chunks
-            results += seal_many(key, items[start : start + chunk], self.max_plaintext_bytes)
+            results += self._sealer(key).seal_many(items[start : start + chunk], self.max_plaintext_bytes)
         self._keys.count_encryptions(key.version, sum(type(r) is bytes for r in results))
         return EncryptBatchResult(key.algorithm.value, key.version, results)
 

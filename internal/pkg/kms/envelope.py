@@ -170,23 +170,20 @@ def check_plaintext(value: object, limit: int) -> bytes:
     return data
 
 
-def _lp(data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + data
-
-
-def _utf8(text: str) -> bytes:
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidArgument("VALIDATION_ERROR", "field and context must be valid Unicode text") from None
+_LENGTH = struct.Struct(">I")
 
 
 def associated_data(prefix: bytes, field: str, context: Mapping[str, str]) -> bytes:
-    """Canonical, unambiguous encoding of (header prefix, field, sorted context)."""
-    parts = [_AD_DOMAIN, _lp(prefix), _lp(_utf8(field)), struct.pack(">I", len(context))]
-    for key in sorted(context):
-        parts.append(_lp(_utf8(key)))
-        parts.append(_lp(_utf8(context[key])))
+    """Canonical, unambiguous encoding of (header prefix, field, sorted context): each part length-prefixed."""
+    pack = _LENGTH.pack
+    try:
+        name = field.encode("utf-8")
+        parts = [_AD_DOMAIN, pack(len(prefix)), prefix, pack(len(name)), name, pack(len(context))]
+        for key in sorted(context):
+            encoded_key, encoded_value = key.encode("utf-8"), context[key].encode("utf-8")
+            parts += (pack(len(encoded_key)), encoded_key, pack(len(encoded_value)), encoded_value)
+    except UnicodeEncodeError:
+        raise InvalidArgument("VALIDATION_ERROR", "field and context must be valid Unicode text") from None
     return b"".join(parts)
 
 
@@ -212,9 +209,7 @@ def _prefix(key: DataKey) -> bytes:
 
 def seal(key: DataKey, field: str, plaintext: bytes, context: Mapping[str, str]) -> bytes:
     """Encrypt under ``key`` with a fresh random nonce; returns the whole envelope."""
-    prefix = _prefix(key)
-    nonce = os.urandom(NONCE_SIZE)
-    return prefix + nonce + key._seal(nonce, bytes(plaintext), associated_data(prefix, field, context))
+    return Sealer(key).seal(field, plaintext, context)
 
 
 class FieldValue(Protocol):
@@ -244,59 +239,73 @@ def _same_context(context: Mapping[str, str], entries: tuple[tuple[str, str], ..
     return True
 
 
-class _Bindings:
-    """The associated data of one header prefix for each field seen, with the context entries it encodes.
+class Sealer:
+    """Seals values under one data key, doing the per-key work once: the header prefix, and the associated data
+    per field (kept with the context entries it encodes, for at most MAX_CACHED_FIELDS fields).
 
-    A batch usually repeats one field and context for every item; checking the context against the cached
-    entries costs far less than validating, sorting and encoding it again."""
+    Callers repeat a few fields and contexts over and over; checking a context against the cached entries costs
+    far less than validating, sorting and encoding it again. Every envelope is exactly what ``seal`` made before
+    this cache existed (same associated data bytes)."""
 
-    def __init__(self, prefix: bytes) -> None:
-        self._prefix = prefix
+    MAX_CACHED_FIELDS = 1024
+
+    def __init__(self, key: DataKey) -> None:
+        self.key = key
+        self._prefix = _prefix(key)
+        self._encrypt = key._aead.encrypt if key._aead is not None else key._seal
         self._by_field: dict[str, tuple[tuple[tuple[str, str], ...], bytes]] = {}
 
-    def get(self, field: str, context: Mapping[str, str]) -> tuple[tuple[tuple[str, str], ...], bytes]:
+    def binding(self, field: str, context: Mapping[str, str]) -> tuple[tuple[tuple[str, str], ...], bytes]:
         """(context entries, associated data); VALIDATION_ERROR for a bad field or context."""
         cached = self._by_field.get(field) if type(field) is str else None
         if cached is not None and _same_context(context, cached[0]):
             return cached
         validate_binding(field, context)
+        if len(self._by_field) >= self.MAX_CACHED_FIELDS:
+            self._by_field.clear()  # callers choose field names: keep the cache bounded
         cached = self._by_field[field] = (tuple(context.items()), associated_data(self._prefix, field, context))
         return cached
 
+    def seal(self, field: str, plaintext: bytes, context: Mapping[str, str]) -> bytes:
+        """One envelope with a fresh random nonce (``plaintext`` already checked)."""
+        ad = self.binding(field, context)[1]
+        nonce = os.urandom(NONCE_SIZE)
+        return self._prefix + nonce + self._encrypt(nonce, bytes(plaintext), ad)
+
+    def seal_many(self, items: Sequence[FieldValue], max_plaintext: int) -> list[bytes | InvalidArgument]:
+        """One envelope per item, in order, or that item's own error; one ``os.urandom`` call for all nonces.
+
+        This loop is the EncryptBatch hot path (a few µs per item), hence the local names and the check against
+        the previous item's binding before the per-field cache."""
+        prefix, encrypt, binding, same_context = self._prefix, self._encrypt, self.binding, _same_context
+        nonces = os.urandom(NONCE_SIZE * len(items))
+        results: list[bytes | InvalidArgument] = []
+        append = results.append
+        last_field: str | None = None
+        last_entries: tuple[tuple[str, str], ...] = ()
+        ad = b""
+        end = 0
+        for item in items:
+            start, end = end, end + NONCE_SIZE
+            field, context = item.field, item.context
+            try:
+                data = item.plaintext
+                if type(data) is not bytes or len(data) > max_plaintext:
+                    data = check_plaintext(data, max_plaintext)
+                if field != last_field or not same_context(context, last_entries):
+                    last_entries, ad = binding(field, context)
+                    last_field = field
+            except InvalidArgument as exc:
+                append(exc)
+                continue
+            nonce = nonces[start:end]
+            append(prefix + nonce + encrypt(nonce, data, ad))
+        return results
+
 
 def seal_many(key: DataKey, items: Sequence[FieldValue], max_plaintext: int) -> list[bytes | InvalidArgument]:
-    """``seal`` of every item under ``key``: one envelope per item, in order, or that item's own error.
-
-    Work that ``seal`` repeats per value is done once here: the header prefix, one ``os.urandom`` call for
-    every nonce, and the associated data once per distinct field + context. This loop is the EncryptBatch
-    hot path (a few µs per item), hence the local names and the check against the previous item's binding."""
-    prefix = _prefix(key)
-    nonces = os.urandom(NONCE_SIZE * len(items))
-    encrypt = key._aead.encrypt if key._aead is not None else key._seal
-    bindings = _Bindings(prefix)
-    same_context = _same_context
-    results: list[bytes | InvalidArgument] = []
-    append = results.append
-    last_field: str | None = None
-    last_entries: tuple[tuple[str, str], ...] = ()
-    ad = b""
-    end = 0
-    for item in items:
-        start, end = end, end + NONCE_SIZE
-        field, context = item.field, item.context
-        try:
-            data = item.plaintext
-            if type(data) is not bytes or len(data) > max_plaintext:
-                data = check_plaintext(data, max_plaintext)
-            if field != last_field or not same_context(context, last_entries):
-                last_entries, ad = bindings.get(field, context)
-                last_field = field
-        except InvalidArgument as exc:
-            append(exc)
-            continue
-        nonce = nonces[start:end]
-        append(prefix + nonce + encrypt(nonce, data, ad))
-    return results
+    """``seal`` of every item under ``key``: one envelope per item, in order, or that item's own error."""
+    return Sealer(key).seal_many(items, max_plaintext)
 
 
 class SealedValue(Protocol):
@@ -329,7 +338,7 @@ def open_many(
     """``open_sealed`` of every item with the key its header names (looked up in ``keys``): (plaintext, key
     version) per item, in order, or that item's own error. The associated data is built once per key and
     distinct field + context."""
-    bindings: dict[int, _Bindings] = {}
+    bindings: dict[int, Sealer] = {}
     results: list[tuple[bytes, int] | DomainError] = []
     for item in items:
         try:
@@ -342,8 +351,8 @@ def open_many(
             if header.algorithm is not key.algorithm:
                 raise ciphertext_invalid()
             if key.version not in bindings:
-                bindings[key.version] = _Bindings(_prefix(key))
-            ad = bindings[key.version].get(item.field, item.context)[1]
+                bindings[key.version] = Sealer(key)
+            ad = bindings[key.version].binding(item.field, item.context)[1]
             results.append((key._open(header.nonce, bytes(data[HEADER_SIZE:]), ad), key.version))
         except (InvalidTag, ValueError):
             results.append(ciphertext_invalid())

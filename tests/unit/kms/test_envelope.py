@@ -271,3 +271,15 @@ def test_seal_many_fails_item_by_item() -> None:
     assert opened[0] == (b"ok", key.version)
     assert opened[2] is missing
     assert [o.reason for o in opened[1:2] + opened[3:]] == ["CIPHERTEXT_INVALID"] * 3  # type: ignore[union-attr]
+
+
+def test_associated_data_bytes_are_stable() -> None:
+    """Stored ciphertexts were sealed with exactly these bytes: the encoding may be rewritten, never changed."""
+    prefix = bytes.fromhex("a70100000007" "01")
+    context = {"tenant": "bench", "table": "users", "é": "中"}
+    assert associated_data(prefix, "users.email", context).hex() == (
+        "617574686b6d732f6b6d732f61642f763100000007a70100000007010000000b75736572732e656d61696c00000003"
+        "000000057461626c650000000575736572730000000674656e616e740000000562656e636800000002c3a900000003e4b8ad"
+    )
+    empty = "617574686b6d732f6b6d732f61642f763100000007a7010000000701000000016600000000"
+    assert associated_data(prefix, "f", {}).hex() == empty
