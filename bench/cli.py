@@ -2,7 +2,8 @@
 
 One run, one fresh database and Redis prefix, one credential; everything below is measured in this run:
 
-1. KMS Encrypt RPC rate ÷ grpc.health.v1 Check RPC rate on the same server, same client design.
+1. KMS Encrypt RPC rate ÷ grpc.health.v1 Check RPC rate on the same server, same client design; three
+   alternating rounds of each (one with --quick), each rate the mean of its rounds.
 2. EncryptBatch (1,000 × 32-byte fields) fields/s ÷ in-process AES-GCM encryptions/s.
 3. PostgreSQL statements per Encrypt in steady state (``db_queries_total`` around the Encrypt run).
 4. Login p50 (sequential) ÷ one in-process Argon2id hash with the configured parameters; Register and
@@ -15,6 +16,7 @@ Goals are reported, not enforced: the exit status is 0 whenever the measurements
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import shutil
@@ -60,6 +62,7 @@ class Settings:
     processes: int
     channels: int
     min_samples: int
+    rounds: int  # alternating Check/Encrypt rounds
     quick: bool
 
 
@@ -89,6 +92,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         processes=2,
         channels=4,
         min_samples=3 if args.quick else 10,
+        rounds=1 if args.quick else 3,
         quick=args.quick,
     )
 
@@ -165,6 +169,22 @@ class Run:
         return f"{operation} ({'1 worker' if workers == 1 else f'--workers {workers}'})"
 
 
+def _mean(results: list[LoadResult]) -> LoadResult:
+    """Rounds of one operation as one result: rates averaged, calls summed, window from first to last."""
+    n = len(results)
+    return dataclasses.replace(
+        results[0],
+        calls=sum(r.calls for r in results),
+        items=sum(r.items for r in results),
+        rate=sum(r.rate for r in results) / n,
+        item_rate=sum(r.item_rate for r in results) / n,
+        total_calls=sum(r.total_calls for r in results),
+        window=(results[0].window[0], results[-1].window[1]),
+        client_cpu=sum(r.client_cpu for r in results) / n,
+        server_cpu=sum(r.server_cpu for r in results) / n,
+    )
+
+
 def _measure(run: Run, token: str) -> None:
     s, report, details = run.s, run.report, run.report.details
     _say("starting the server (1 worker)")
@@ -176,14 +196,23 @@ def _measure(run: Run, token: str) -> None:
     idle_started, idle_before = time.monotonic(), db_queries(server)
     time.sleep(min(s.seconds, 5))
     idle_rate = (db_queries(server) - idle_before) / (time.monotonic() - idle_started)
-    check = run.load(server, "check", s.concurrency)
-    busy_started, before = time.monotonic(), db_queries(server)
-    encrypt = run.load(server, "encrypt", s.concurrency, token=token)
-    statements = db_queries(server) - before
-    busy_rate = statements / (time.monotonic() - busy_started)
+    # Check and Encrypt alternate, so that a slow spell of the machine (the clients share its cores) weighs on
+    # both rates alike; each rate is the mean over its rounds.
+    checks: list[LoadResult] = []
+    encrypts: list[LoadResult] = []
+    statements = 0.0
+    busy_seconds = 0.0
+    for _ in range(s.rounds):
+        checks.append(run.load(server, "check", s.concurrency))
+        busy_started, before = time.monotonic(), db_queries(server)
+        encrypts.append(run.load(server, "encrypt", s.concurrency, token=token))
+        statements += db_queries(server) - before
+        busy_seconds += time.monotonic() - busy_started
+    check, encrypt = _mean(checks), _mean(encrypts)
+    busy_rate = statements / busy_seconds
     per_call = statements / encrypt.total_calls
-    details["check"] = asdict(check)
-    details["encrypt"] = asdict(encrypt)
+    details["check"] = asdict(check) | {"rounds": [c.rate for c in checks]}
+    details["encrypt"] = asdict(encrypt) | {"rounds": [e.rate for e in encrypts]}
     details["db_queries"] = {"statements": statements, "encrypt_calls": encrypt.total_calls,
                              "per_second_during_encrypt": busy_rate, "per_second_idle": idle_rate}
 
@@ -245,6 +274,8 @@ def _measure(run: Run, token: str) -> None:
     report.add(Row("encrypt_rps_1_worker", "5. Encrypt rate, 1 worker", encrypt.rate, "/s"))
     report.add(Row("encrypt_rps_2_workers", "   Encrypt rate, --workers 2", encrypt2.rate, "/s"))
     report.add(Row("workers_2_1_ratio", "   2 workers ÷ 1 worker", encrypt2.rate / encrypt.rate))
+    per_round = ", ".join(f"{e.rate / c.rate:.2f}" for c, e in zip(checks, encrypts, strict=True))
+    report.notes.append(f"1: Encrypt ÷ Check per round (alternating): {per_round}")
     report.notes.append(
         f"3: {statements:.0f} statements during {encrypt.total_calls} Encrypt calls: {busy_rate:.2f}/s, "
         f"idle server {idle_rate:.2f}/s (periodic background work, independent of the call rate)"

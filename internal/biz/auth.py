@@ -8,6 +8,7 @@ locked exactly like real accounts.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import time
@@ -225,10 +226,11 @@ class AuthUsecase:
         if user.totp_enabled:
             await self._second_factor(user, account, attempt.totp_code, client_addr)
 
-        await self._lockout.succeeded(account)
         if self._hasher.needs_rehash(user.password_hash):
             await self._users.update_password(user.id, await self._hasher.hash(attempt.password))
-        pair = await self._tokens.issue(user.id, user.username)
+        # Independent writes (Redis counter reset, PostgreSQL session), so in parallel: Login's latency
+        # is the password check plus as few round trips as possible.
+        pair, _ = await asyncio.gather(self._tokens.issue(user.id, user.username), self._lockout.succeeded(account))
         await self._audit.record(
             "auth.login", "success", actor=str(user.id), subject=str(user.id), details={"client": client_addr}
         )

@@ -79,26 +79,22 @@ class PgSessionRepo:
     async def start_family(
         self, family_id: str, user_id: int, family_ttl: timedelta, token_hash: str, token_ttl: timedelta
     ) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
-            family_expires = await conn.fetchval(
-                """
+        # One statement (one round trip, one commit): the family and its first token, or neither.
+        await self._pool.execute(
+            """
+            WITH family AS (
                 INSERT INTO refresh_token_families (id, user_id, expires_at)
-                VALUES ($1, $2, now() + $3::interval) RETURNING expires_at
-                """,
-                uuid.UUID(family_id),
-                user_id,
-                family_ttl,
+                VALUES ($1, $2, now() + $3::interval) RETURNING id, expires_at
             )
-            await conn.execute(
-                """
-                INSERT INTO refresh_tokens (token_hash, family_id, expires_at)
-                VALUES ($1, $2, LEAST(now() + $3::interval, $4))
-                """,
-                token_hash,
-                uuid.UUID(family_id),
-                token_ttl,
-                family_expires,
-            )
+            INSERT INTO refresh_tokens (token_hash, family_id, expires_at)
+            SELECT $4, id, LEAST(now() + $5::interval, expires_at) FROM family
+            """,
+            uuid.UUID(family_id),
+            user_id,
+            family_ttl,
+            token_hash,
+            token_ttl,
+        )
 
     @translate_driver_errors
     async def rotate_refresh_token(self, old_hash: str, new_hash: str, token_ttl: timedelta) -> RotationResult:
