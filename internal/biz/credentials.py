@@ -87,25 +87,29 @@ class CredentialUsecase:
         """The active credential for a token, or None. Cached briefly, misses included."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
             return None
+        entry = self._fresh_entry(token)
+        if entry:
+            return entry[1]
         digest = token_hash(token)
-        now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached and cached[0] > now:
-            credential = cached[1]
-        else:
-            credential = await self._repo.find_active_by_hash(digest)
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[digest] = (now + self._cache_ttl, credential)
+        credential = await self._repo.find_active_by_hash(digest)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (time.monotonic() + self._cache_ttl, credential)
         # Lookup is by SHA-256 of the token, so no secret-dependent comparison happens in Python.
         return credential
+
+    def _fresh_entry(self, token: str) -> tuple[float, ServiceCredential | None] | None:
+        """The unexpired cache entry (expiry, credential or None) for a token. Never waits: the hot path."""
+        cached = self._cache.get(token_hash(token))
+        return cached if cached and cached[0] > time.monotonic() else None
 
     async def authorize(self, token: str | None, *any_of: str, action: str) -> ServiceCredential:
         """The caller's credential if it holds one of ``any_of``; otherwise UNAUTHENTICATED/PERMISSION_DENIED."""
         if not token:
             await self._audit.record("access.denied", "no_credential", subject=action)
             raise Unauthenticated("CREDENTIALS_MISSING", "a service credential is required (authorization: Bearer …)")
-        credential = await self.lookup(token)
+        entry = self._fresh_entry(token)
+        credential = entry[1] if entry else await self.lookup(token)
         if credential is None:
             await self._audit.record("access.denied", "bad_credential", subject=action)
             raise Unauthenticated("CREDENTIALS_INVALID", "the service credential is invalid or revoked")

@@ -15,7 +15,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from internal.biz import errors
 from internal.pkg.log import log_vetted, request_id, safe_request_id
-from internal.server.metrics import error_reason, record_rpc
+from internal.server.metrics import error_reason, rpc_recorder
+from internal.service.metadata import request_metadata
 from internal.service.status import domain_status_proto, status_proto
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class _MethodMetrics:
     """The metric children of one method, looked up once instead of by label on every call."""
 
     def __init__(self, service: str, name: str) -> None:
+        self.record = None if service.startswith("grpc.") else rpc_recorder(f"/{service}/{name}")
         self.in_flight = RPC_IN_FLIGHT.labels(service, name)
         self.latency = RPC_LATENCY.labels(service, name)
         self._labels = (service, name)
@@ -142,11 +144,13 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
             metrics = self._metrics[method] = _MethodMetrics(service, name)
         quiet = service.startswith("grpc.")
         logged_method = f"{service}/{name}"
-        offered = next((v for k, v in handler_call_details.invocation_metadata or () if k == "x-request-id"), None)
+        received = handler_call_details.invocation_metadata or ()
+        offered = next((v for k, v in received if k == "x-request-id"), None)
 
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
             rid = safe_request_id(offered) or uuid.uuid4().hex[:16]
             token = request_id.set(rid)
+            metadata_token = request_metadata.set(received)
             reason_token = error_reason.set("")
             started = time.perf_counter()
             metrics.in_flight.inc()
@@ -154,12 +158,13 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
             try:
                 response = await inner(request, context)
                 code = context.code() or grpc.StatusCode.OK
-                if not quiet:
-                    record_rpc(method, request, response, code.name)
+                if metrics.record is not None:
+                    metrics.record(request, response, code.name)
                 return response
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
-                record_rpc(method, request, None, error_reason.get() or code.name)
+                if metrics.record is not None:
+                    metrics.record(request, None, error_reason.get() or code.name)
                 raise
             except BaseException:
                 code = grpc.StatusCode.UNKNOWN
@@ -173,6 +178,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                     fields = {"method": logged_method, "grpc_code": code.name, "ms": round(elapsed * 1000, 2)}
                     log_vetted(log, "rpc", fields)
                 request_id.reset(token)
+                request_metadata.reset(metadata_token)
                 error_reason.reset(reason_token)
 
         return grpc.unary_unary_rpc_method_handler(

@@ -12,6 +12,7 @@ import contextvars
 import logging
 import time
 from collections import Counter as Tally
+from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
 
@@ -66,23 +67,40 @@ def _kms_operation(operation: str, version: object, outcome: str) -> Any:
 _KMS_CHILDREN: dict[tuple[str, str, str], Any] = {}
 
 
-def record_rpc(method: str, request: Any, reply: Any, outcome: str) -> None:
-    """Count one finished kms.v1/auth.v1 call (``reply`` is None when it failed with ``outcome``)."""
+Recorder = Callable[[Any, Any, str], None]  # (request, reply or None when failed, outcome)
+
+
+def rpc_recorder(method: str) -> Recorder | None:
+    """How a finished call of ``method`` is counted, or None for methods without business metrics.
+
+    Resolved once per method (the interceptor keeps it), so a call pays only for its own counter."""
     service, _, name = method.lstrip("/").rpartition("/")
     if service == "kms.v1.KMS" and name in _KMS_OPERATIONS:
         operation = _KMS_OPERATIONS[name]
-        results = getattr(reply, "results", None)
-        if results is not None:
+
+        def kms_call(request: Any, reply: Any, outcome: str) -> None:
+            _kms_operation(operation, _key_version(reply), outcome).inc()
+
+        def kms_batch(request: Any, reply: Any, outcome: str) -> None:
+            if reply is None:
+                kms_call(request, reply, outcome)
+                return
             # A failed item has key_version 0, a sealed or opened one its key's (≥ 1). map + Counter keep this
             # per-item pass in C: batches have thousands of items.
-            for version, n in Tally(map(_ITEM_KEY_VERSION, results)).items():
+            for version, n in Tally(map(_ITEM_KEY_VERSION, reply.results)).items():
                 _kms_operation(operation, version or "", "OK" if version else "ITEM_ERROR").inc(n)
-            return
-        _kms_operation(operation, _key_version(reply), outcome).inc()
-    elif service == "auth.v1.Auth" and name == "Login":
-        LOGINS.labels("success" if outcome == "OK" else outcome).inc()
-    elif service == "auth.v1.Auth" and name == "GetCaptcha" and outcome == "OK":
-        CAPTCHAS.labels(request.captcha_type).inc()
+
+        return kms_batch if name.endswith("Batch") else kms_call
+    if service == "auth.v1.Auth" and name == "Login":
+        return lambda request, reply, outcome: LOGINS.labels("success" if outcome == "OK" else outcome).inc()
+    if service == "auth.v1.Auth" and name == "GetCaptcha":
+
+        def captcha(request: Any, reply: Any, outcome: str) -> None:
+            if outcome == "OK":
+                CAPTCHAS.labels(request.captcha_type).inc()
+
+        return captcha
+    return None
 
 
 async def publish_kms_gauges(kms: Any, interval: float = 15.0) -> None:
