@@ -21,6 +21,7 @@ from grpc_status import rpc_status
 
 from internal.biz import errors
 from internal.conf.config import GRPC, TLS
+from internal.pkg.log import request_id
 from internal.server.grpc import ServiceRegistration, new_grpc_server
 
 
@@ -36,6 +37,12 @@ async def _echo(request: wrappers_pb2.StringValue, context: grpc.aio.ServicerCon
     return wrappers_pb2.StringValue(value=request.value)
 
 
+async def _request_id(
+    request: wrappers_pb2.StringValue, context: grpc.aio.ServicerContext
+) -> wrappers_pb2.StringValue:
+    return wrappers_pb2.StringValue(value=request_id.get())
+
+
 def _register(server: grpc.aio.Server) -> None:
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
@@ -43,7 +50,7 @@ def _register(server: grpc.aio.Server) -> None:
             request_deserializer=wrappers_pb2.StringValue.FromString,
             response_serializer=wrappers_pb2.StringValue.SerializeToString,
         )
-        for name, fn in {"Locked": _raise_locked, "Crash": _crash, "Echo": _echo}.items()
+        for name, fn in {"Locked": _raise_locked, "Crash": _crash, "Echo": _echo, "RequestId": _request_id}.items()
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.v1.Probe", handlers),))
 
@@ -168,3 +175,28 @@ async def test_tls_when_configured(tmp_path: Path) -> None:
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await server.stop(None)
+
+
+@pytest.mark.parametrize(
+    ("offered", "kept"),
+    [
+        ("req-42", True),
+        ("trace/7:span.9_a", True),
+        ("eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiI0MiJ9.c2lnbmF0dXJl", False),  # a JWT
+        ("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", False),  # key-like hex
+        ("alice@example.com", False),
+        ("x" * 65, False),
+    ],
+)
+async def test_request_id_is_kept_only_when_plain(channel: grpc.aio.Channel, offered: str, kept: bool) -> None:
+    """The id lands in every log line and audit row unredacted, so a secret-looking one is replaced."""
+    stub = channel.unary_unary(
+        "/test.v1.Probe/RequestId",
+        request_serializer=wrappers_pb2.StringValue.SerializeToString,
+        response_deserializer=wrappers_pb2.StringValue.FromString,
+    )
+    reply = await stub(wrappers_pb2.StringValue(), metadata=(("x-request-id", offered),))
+    if kept:
+        assert reply.value == offered
+    else:
+        assert reply.value != offered and len(reply.value) == 16 and int(reply.value, 16) >= 0
