@@ -303,11 +303,6 @@ class Sealer:
         return results
 
 
-def seal_many(key: DataKey, items: Sequence[FieldValue], max_plaintext: int) -> list[bytes | InvalidArgument]:
-    """``seal`` of every item under ``key``: one envelope per item, in order, or that item's own error."""
-    return Sealer(key).seal_many(items, max_plaintext)
-
-
 class SealedValue(Protocol):
     """One value to open: ``crypto.DecryptItem``, or a kms.v1 ``DecryptItem`` message exactly as it arrived."""
 

@@ -19,13 +19,13 @@ from internal.pkg.kms.envelope import (
     MIN_CIPHERTEXT_SIZE,
     Algorithm,
     DataKey,
+    Sealer,
     algorithm_for_new_key,
     associated_data,
     open_many,
     open_sealed,
     parse_header,
     seal,
-    seal_many,
 )
 
 ALGORITHMS = [Algorithm.AES_256_GCM, Algorithm.CHACHA20_POLY1305, Algorithm.SM4_GCM]
@@ -226,7 +226,7 @@ def test_seal_many_matches_seal(
     binding (through the one-value path) and with no other."""
     key = KEYS[algorithm]
     make = kms_pb2.EncryptItem if as_proto else EncryptItem
-    sealed = seal_many(key, [make(field=f, plaintext=p, context=c) for f, p, c in items], 1024)
+    sealed = Sealer(key).seal_many([make(field=f, plaintext=p, context=c) for f, p, c in items], 1024)
     assert len(sealed) == len(items)
     assert len({s[HEADER_SIZE - 12 : HEADER_SIZE] for s in sealed if isinstance(s, bytes)}) == len(items)  # nonces
     for (field, plaintext, context), ciphertext in zip(items, sealed, strict=True):
@@ -252,7 +252,7 @@ def test_seal_many_fails_item_by_item() -> None:
         EncryptItem("f", b"ok", {"k": "\ud800"}),  # not encodable as UTF-8
         EncryptItem("f", bytearray(b"ok"), {"k": "v"}),  # type: ignore[arg-type]
     ]
-    results = seal_many(key, items, 10)
+    results = Sealer(key).seal_many(items, 10)
     reasons = [r.reason if isinstance(r, DomainError) else "OK" for r in results]
     assert reasons == ["OK", "PLAINTEXT_TOO_LARGE"] + ["VALIDATION_ERROR"] * 5 + ["OK"]
     assert open_sealed(key, "f", results[-1], {"k": "v"}) == b"ok"  # type: ignore[arg-type]
@@ -283,3 +283,19 @@ def test_associated_data_bytes_are_stable() -> None:
     )
     empty = "617574686b6d732f6b6d732f61642f763100000007a7010000000701000000016600000000"
     assert associated_data(prefix, "f", {}).hex() == empty
+
+
+def test_sealer_cache_is_bounded_and_never_crosses_contexts() -> None:
+    key = KEYS[Algorithm.AES_256_GCM]
+    sealer = Sealer(key)
+    for i in range(Sealer.MAX_CACHED_FIELDS + 10):
+        sealer.seal(f"field-{i}", b"v", {})
+    assert len(sealer._by_field) <= Sealer.MAX_CACHED_FIELDS
+    contexts = [{"user_id": "1"}, {"user_id": "2"}, {"tenant": "1"}, {}, {"user_id": "1"}]
+    sealed = [sealer.seal("email", b"same", c) for c in contexts]
+    for context, ciphertext in zip(contexts, sealed, strict=True):
+        assert open_sealed(key, "email", ciphertext, context) == b"same"
+        for other in contexts:
+            if other != context:
+                with pytest.raises(InvalidArgument):
+                    open_sealed(key, "email", ciphertext, other)
