@@ -23,6 +23,7 @@ from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
 from bench.load import CONTEXT, FIELD, PASSWORD, PLAINTEXT_BYTES
 from internal.biz.password import Argon2Params, Argon2PasswordHasher
+from internal.pkg.kms.envelope import Algorithm, DataKey, Sealer
 from tests.e2e.harness import ServerProcess
 
 
@@ -73,6 +74,29 @@ def aesgcm_rate(seconds: float) -> float:
         now = time.perf_counter()
         if now >= deadline:
             return done / (now - started)
+
+
+def sealer_rate(seconds: float, batch_size: int = 1000) -> float:
+    """Fields/s through the server's own batch sealing (``Sealer.seal_many``, AES-256-GCM) on the same fields
+    the EncryptBatch load sends, parsed from the wire like the server does: the batch path without gRPC."""
+    key = DataKey(1, Algorithm.AES_256_GCM, os.urandom(32))
+    request = kms_pb2.EncryptBatchRequest(
+        items=[
+            kms_pb2.EncryptItem(field=FIELD, plaintext=os.urandom(PLAINTEXT_BYTES), context=CONTEXT)
+            for _ in range(batch_size)
+        ]
+    ).SerializeToString()
+
+    def once() -> None:
+        Sealer(key).seal_many(kms_pb2.EncryptBatchRequest.FromString(request).items, 1 << 16)
+
+    once()  # warm-up
+    done = 0
+    started = time.perf_counter()
+    while (now := time.perf_counter()) < started + seconds or done == 0:
+        once()
+        done += batch_size
+    return done / (now - started)
 
 
 def argon2_hash_times(params: Argon2Params, seconds: float, min_samples: int, max_samples: int = 200) -> Samples:

@@ -277,28 +277,26 @@ class Sealer:
 
         This loop is the EncryptBatch hot path (a few µs per item), hence the local names and the check against
         the previous item's binding before the per-field cache."""
-        prefix, encrypt, binding, same_context = self._prefix, self._encrypt, self.binding, _same_context
-        nonces = os.urandom(NONCE_SIZE * len(items))
+        prefix, encrypt, binding = self._prefix, self._encrypt, self.binding
+        random = os.urandom(NONCE_SIZE * len(items))
+        nonces = [random[i : i + NONCE_SIZE] for i in range(0, len(random), NONCE_SIZE)]
         results: list[bytes | InvalidArgument] = []
         append = results.append
         last_field: str | None = None
         last_entries: tuple[tuple[str, str], ...] = ()
         ad = b""
-        end = 0
-        for item in items:
-            start, end = end, end + NONCE_SIZE
+        for item, nonce in zip(items, nonces, strict=True):
             field, context = item.field, item.context
             try:
                 data = item.plaintext
                 if type(data) is not bytes or len(data) > max_plaintext:
                     data = check_plaintext(data, max_plaintext)
-                if field != last_field or not same_context(context, last_entries):
+                if field != last_field or not _same_context(context, last_entries):
                     last_entries, ad = binding(field, context)
                     last_field = field
             except InvalidArgument as exc:
                 append(exc)
                 continue
-            nonce = nonces[start:end]
             append(prefix + nonce + encrypt(nonce, data, ad))
         return results
 
