@@ -8,7 +8,8 @@ One run, one fresh database and Redis prefix, one credential; everything below i
 3. PostgreSQL statements per Encrypt in steady state (``db_queries_total`` around the Encrypt run).
 4. Login p50 (sequential) ÷ one in-process Argon2id hash with the configured parameters; Register and
    Login rates with concurrent clients.
-5. Encrypt rate with 1 worker (from 1.) and with ``--workers 2`` (a fresh server start).
+5. Encrypt rate with 1 worker (from 1.) and with ``--workers 2`` (a fresh server start); EncryptBatch with
+   ``--workers 2`` too, for comparison with 2. (the baseline there stays one core's AES-GCM rate).
 
 Goals are reported, not enforced: the exit status is 0 whenever the measurements ran, 1 on errors.
 """
@@ -251,6 +252,9 @@ def _measure(run: Run, token: str) -> None:
     warm_up_kms(server2.target, token, calls=50)
     with ConnectionSampler(server2.grpc_port) as sampler:
         encrypt2 = run.load(server2, "encrypt", s.concurrency, token=token)
+    # Batches need more calls in flight to keep two workers busy (each call holds a worker's loop ~4 ms).
+    batch2 = run.load(server2, "batch", 2 * s.batch_concurrency, token=token, batch_size=1000)
+    details["batch_2_workers"] = asdict(batch2)
     details["encrypt_2_workers"] = asdict(encrypt2) | {
         "connections_per_worker": sorted(sampler.best.values(), reverse=True)
     }
@@ -277,11 +281,16 @@ def _measure(run: Run, token: str) -> None:
     report.add(Row("encrypt_rps_1_worker", "5. Encrypt rate, 1 worker", encrypt.rate, "/s"))
     report.add(Row("encrypt_rps_2_workers", "   Encrypt rate, --workers 2", encrypt2.rate, "/s"))
     report.add(Row("workers_2_1_ratio", "   2 workers ÷ 1 worker", encrypt2.rate / encrypt.rate))
-    report.notes.append(
-        f"2: in-process batch sealing ÷ AES-GCM = {sealing / aes:.2f} (parse, envelope, AEAD; no gRPC, no reply)"
+    report.add(Row("batch_fields_per_s_2_workers", "   EncryptBatch, --workers 2", batch2.item_rate, "fields/s"))
+    report.add(
+        Row("batch_aesgcm_ratio_2_workers", "   EncryptBatch --workers 2 ÷ in-process AES-GCM (one core)",
+            batch2.item_rate / aes, digits=3)
     )
     per_round = ", ".join(f"{e.rate / c.rate:.2f}" for c, e in zip(checks, encrypts, strict=True))
     report.notes.append(f"1: Encrypt ÷ Check per round (alternating): {per_round}")
+    report.notes.append(
+        f"2: in-process batch sealing ÷ AES-GCM = {sealing / aes:.2f} (parse, envelope, AEAD; no gRPC, no reply)"
+    )
     report.notes.append(
         f"3: {statements:.0f} statements during {encrypt.total_calls} Encrypt calls: {busy_rate:.2f}/s, "
         f"idle server {idle_rate:.2f}/s (periodic background work, independent of the call rate)"
