@@ -7,7 +7,8 @@ import contextlib
 import inspect
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,31 @@ from internal.server.http import MonitoringServer
 from internal.server.metrics import kms_gauges
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def every(interval: timedelta, job: Callable[[], Awaitable[int]], name: str) -> AsyncIterator[None]:
+    """Run ``job`` every ``interval`` in the background while the block runs (a zero interval: never).
+
+    A failure is logged and retried at the next interval; it never stops the server."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval.total_seconds())
+            try:
+                done = await job()
+                log.info(f"{name} done", extra={"rows": done})
+            except Exception as exc:
+                log.warning(f"{name} failed", extra={"error": type(exc).__name__})
+
+    task = asyncio.create_task(loop(), name=name) if interval > timedelta(0) else None
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def resolve(value: Any) -> Any:
@@ -97,7 +123,11 @@ async def _run_servers(container: Container, config: Bootstrap, stop: asyncio.Ev
         await monitoring.start()
     log.info("serving", extra={"grpc_port": port, "services": [s.full_name for s in services]})
     try:
-        async with kms_gauges(await resolve(container.data.kms())):
+        tokens = await resolve(container.biz.tokens())
+        async with (
+            kms_gauges(await resolve(container.data.kms())),
+            every(config.auth.session_purge_interval, tokens.purge_expired, "session purge"),
+        ):
             await stop.wait()
     finally:
         log.info("shutting down", extra={"grace_s": config.server.grpc.grace_period.total_seconds()})

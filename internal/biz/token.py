@@ -152,6 +152,10 @@ class SessionRepo(Protocol):
 
     async def refresh_token_state(self, token_hash: str) -> RefreshTokenState | None: ...
 
+    async def purge_expired(self, grace: timedelta) -> int:
+        """Delete revocations and families that expired more than ``grace`` ago; returns rows deleted."""
+        ...
+
 
 class _Named(Protocol):
     @property
@@ -212,6 +216,9 @@ def _invalid(message: str = "token is invalid") -> Unauthenticated:
     return Unauthenticated("TOKEN_INVALID", message)
 
 
+PURGE_GRACE = timedelta(hours=1)
+
+
 class TokenUsecase:
     """Issues, rotates, verifies, revokes and introspects tokens."""
 
@@ -234,6 +241,13 @@ class TokenUsecase:
     @property
     def access_ttl_seconds(self) -> int:
         return int(self._policy.access_ttl.total_seconds())
+
+    async def purge_expired(self) -> int:
+        """Forget sessions and revocations nothing can present any more.
+
+        A revoked access token is kept until well after its ``exp`` (verification allows clock leeway), and an
+        expired family until no token of it can be refreshed: PURGE_GRACE is far beyond both."""
+        return await self._sessions.purge_expired(PURGE_GRACE)
 
     async def issue(self, user_id: int, username: str) -> TokenPair:
         """A new session (refresh-token family) and its first token pair."""

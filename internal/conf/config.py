@@ -162,6 +162,8 @@ class Auth(_Section):
     refresh_token_expiration: Duration = timedelta(days=7)
     # Absolute lifetime of a refresh-token family, however often it is rotated.
     refresh_token_absolute_lifetime: Duration = timedelta(days=30)
+    # How often each replica deletes sessions and revocations that expired over an hour ago (0: never).
+    session_purge_interval: Duration = timedelta(hours=1)
     totp_issuer: str = "authkms"
     smtp: Smtp = Smtp()
     sms_webhook: SmsWebhook = SmsWebhook()

@@ -218,12 +218,26 @@ class PgSessionRepo:
         )
 
     @translate_driver_errors
-    async def purge_expired(self) -> int:
-        """Delete deny-list rows and families nothing can present any more; returns rows deleted."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            tokens = await conn.execute("DELETE FROM revoked_access_tokens WHERE expires_at < now()")
-            families = await conn.execute("DELETE FROM refresh_token_families WHERE expires_at < now()")
-        return int(tokens.split()[-1]) + int(families.split()[-1])
+    async def purge_expired(self, grace: timedelta, batch: int = 5000) -> int:
+        """Delete deny-list rows and families (with their tokens) that expired more than ``grace`` ago, in
+        batches so no statement holds locks for long; returns rows deleted."""
+        deleted = 0
+        for table, key in (("revoked_access_tokens", "jti"), ("refresh_token_families", "id")):
+            while True:
+                status = await self._pool.execute(
+                    f"""
+                    DELETE FROM {table} WHERE {key} IN (
+                        SELECT {key} FROM {table} WHERE expires_at < now() - $1::interval LIMIT $2
+                    )
+                    """,
+                    grace,
+                    batch,
+                )
+                count = int(status.split()[-1])
+                deleted += count
+                if count < batch:
+                    break
+        return deleted
 
     async def _cache_get(self, keys: list[str]) -> list[bytes | None]:
         try:

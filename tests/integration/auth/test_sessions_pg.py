@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -157,3 +158,47 @@ async def test_revocation_check_cost(stack: Stack) -> None:
     cold /= n
     print(f"revocation check: warm {warm * 1000:.3f} ms, cold {cold * 1000:.3f} ms")
     assert warm < 0.05 and cold < 0.1
+
+
+async def family_of(stack: Stack, pair: TokenPair) -> Any:
+    return await stack.pool.fetchval(
+        "SELECT family_id FROM refresh_tokens WHERE token_hash = $1", hash_refresh_token(pair.refresh_token)
+    )
+
+
+async def test_purge_forgets_only_what_nothing_can_present(stack: Stack) -> None:
+    """Expired over an hour ago: gone (a family with its tokens). Expired just now, or live: kept, since JWT
+    verification allows clock leeway and a deny-list row must outlive the token it denies."""
+    old, recent, live = await login(stack), await login(stack), await login(stack)
+    for pair, age in ((old, "2 hours"), (recent, "1 minute")):
+        await stack.pool.execute(
+            f"UPDATE refresh_token_families SET expires_at = now() - interval '{age}' WHERE id = $1",
+            await family_of(stack, pair),
+        )
+    tag = unique("jti")
+    await stack.pool.execute(
+        """INSERT INTO revoked_access_tokens (jti, expires_at) VALUES
+           ($1 || '-old', now() - interval '2 hours'), ($1 || '-recent', now() - interval '1 minute'),
+           ($1 || '-live', now() + interval '1 hour')""",
+        tag,
+    )
+    old_family = await family_of(stack, old)
+    assert await stack.tokens.purge_expired() >= 2
+    assert await stack.pool.fetchval("SELECT count(*) FROM refresh_token_families WHERE id = $1", old_family) == 0
+    assert await stack.pool.fetchval("SELECT count(*) FROM refresh_tokens WHERE family_id = $1", old_family) == 0
+    assert await family_of(stack, recent) is not None
+    denied = await stack.pool.fetch("SELECT jti FROM revoked_access_tokens WHERE jti LIKE $1 || '%'", tag)
+    assert sorted(r["jti"] for r in denied) == [f"{tag}-live", f"{tag}-recent"]
+    assert await reason(stack.tokens.refresh(old.refresh_token)) == "TOKEN_INVALID"
+    await stack.tokens.refresh(live.refresh_token)  # untouched sessions keep working
+
+
+async def test_purge_works_in_batches(stack: Stack) -> None:
+    tag = unique("batch")
+    await stack.pool.execute(
+        """INSERT INTO revoked_access_tokens (jti, expires_at)
+           SELECT $1 || '-' || i, now() - interval '3 hours' FROM generate_series(1, 7) AS i""",
+        tag,
+    )
+    assert await stack.sessions.purge_expired(timedelta(hours=1), batch=3) >= 7
+    assert await stack.pool.fetchval("SELECT count(*) FROM revoked_access_tokens WHERE jti LIKE $1 || '%'", tag) == 0
