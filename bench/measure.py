@@ -160,7 +160,7 @@ def scrape(server: ServerProcess) -> dict[str, float]:
 
 
 def db_queries(server: ServerProcess) -> float:
-    """``db_queries_total`` summed over outcomes (one process: with several workers this is one of them)."""
+    """``db_queries_total`` summed over outcomes (with several workers: over all of them)."""
     return sum(v for k, v in scrape(server).items() if k == "db_queries_total" or k.startswith("db_queries_total{"))
 
 

@@ -8,11 +8,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
 log = logging.getLogger(__name__)
+
+
+def _metrics() -> bytes:
+    """This process's metrics, or with ``--workers`` (a shared multiprocess folder) every worker's, summed."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return generate_latest()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)
 
 
 class MonitoringServer:
@@ -29,7 +39,7 @@ class MonitoringServer:
 
     def _route(self, path: str) -> tuple[int, str, bytes]:
         if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest()
+            return 200, CONTENT_TYPE_LATEST, _metrics()
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"
         if path == "/readyz":

@@ -14,7 +14,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Callable
 from operator import attrgetter
-from typing import Any
+from typing import Any, Final
 
 from prometheus_client import Counter, Gauge
 
@@ -26,9 +26,13 @@ error_reason: contextvars.ContextVar[str] = contextvars.ContextVar("error_reason
 KMS_OPERATIONS = Counter(
     "kms_operations_total", "KMS operations (batch items counted one by one)", ["operation", "key_version", "outcome"]
 )
-KMS_ACTIVE_KEY_VERSION = Gauge("kms_active_key_version", "Version of the active data key")
-KMS_ACTIVE_KEY_AGE = Gauge("kms_active_key_age_seconds", "Age of the active data key")
-KMS_ACTIVE_KEY_ENCRYPTIONS = Gauge("kms_active_key_encryptions", "Encryptions under the active data key")
+# With --workers every worker publishes these; a scrape shows the latest value any of them set.
+_LATEST: Final = "mostrecent"
+KMS_ACTIVE_KEY_VERSION = Gauge("kms_active_key_version", "Version of the active data key", multiprocess_mode=_LATEST)
+KMS_ACTIVE_KEY_AGE = Gauge("kms_active_key_age_seconds", "Age of the active data key", multiprocess_mode=_LATEST)
+KMS_ACTIVE_KEY_ENCRYPTIONS = Gauge(
+    "kms_active_key_encryptions", "Encryptions under the active data key", multiprocess_mode=_LATEST
+)
 LOGINS = Counter("auth_logins_total", "Login attempts by outcome (success, or the error reason)", ["outcome"])
 CAPTCHAS = Counter("auth_captchas_issued_total", "Captchas issued (image) or codes sent (sms, email)", ["type"])
 

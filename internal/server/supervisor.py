@@ -12,6 +12,10 @@ SIGTERM/SIGINT are forwarded to every worker, which drain within their grace per
 exits 0 when all of them exited cleanly. Workers get ``PR_SET_PDEATHSIG`` = SIGTERM, so a supervisor
 killed with SIGKILL leaves none behind (Linux only; the supervisor must run its event loop in the main
 thread, because that signal follows the thread that forked).
+
+Metrics: the workers share one prometheus_client multiprocess folder (``PROMETHEUS_MULTIPROC_DIR``), so a
+scrape of the monitoring port, whichever worker answers it, reports the sum over all of them; the
+supervisor marks exited workers dead so their live gauges (RPCs in flight) drop out.
 """
 
 from __future__ import annotations
@@ -22,12 +26,16 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from prometheus_client import multiprocess
 
 from internal.conf.config import Bootstrap
 
@@ -68,8 +76,11 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
 
 
 class _Supervisor:
-    def __init__(self, n: int, argv: list[str], env: Mapping[str, str], stop_timeout: float) -> None:
+    def __init__(
+        self, n: int, argv: list[str], env: Mapping[str, str], stop_timeout: float, metrics_dir: str | None = None
+    ) -> None:
         self._n = n
+        self._metrics_dir = metrics_dir
         self._argv = argv
         self._env = dict(env)
         self._stop_timeout = stop_timeout
@@ -146,6 +157,8 @@ class _Supervisor:
             else:
                 code = await proc.wait()
                 del self._live[slot]
+                if self._metrics_dir is not None:
+                    multiprocess.mark_process_dead(proc.pid, self._metrics_dir)
                 if self._stopping.is_set():
                     return code
             delay = self._crashed(slot, code)
@@ -175,13 +188,15 @@ class _Supervisor:
         return delay
 
 
-async def run_workers(n: int, worker_argv: list[str], env: Mapping[str, str], stop_timeout: float = 30.0) -> int:
+async def run_workers(
+    n: int, worker_argv: list[str], env: Mapping[str, str], stop_timeout: float = 30.0, metrics_dir: str | None = None
+) -> int:
     """Run ``n`` copies of ``worker_argv`` until SIGTERM/SIGINT (forwarded to each) or a crash loop.
 
     Returns 0 when every worker exited cleanly after the stop signal, 1 otherwise. Must run in the
     main thread's event loop (signal handlers, and PR_SET_PDEATHSIG follows the forking thread).
     """
-    supervisor = _Supervisor(n, worker_argv, env, stop_timeout)
+    supervisor = _Supervisor(n, worker_argv, env, stop_timeout, metrics_dir)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, supervisor.stop, sig)
@@ -192,11 +207,13 @@ async def run_workers(n: int, worker_argv: list[str], env: Mapping[str, str], st
             loop.remove_signal_handler(sig)
 
 
-def worker_env(config: Bootstrap, workers: int, base: Mapping[str, str]) -> dict[str, str]:
-    """The workers' environment: the resolved database/Redis URLs, SO_REUSEPORT on, migrations off."""
+def worker_env(config: Bootstrap, workers: int, base: Mapping[str, str], metrics_dir: str) -> dict[str, str]:
+    """The workers' environment: the resolved database/Redis URLs, SO_REUSEPORT on, migrations off, one
+    shared metrics folder."""
     database_url, redis_url = config.data.database.url, config.data.redis.url
     return {
         **base,
+        "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
         # The APP__ forms win over any (possibly empty) override inherited from ``base``.
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
@@ -223,7 +240,12 @@ async def supervise(config: Bootstrap, conf_path: str, workers: int) -> int:
         argv = [sys.executable, str(ENTRY), "-conf", conf_path, "serve"]
         stop_timeout = resolved.server.grpc.grace_period.total_seconds() + STOP_MARGIN
         log.info("supervising workers", extra={"workers": workers, "addr": resolved.server.grpc.addr})
-        return await run_workers(workers, argv, worker_env(resolved, workers, os.environ), stop_timeout)
+        metrics_dir = tempfile.mkdtemp(prefix="authkms-metrics-")
+        try:
+            env = worker_env(resolved, workers, os.environ, metrics_dir)
+            return await run_workers(workers, argv, env, stop_timeout, metrics_dir)
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

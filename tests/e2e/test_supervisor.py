@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -295,3 +296,31 @@ async def test_run_workers_forwards_sigterm_and_reports_clean_exits(tmp_path: Pa
     os.kill(os.getpid(), signal.SIGTERM)  # the supervisor's handler replaces the default for the test's duration
     assert await asyncio.wait_for(task, 15) == 0
     assert not any(_alive(int(p.name)) for p in ready.iterdir())
+
+
+def _scrape(server: ServerProcess) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=10) as reply:
+        lines = reply.read().decode().splitlines()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if line and line[0] != "#"}
+
+
+def test_every_scrape_reports_all_workers(supervisor: ServerProcess) -> None:
+    """Whichever worker answers /metrics, the counters are the sum over both (one multiprocess folder)."""
+    local = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.insecure_channel(supervisor.target, options=local) for _ in range(8)]
+    check = 'grpc_server_handled_total{grpc_code="OK",grpc_method="Check",grpc_service="grpc.health.v1.Health"}'
+    try:
+        before = _scrape(supervisor).get(check, 0.0)
+        for _ in range(5):
+            for channel in channels:
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        established = _sockets(supervisor.grpc_port, _ESTABLISHED)
+        assert all(_owned(pid, established) for pid in _workers(supervisor.proc.pid)), "calls reached both workers"
+        scrapes = [_scrape(supervisor) for _ in range(6)]  # new connections: the kernel picks a worker each time
+    finally:
+        for channel in channels:
+            channel.close()
+    assert {s[check] for s in scrapes} == {scrapes[0][check]}, "every scrape shows the same total"
+    assert scrapes[0][check] >= before + 40
+    in_flight = [v for k, v in scrapes[0].items() if k.startswith("grpc_server_in_flight{")]
+    assert in_flight and all(v == 0 for v in in_flight), "in-flight gauges are summed over live workers"
