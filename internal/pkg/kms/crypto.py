@@ -16,9 +16,9 @@ import dataclasses
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from internal.biz import pii
 from internal.biz.errors import DomainError, InvalidArgument
@@ -47,7 +47,6 @@ CHUNK_COST = 16 << 20
 MAX_INDEX_VALUE_CHARS = 1024
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 _PHONE_SEPARATORS = re.compile(r"[\s\-().]")
-T = TypeVar("T")
 
 
 class KeyProvider(Protocol):
@@ -138,10 +137,9 @@ class CryptoService:
             sealer = self._current_sealer = Sealer(key)
         return sealer
 
-    async def _run(self, cost: int, fn: Callable[[], T]) -> T:
-        if cost > self._thread_cost:
-            return await asyncio.to_thread(fn)
-        return fn()
+    def _heavy(self, size: int, key: DataKey) -> bool:
+        """Whether sealing or opening ``size`` bytes under ``key`` should leave the event loop for a thread."""
+        return ITEM_COST + size * COST_PER_BYTE[key.algorithm] > self._thread_cost
 
     async def _active(self) -> DataKey:
         return self._keys.cached_active() or await self._keys.load_active()
@@ -154,7 +152,7 @@ class CryptoService:
         data = check_plaintext(plaintext, self.max_plaintext_bytes)
         key = self._keys.cached_active() or await self._keys.load_active()
         sealer = self._sealer(key)
-        if ITEM_COST + len(data) * COST_PER_BYTE[key.algorithm] > self._thread_cost:
+        if self._heavy(len(data), key):
             ciphertext = await asyncio.to_thread(sealer.seal, field, data, context)
         else:  # the common case, inline: this is the Encrypt RPC's hot path
             ciphertext = sealer.seal(field, data, context)
@@ -166,8 +164,11 @@ class CryptoService:
         header = parse_header(ciphertext)
         validate_binding(field, context)
         key = await self._key(header.key_version)
-        cost = ITEM_COST + len(ciphertext) * COST_PER_BYTE[key.algorithm]
-        plaintext = await self._run(cost, lambda: open_sealed(key, field, bytes(ciphertext), context))
+        data = bytes(ciphertext)
+        if self._heavy(len(data), key):
+            plaintext = await asyncio.to_thread(open_sealed, key, field, data, context)
+        else:
+            plaintext = open_sealed(key, field, data, context)
         return Decrypted(plaintext, key.version)
 
     async def decrypt(self, field: str, ciphertext: bytes, context: Mapping[str, str]) -> bytes:
