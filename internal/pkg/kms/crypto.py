@@ -232,6 +232,7 @@ class CryptoService:
     def clear_cache(self) -> None:
         """Drop every cached key: unwrapped data keys (reloaded on next use) and blind-index keys."""
         self._index_keys.clear()
+        self._current_sealer = None  # it holds the active data key
         self._keys.drop_cached_keys()
 
     def drop_index_keys(self) -> None:

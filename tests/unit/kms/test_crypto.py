@@ -240,3 +240,15 @@ async def test_cbc_configuration_is_refused_at_start(make_manager: Callable[...,
     with pytest.raises(InvalidArgument) as exc:
         await m.initialize()
     assert exc.value.reason == "VALIDATION_ERROR" and "AES-256-CBC" in exc.value.message
+
+
+async def test_clear_cache_lets_go_of_the_sealer_and_its_key(manager: KMSManager) -> None:
+    first = await manager.crypto.encrypt("f", b"v", {})
+    sealer = manager.crypto._current_sealer
+    assert sealer is not None
+    manager.crypto.clear_cache()
+    assert manager.crypto._current_sealer is None
+    second = await manager.crypto.encrypt("f", b"v", {})
+    assert manager.crypto._current_sealer is not sealer, "a fresh sealer for the reloaded key"
+    assert first.key_version == second.key_version
+    assert await manager.crypto.decrypt("f", first.ciphertext, {}) == b"v"
