@@ -106,10 +106,14 @@ def _split(method: str) -> tuple[str, str]:
 
 
 class _MethodMetrics:
-    """The metric children of one method, looked up once instead of by label on every call."""
+    """What the access log needs about one method, worked out once instead of on every call: its logged
+    name, whether it is logged at all (not gRPC's own health and reflection), its metric children."""
 
-    def __init__(self, service: str, name: str) -> None:
-        self.record = None if service.startswith("grpc.") else rpc_recorder(f"/{service}/{name}")
+    def __init__(self, method: str) -> None:
+        service, name = _split(method)
+        self.logged_name = f"{service}/{name}"
+        self.quiet = service.startswith("grpc.")
+        self.record = None if self.quiet else rpc_recorder(method)
         self.in_flight = RPC_IN_FLIGHT.labels(service, name)
         self.latency = RPC_LATENCY.labels(service, name)
         self._labels = (service, name)
@@ -140,12 +144,9 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
             return handler
         inner = handler.unary_unary
         method = handler_call_details.method
-        service, name = _split(method)
         metrics = self._metrics.get(method)
         if metrics is None:  # only methods with a handler get here, so the table stays small
-            metrics = self._metrics[method] = _MethodMetrics(service, name)
-        quiet = service.startswith("grpc.")
-        logged_method = f"{service}/{name}"
+            metrics = self._metrics[method] = _MethodMetrics(method)
         received = handler_call_details.invocation_metadata or ()
         offered = next((v for k, v in received if k == "x-request-id"), None)
 
@@ -176,8 +177,8 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                 metrics.in_flight.dec()
                 metrics.handled(code).inc()
                 metrics.latency.observe(elapsed)
-                if not quiet:
-                    fields = {"method": logged_method, "grpc_code": code.name, "ms": round(elapsed * 1000, 2)}
+                if not metrics.quiet:
+                    fields = {"method": metrics.logged_name, "grpc_code": code.name, "ms": round(elapsed * 1000, 2)}
                     log_vetted(log, "rpc", fields)
                 request_id.reset(token)
                 request_metadata.reset(metadata_token)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -45,6 +47,21 @@ LEAKED_PARTS = {
 }
 
 
+@contextlib.contextmanager
+def captured(name: str, formatter: logging.Formatter, level: int) -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger writing through ``formatter`` into a string, for the duration of the block."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield logger, stream
+    finally:
+        logger.removeHandler(handler)
+
+
 @pytest.mark.parametrize("kind", SECRETS)
 def test_redact_masks_every_secret_kind(kind: str) -> None:
     assert LEAKED_PARTS[kind] not in redact(f"context before {SECRETS[kind]} and after")
@@ -52,22 +69,16 @@ def test_redact_masks_every_secret_kind(kind: str) -> None:
 
 @pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()])
 def test_formatters_redact_message_args_extras_and_tracebacks(formatter: logging.Formatter) -> None:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(formatter)
-    logger = logging.getLogger("test.redaction")
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
     token = request_id.set("req-123")
     try:
-        logger.info("login for %s", SECRETS["email"], extra={"token": SECRETS["jwt"], "phone": SECRETS["phone"]})
-        try:
-            raise ValueError(f"bad {SECRETS['password_kv']}")
-        except ValueError:
-            logger.exception("failed with %s", SECRETS["bearer"])
+        with captured("test.redaction", formatter, logging.DEBUG) as (logger, stream):
+            logger.info("login for %s", SECRETS["email"], extra={"token": SECRETS["jwt"], "phone": SECRETS["phone"]})
+            try:
+                raise ValueError(f"bad {SECRETS['password_kv']}")
+            except ValueError:
+                logger.exception("failed with %s", SECRETS["bearer"])
     finally:
         request_id.reset(token)
-        logger.removeHandler(handler)
     output = stream.getvalue()
     for kind in ("email", "jwt", "phone", "password_kv", "bearer"):
         assert LEAKED_PARTS[kind] not in output
@@ -111,18 +122,10 @@ def test_plain_request_ids_are_kept() -> None:
 @pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()])
 def test_vetted_records_skip_only_the_line_scan(formatter: logging.Formatter) -> None:
     """The access line's fields are server-defined; anything with a traceback is scanned whatever it claims."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(formatter)
-    logger = logging.getLogger("test.vetted")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with captured("test.vetted", formatter, logging.INFO) as (logger, stream):
         log_vetted(logger, "rpc", {"method": "kms.v1.KMS/Encrypt", "hex": "0123456789abcdef" * 2, "ms": 0.5})
         logger.setLevel(logging.WARNING)
         log_vetted(logger, "rpc", {"method": "below the level"})
-    finally:
-        logger.removeHandler(handler)
     line = stream.getvalue()
     assert "kms.v1.KMS/Encrypt" in line and "0123456789abcdef" * 2 in line and "below" not in line
     assert VETTED not in line
