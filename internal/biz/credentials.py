@@ -85,12 +85,14 @@ class CredentialUsecase:
 
     async def lookup(self, token: str) -> ServiceCredential | None:
         """The active credential for a token, or None. Cached briefly, misses included."""
+        digest = token_hash(token)
+        entry = self._fresh_entry(digest)
+        return entry[1] if entry else await self._load(token, digest)
+
+    async def _load(self, token: str, digest: str) -> ServiceCredential | None:
+        """Ask the repository (a cache miss) and cache the answer, misses included."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
             return None
-        entry = self._fresh_entry(token)
-        if entry:
-            return entry[1]
-        digest = token_hash(token)
         credential = await self._repo.find_active_by_hash(digest)
         if len(self._cache) > 10_000:
             self._cache.clear()
@@ -98,9 +100,9 @@ class CredentialUsecase:
         # Lookup is by SHA-256 of the token, so no secret-dependent comparison happens in Python.
         return credential
 
-    def _fresh_entry(self, token: str) -> tuple[float, ServiceCredential | None] | None:
-        """The unexpired cache entry (expiry, credential or None) for a token. Never waits: the hot path."""
-        cached = self._cache.get(token_hash(token))
+    def _fresh_entry(self, digest: str) -> tuple[float, ServiceCredential | None] | None:
+        """The unexpired cache entry (expiry, credential or None) for a token's digest. Never waits: the hot path."""
+        cached = self._cache.get(digest)
         return cached if cached and cached[0] > time.monotonic() else None
 
     async def authorize(self, token: str | None, *any_of: str, action: str) -> ServiceCredential:
@@ -108,8 +110,9 @@ class CredentialUsecase:
         if not token:
             await self._audit.record("access.denied", "no_credential", subject=action)
             raise Unauthenticated("CREDENTIALS_MISSING", "a service credential is required (authorization: Bearer …)")
-        entry = self._fresh_entry(token)
-        credential = entry[1] if entry else await self.lookup(token)
+        digest = token_hash(token)
+        entry = self._fresh_entry(digest)
+        credential = entry[1] if entry else await self._load(token, digest)
         if credential is None:
             await self._audit.record("access.denied", "bad_credential", subject=action)
             raise Unauthenticated("CREDENTIALS_INVALID", "the service credential is invalid or revoked")

@@ -126,9 +126,9 @@ class JsonFormatter(logging.Formatter):
         millis = min(999, int((created - second) * 1000 + 1e-3))  # + 1 µs: .123 is stored as .12299…
         return f"{text}.{millis:03d}Z"
 
-    def vetted_line(self, name: str, msg: str, fields: dict[str, Any], created: float) -> str:
-        """What ``format`` makes of a vetted INFO record, built without one: the access line's hot path."""
-        line = f'{{"ts": "{self._timestamp(created)}", "level": "INFO", "logger": {_json_str(name)}'
+    def vetted_line(self, name: str, msg: str, fields: dict[str, Any], created: float, level: str = "INFO") -> str:
+        """What ``format`` makes of a vetted record, built without one: the access line's hot path."""
+        line = f'{{"ts": "{self._timestamp(created)}", "level": "{level}", "logger": {_json_str(name)}'
         line += f', "msg": {_json_str(msg)}'
         if rid := request_id.get():
             line += f', "request_id": {_json_str(rid)}'
@@ -137,8 +137,9 @@ class JsonFormatter(logging.Formatter):
         return line + "}"
 
     def format(self, record: logging.LogRecord) -> str:
-        if _is_vetted(record) and record.levelno == logging.INFO:
-            return self.vetted_line(record.name, record.getMessage(), getattr(record, VETTED), record.created)
+        if _is_vetted(record):
+            fields = getattr(record, VETTED)
+            return self.vetted_line(record.name, record.getMessage(), fields, record.created, record.levelname)
         entry: dict[str, Any] = {
             "ts": self._timestamp(record.created),
             "level": record.levelname,
@@ -150,8 +151,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(_extras(record))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        line = _to_json(entry)
-        return line if _is_vetted(record) else redact(line)
+        return redact(_to_json(entry))
 
 
 class TextFormatter(logging.Formatter):
@@ -162,9 +162,9 @@ class TextFormatter(logging.Formatter):
         line += (" " + " ".join(f"{k}={v}" for k, v in extras.items())) if extras else ""
         return line + (f" request_id={rid}" if rid else "")
 
-    def vetted_line(self, name: str, msg: str, fields: dict[str, Any], created: float) -> str:
-        """What ``format`` makes of a vetted INFO record, built without one: the access line's hot path."""
-        return self._line(created, "INFO", name, msg, fields)
+    def vetted_line(self, name: str, msg: str, fields: dict[str, Any], created: float, level: str = "INFO") -> str:
+        """What ``format`` makes of a vetted record, built without one: the access line's hot path."""
+        return self._line(created, level, name, msg, fields)
 
     def format(self, record: logging.LogRecord) -> str:
         line = self._line(record.created, record.levelname, record.name, record.getMessage(), _extras(record))

@@ -150,7 +150,7 @@ class CryptoService:
     async def encrypt(self, field: str, plaintext: bytes, context: Mapping[str, str]) -> Sealed:
         """Seal under the active key. Errors: VALIDATION_ERROR, PLAINTEXT_TOO_LARGE, KMS_NOT_INITIALIZED."""
         data = check_plaintext(plaintext, self.max_plaintext_bytes)
-        key = self._keys.cached_active() or await self._keys.load_active()
+        key = await self._active()
         sealer = self._sealer(key)
         if self._heavy(len(data), key):
             ciphertext = await asyncio.to_thread(sealer.seal, field, data, context)

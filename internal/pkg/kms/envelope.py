@@ -240,8 +240,8 @@ def _same_context(context: Mapping[str, str], entries: tuple[tuple[str, str], ..
 
 
 class Sealer:
-    """Seals values under one data key, doing the per-key work once: the header prefix, and the associated data
-    per field (kept with the context entries it encodes, for at most MAX_CACHED_FIELDS fields).
+    """Seals and opens values under one data key, doing the per-key work once: the header prefix, and the
+    associated data per field (kept with the context entries it encodes, for at most MAX_CACHED_FIELDS fields).
 
     Callers repeat a few fields and contexts over and over; checking a context against the cached entries costs
     far less than validating, sorting and encoding it again. Every envelope is exactly what ``seal`` made before
@@ -271,6 +271,18 @@ class Sealer:
         ad = self.binding(field, context)[1]
         nonce = os.urandom(NONCE_SIZE)
         return self._prefix + nonce + self._encrypt(nonce, bytes(plaintext), ad)
+
+    def open(self, field: str, ciphertext: bytes, context: Mapping[str, str], header: Header | None = None) -> bytes:
+        """The plaintext of an envelope sealed under this key (``header``: its already parsed header, if any);
+        any mismatch or tampering → CIPHERTEXT_INVALID."""
+        header = header or parse_header(ciphertext)
+        if header.key_version != self.key.version or header.algorithm is not self.key.algorithm:
+            raise ciphertext_invalid()
+        ad = self.binding(field, context)[1]
+        try:
+            return self.key._open(header.nonce, bytes(ciphertext[HEADER_SIZE:]), ad)
+        except (InvalidTag, ValueError):
+            raise ciphertext_invalid() from None
 
     def seal_many(self, items: Sequence[FieldValue], max_plaintext: int) -> list[bytes | InvalidArgument]:
         """One envelope per item, in order, or that item's own error; one ``os.urandom`` call for all nonces.
@@ -329,26 +341,23 @@ def open_many(
     keys: Mapping[int, DataKey | DomainError], items: Sequence[SealedValue]
 ) -> list[tuple[bytes, int] | DomainError]:
     """``open_sealed`` of every item with the key its header names (looked up in ``keys``): (plaintext, key
-    version) per item, in order, or that item's own error. The associated data is built once per key and
-    distinct field + context."""
-    bindings: dict[int, Sealer] = {}
+    version) per item, in order, or that item's own error. One ``Sealer`` per key version, so the associated
+    data is built once per key and distinct field + context."""
+    sealers: dict[int, Sealer] = {}
     results: list[tuple[bytes, int] | DomainError] = []
     for item in items:
         try:
-            data = item.ciphertext
-            header = parse_header(data)
-            key = keys.get(header.key_version) or ciphertext_invalid()
+            header = parse_header(item.ciphertext)
+            key = keys.get(header.key_version)
+            if key is None:
+                raise ciphertext_invalid()
             if isinstance(key, DomainError):
                 results.append(key)
                 continue
-            if header.algorithm is not key.algorithm:
-                raise ciphertext_invalid()
-            if key.version not in bindings:
-                bindings[key.version] = Sealer(key)
-            ad = bindings[key.version].binding(item.field, item.context)[1]
-            results.append((key._open(header.nonce, bytes(data[HEADER_SIZE:]), ad), key.version))
-        except (InvalidTag, ValueError):
-            results.append(ciphertext_invalid())
+            sealer = sealers.get(key.version)
+            if sealer is None:
+                sealer = sealers[key.version] = Sealer(key)
+            results.append((sealer.open(item.field, item.ciphertext, item.context, header), key.version))
         except InvalidArgument as exc:
             results.append(exc)
     return results
@@ -356,11 +365,4 @@ def open_many(
 
 def open_sealed(key: DataKey, field: str, ciphertext: bytes, context: Mapping[str, str]) -> bytes:
     """Decrypt an envelope whose header names ``key``; any mismatch or tampering → CIPHERTEXT_INVALID."""
-    header = parse_header(ciphertext)
-    if header.key_version != key.version or header.algorithm is not key.algorithm:
-        raise ciphertext_invalid()
-    data = bytes(ciphertext)
-    try:
-        return key._open(header.nonce, data[HEADER_SIZE:], associated_data(data[: _PREFIX.size], field, context))
-    except (InvalidTag, ValueError):
-        raise ciphertext_invalid() from None
+    return Sealer(key).open(field, ciphertext, context)
