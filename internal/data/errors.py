@@ -16,16 +16,19 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# Errors that mean "the dependency is down or overloaded", not "the request is wrong".
+# Errors that mean "the dependency is down, restarting or overloaded", not "the request is wrong".
+# PostgreSQL classes 08 (connection exception), 53 (insufficient resources) and 57 (operator
+# intervention: shutdown, restart, cancel) are matched by their base classes. InternalClientError is how
+# asyncpg reports a connection the server terminated between two statements ("cannot switch to state
+# 12; another operation is in progress"); the pool discards such a connection when it is released.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.QueryCanceledError,
-    asyncpg.AdminShutdownError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.OperatorInterventionError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,

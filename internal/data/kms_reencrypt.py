@@ -17,8 +17,8 @@ import asyncpg
 
 from internal.biz import pii
 from internal.biz.errors import DomainError
+from internal.data.errors import translate_driver_errors
 from internal.pkg.kms.envelope import KEY_VERSION_OFFSET, MAGIC, MIN_CIPHERTEXT_SIZE, parse_header
-from internal.pkg.kms.pgerrors import translated
 from internal.pkg.kms.targets import ReencryptBatch
 
 log = logging.getLogger(__name__)
@@ -55,11 +55,11 @@ class UserPiiReencryptor:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    @translated
+    @translate_driver_errors
     async def pending(self, active_version: int) -> int:
         return int(await self._pool.fetchval(f"SELECT count(*) FROM users WHERE {_PENDING}", active_version))
 
-    @translated
+    @translate_driver_errors
     async def versions_in_use(self) -> set[int]:
         return {int(r["v"]) for r in await self._pool.fetch(_VERSIONS_IN_USE) if r["v"] is not None}
 
@@ -92,7 +92,7 @@ class UserPiiReencryptor:
             versions.append(sealed.key_version)
         return values, min(versions, default=active_version)
 
-    @translated
+    @translate_driver_errors
     async def reencrypt_batch(
         self, cipher: pii.FieldCipher, active_version: int, cursor: str | None, limit: int
     ) -> ReencryptBatch:

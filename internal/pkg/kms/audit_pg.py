@@ -6,7 +6,7 @@ import json
 
 import asyncpg
 
-from internal.pkg.kms.pgerrors import translated
+from internal.data.errors import translate_driver_errors
 from internal.pkg.log import request_id
 
 ACTOR = "kms"
@@ -16,7 +16,7 @@ class PgAuditSink:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    @translated
+    @translate_driver_errors
     async def record(self, event: str, outcome: str, details: dict[str, str]) -> None:
         await self._pool.execute(
             "INSERT INTO audit_events (event, outcome, actor, request_id, details) VALUES ($1, $2, $3, $4, $5::jsonb)",

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from internal.pkg.kms.pgerrors import translated
+from internal.data.errors import translate_driver_errors
 from internal.pkg.kms.storage import (
     RETIRED_AT,
     DataKeyRecord,
@@ -60,7 +60,7 @@ class PgKeyStorage:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    @translated
+    @translate_driver_errors
     async def rotate(self, expected_active: int | None, make_key: KeyFactory) -> RotateOutcome:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
@@ -104,22 +104,22 @@ class PgKeyStorage:
                 raise
             return RotateOutcome(winner, created=False, previous_version=expected_active)
 
-    @translated
+    @translate_driver_errors
     async def get_active(self) -> DataKeyRecord | None:
         row = await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM kms_data_keys WHERE status = 'active'")
         return _record(row) if row is not None else None
 
-    @translated
+    @translate_driver_errors
     async def get_by_version(self, version: int) -> DataKeyRecord | None:
         row = await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM kms_data_keys WHERE version = $1", version)
         return _record(row) if row is not None else None
 
-    @translated
+    @translate_driver_errors
     async def all_keys(self) -> list[DataKeyRecord]:
         rows = await self._pool.fetch(f"SELECT {_COLUMNS} FROM kms_data_keys ORDER BY version")
         return [_record(r) for r in rows]
 
-    @translated
+    @translate_driver_errors
     async def list_keys(
         self, *, status: KeyStatus | None = None, before_version: int | None = None, limit: int = 50
     ) -> list[DataKeyRecord]:
@@ -135,7 +135,7 @@ class PgKeyStorage:
         )
         return [_record(r) for r in rows]
 
-    @translated
+    @translate_driver_errors
     async def mark_status(self, version: int, status: KeyStatus, only_from: Collection[KeyStatus]) -> bool:
         if status is KeyStatus.REVOKED:
             return False  # only destroy() revokes: it also erases the material
@@ -147,7 +147,7 @@ class PgKeyStorage:
         )
         return result.endswith(" 1")
 
-    @translated
+    @translate_driver_errors
     async def mark_expired(self, now: datetime) -> list[int]:
         rows = await self._pool.fetch(
             """
@@ -159,14 +159,14 @@ class PgKeyStorage:
         )
         return sorted(int(r["version"]) for r in rows)
 
-    @translated
+    @translate_driver_errors
     async def update_expires(self, version: int, expires_at: datetime | None) -> bool:
         result = await self._pool.execute(
             "UPDATE kms_data_keys SET expires_at = $2 WHERE version = $1 AND status <> 'revoked'", version, expires_at
         )
         return result.endswith(" 1")
 
-    @translated
+    @translate_driver_errors
     async def add_encryption_counts(self, counts: Mapping[int, int]) -> None:
         items = [(v, n) for v, n in counts.items() if n > 0]
         if not items:
@@ -181,7 +181,7 @@ class PgKeyStorage:
             [n for _, n in items],
         )
 
-    @translated
+    @translate_driver_errors
     async def destroy(self, version: int) -> bool:
         result = await self._pool.execute(
             """
@@ -193,7 +193,7 @@ class PgKeyStorage:
         )
         return result.endswith(" 1")
 
-    @translated
+    @translate_driver_errors
     async def statistics(self) -> KeyStatistics:
         rows = await self._pool.fetch(
             "SELECT status, algorithm, key_count, latest_version FROM kms_data_key_statistics"

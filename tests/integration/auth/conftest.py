@@ -9,7 +9,7 @@ import os
 import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 import pytest
@@ -109,23 +109,20 @@ def build_stack(
     guard = RedisLoginGuard(redis, prefix)
     hasher, cipher = CountingArgon2(), cipher or AesGcmTestCipher()
     signer = JwtSigner("EdDSA", ED25519_KEY, "authkms-it", "clients-it")
-    # data.errors.translate_driver_errors is typed Callable[P, Awaitable[T]], which mypy does not accept
-    # for Protocol methods declared ``async def`` (Coroutine); typed as Any here until it returns Coroutine.
-    u, s, g, a = cast(Any, users), cast(Any, sessions), cast(Any, guard), cast(Any, audit)
-    tokens = TokenUsecase(signer, s, u, a, TokenPolicy())
-    lockout = Lockout(g, LockoutPolicy(max_attempts, lock_seconds))
+    tokens = TokenUsecase(signer, sessions, users, audit, TokenPolicy())
+    lockout = Lockout(guard, LockoutPolicy(max_attempts, lock_seconds))
     auth = AuthUsecase(
-        u,
+        users,
         cipher,
         hasher,
         captcha or DisabledCaptcha(),
         RedisRateLimiter(redis, prefix),
         lockout,
         tokens,
-        a,
+        audit,
         AuthPolicy(client_rate_limit=client_rate_limit),
     )
-    totp = TotpUsecase(u, cipher, hasher, lockout, a, "AuthKMS IT")
+    totp = TotpUsecase(users, cipher, hasher, lockout, audit, "AuthKMS IT")
     return Stack(
         pool,
         redis,
@@ -139,7 +136,7 @@ def build_stack(
         tokens,
         auth,
         totp,
-        UserUsecase(u, cipher),
+        UserUsecase(users, cipher),
     )
 
 
