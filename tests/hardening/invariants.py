@@ -120,6 +120,8 @@ def check_invariants(
     wrong = [x for x in reuses if x != ("REFRESH_TOKEN_REUSED", "TOKEN_REVOKED")]
     report.check(not wrong, f"reuse answers {Counter(wrong)} (want REFRESH_TOKEN_REUSED, then TOKEN_REVOKED)")
     report.counts["refresh-token reuses detected (family revoked)"] += len(reuses) - len(wrong)
+    undecided = sum(r.ambiguous["RefreshToken reuse check met the outage"] for r in outcome.results)
+    report.counts["reuse checks undecided (every retry met the outage)"] += undecided
 
     # 5. Lock counters match the wrong-password logins sent.
     if locks:
