@@ -4,7 +4,8 @@ One run, one fresh database and Redis prefix, one credential; everything below i
 
 1. KMS Encrypt RPC rate ÷ grpc.health.v1 Check RPC rate on the same server, same client design; three
    alternating rounds of each (one with --quick), each rate the mean of its rounds.
-2. EncryptBatch (1,000 × 32-byte fields) fields/s ÷ in-process AES-GCM encryptions/s.
+2. EncryptBatch (1,000 × 32-byte fields) fields/s ÷ in-process AES-GCM encryptions/s; beside it the same
+   load against ``bench.floor``, the least any CPython EncryptBatch servicer can do, as a yardstick.
 3. PostgreSQL statements per Encrypt in steady state (``db_queries_total`` around the Encrypt run).
 4. Login p50 (sequential) ÷ one in-process Argon2id hash with the configured parameters; Register and
    Login rates with concurrent clients.
@@ -21,6 +22,7 @@ import dataclasses
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +48,7 @@ from bench.measure import (
 from bench.report import Report, Row, at_least, at_most
 from internal.biz.password import Argon2Params
 from internal.conf.config import load_config
-from tests.e2e.harness import ROOT, ServerProcess, start_server
+from tests.e2e.harness import ROOT, ServerProcess, free_port, start_server
 
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "latest.json"
 # Per-call statements would show as ≥ 1 per call (or 1/(rate·ttl) for a cache); the periodic background
@@ -111,17 +113,30 @@ class Run:
         self.backend = backend
         self.log_dir = log_dir
         self.servers: list[ServerProcess] = []
-        self.workers: dict[int, int] = {}  # server pid → workers
+        self.labels: dict[int, str] = {}  # server pid → what it is, for the CPU table
         self.report = Report()
 
     def start(self, workers: int = 1) -> ServerProcess:
         args = ("--workers", str(workers)) if workers > 1 else ()
         server = start_server(self.log_dir, self.backend.server_env, args)
         self.servers.append(server)
-        self.workers[server.proc.pid] = workers
+        self.labels[server.proc.pid] = "1 worker" if workers == 1 else f"--workers {workers}"
         server.wait_serving(timeout=120)
         if workers > 1:
             wait_workers_serving(server, workers)
+        return server
+
+    def start_floor(self) -> ServerProcess:
+        """The bare EncryptBatch servicer of ``bench.floor``, loaded like the real server."""
+        port = free_port()
+        log_path = self.log_dir / f"floor-{port}.log"
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen([sys.executable, "-m", "bench.floor", str(port)], cwd=ROOT,
+                                    stdout=log_file, stderr=subprocess.STDOUT)
+        server = ServerProcess(proc, port, 0, log_path)
+        self.servers.append(server)
+        self.labels[proc.pid] = "bench.floor"
+        server.wait_serving(timeout=60)
         return server
 
     def stop(self, server: ServerProcess) -> None:
@@ -167,8 +182,7 @@ class Run:
         return result
 
     def phase(self, operation: str, server: ServerProcess) -> str:
-        workers = self.workers.get(server.proc.pid, 1)
-        return f"{operation} ({'1 worker' if workers == 1 else f'--workers {workers}'})"
+        return f"{operation} ({self.labels[server.proc.pid]})"
 
 
 def _mean(results: list[LoadResult]) -> LoadResult:
@@ -224,6 +238,11 @@ def _measure(run: Run, token: str) -> None:
     _say("in-process AES-GCM and batch sealing")
     aes = aesgcm_rate(s.seconds)
     sealing = sealer_rate(s.seconds)
+    _say("the bare EncryptBatch servicer (bench.floor)")
+    floor_server = run.start_floor()
+    floor = run.load(floor_server, "batch", s.batch_concurrency, token=token, batch_size=1000)
+    run.stop(floor_server)
+    details["batch_floor"] = asdict(floor)
 
     # 4: Login p50 vs one Argon2id hash; Register and Login rates.
     tag = uuid.uuid4().hex[:6]
@@ -269,6 +288,8 @@ def _measure(run: Run, token: str) -> None:
     report.add(Row("batch_fields_per_s", "   EncryptBatch (1,000 × 32 B) throughput", batch.item_rate, "fields/s"))
     report.add(Row("aesgcm_per_s", "   in-process AES-GCM (32 B, fresh nonce)", aes, "enc/s"))
     report.add(Row("sealer_per_s", "   in-process batch sealing, no gRPC (same fields)", sealing, "fields/s"))
+    report.add(Row("batch_floor_aesgcm_ratio", "   bare CPython EncryptBatch servicer ÷ AES-GCM (bench.floor)",
+                   floor.item_rate / aes, digits=3))
     report.add(Row("db_queries_per_encrypt", "3. DB statements per Encrypt (steady state)", per_call,
                    goal=at_most(QUERIES_PER_CALL_BOUND, f"0 (≤ {QUERIES_PER_CALL_BOUND:g})"), digits=5))
     report.add(Row("login_argon2_ratio", "4. Login p50 ÷ in-process Argon2id hash", logins.p50 / hashes.p50,
@@ -290,6 +311,10 @@ def _measure(run: Run, token: str) -> None:
     report.notes.append(f"1: Encrypt ÷ Check per round (alternating): {per_round}")
     report.notes.append(
         f"2: in-process batch sealing ÷ AES-GCM = {sealing / aes:.2f} (parse, envelope, AEAD; no gRPC, no reply)"
+    )
+    report.notes.append(
+        f"2: EncryptBatch reaches {batch.item_rate / floor.item_rate:.2f} of the bare servicer's fields/s; the bare "
+        f"servicer (parse, one AEAD call per item, reply; nothing else) reaches {floor.item_rate / aes:.2f} of AES-GCM"
     )
     report.notes.append(
         f"3: {statements:.0f} statements during {encrypt.total_calls} Encrypt calls: {busy_rate:.2f}/s, "

@@ -18,6 +18,7 @@ METRICS = (
     "batch_aesgcm_ratio",
     "batch_fields_per_s",
     "aesgcm_per_s",
+    "batch_floor_aesgcm_ratio",
     "db_queries_per_encrypt",
     "login_argon2_ratio",
     "login_p50_ms",
