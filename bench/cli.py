@@ -5,7 +5,7 @@ One run, one fresh database and Redis prefix, one credential; everything below i
 1. KMS Encrypt RPC rate ÷ grpc.health.v1 Check RPC rate on the same server, same client design; three
    alternating rounds of each (one with --quick), each rate the mean of its rounds.
 2. EncryptBatch (1,000 × 32-byte fields) fields/s ÷ in-process AES-GCM encryptions/s; beside it the same
-   load against ``bench.floor``, the least any CPython EncryptBatch servicer can do, as a yardstick.
+   load against ``bench.floor``, a servicer doing nothing but the AEAD calls, as a yardstick.
 3. PostgreSQL statements per Encrypt in steady state (``db_queries_total`` around the Encrypt run).
 4. Login p50 (sequential) ÷ one in-process Argon2id hash with the configured parameters; Register and
    Login rates with concurrent clients.
@@ -314,7 +314,8 @@ def _measure(run: Run, token: str) -> None:
     )
     report.notes.append(
         f"2: EncryptBatch reaches {batch.item_rate / floor.item_rate:.2f} of the bare servicer's fields/s; the bare "
-        f"servicer (parse, one AEAD call per item, reply; nothing else) reaches {floor.item_rate / aes:.2f} of AES-GCM"
+        f"servicer (one AEAD call per item, reply written as wire bytes; no checks) reaches "
+        f"{floor.item_rate / aes:.2f} of AES-GCM"
     )
     report.notes.append(
         f"3: {statements:.0f} statements during {encrypt.total_calls} Encrypt calls: {busy_rate:.2f}/s, "

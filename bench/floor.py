@@ -1,9 +1,10 @@
-"""`python -m bench.floor PORT`: the least work any EncryptBatch servicer can do in CPython, as a yardstick.
+"""`python -m bench.floor PORT`: an EncryptBatch servicer doing nothing but the AEAD calls, as a yardstick.
 
-It parses the request, makes one AES-256-GCM call per item with a fresh nonce, and fills the reply. It
-does no authentication, validation, envelope header, per-item errors, metrics or access log: those are
-what the real service adds. Loaded exactly like the real server, its fields/s bound from above what any
-pure-Python servicer on one core can reach with grpcio and ``cryptography``.
+Per item it makes one AES-256-GCM call with a fresh nonce; the reply is written by the service's own
+``encode_encrypt_batch``. It does none of the service's other work: no authentication, no validation of
+field, context or size, no envelope header, no per-item errors, no metrics, no access log. Loaded exactly
+like the real server, it shows how far a pure-Python servicer on one core gets with grpcio and
+``cryptography`` before doing anything a KMS must do.
 """
 
 from __future__ import annotations
@@ -17,34 +18,40 @@ import grpc
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from grpc_health.v1 import health, health_pb2_grpc
 
-from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
+from api.gen.kms.v1 import kms_pb2
+from internal.service.wire import EncodedReply, encode_encrypt_batch
 
 NONCE_SIZE = 12
+KEY_VERSION = 1
 
 
-class FloorKMS(kms_pb2_grpc.KMSServicer):
+class FloorKMS:
     def __init__(self) -> None:
         self._encrypt = AESGCM(AESGCM.generate_key(bit_length=256)).encrypt
         self._ad = b"users.email\x00table=users\x00tenant=bench"  # one fixed binding: nothing to check
 
-    async def EncryptBatch(
+    async def encrypt_batch(
         self, request: kms_pb2.EncryptBatchRequest, context: grpc.aio.ServicerContext
-    ) -> kms_pb2.EncryptBatchReply:
+    ) -> EncodedReply:
         encrypt, ad = self._encrypt, self._ad
-        reply = kms_pb2.EncryptBatchReply(algorithm="AES_256_GCM")
-        add = reply.results.add
         random = os.urandom(NONCE_SIZE * len(request.items))
+        sealed: list[bytes] = []
         for i, item in enumerate(request.items):
             nonce = random[i * NONCE_SIZE : (i + 1) * NONCE_SIZE]
-            result = add()
-            result.ciphertext = nonce + encrypt(nonce, item.plaintext, ad)
-            result.key_version = 1
-        return reply
+            sealed.append(nonce + encrypt(nonce, item.plaintext, ad))
+        return encode_encrypt_batch(sealed, KEY_VERSION, "AES_256_GCM")
+
+
+def _wire(reply: EncodedReply) -> bytes:
+    return reply.wire
 
 
 async def serve(port: int) -> None:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 << 20)])
-    kms_pb2_grpc.add_KMSServicer_to_server(FloorKMS(), server)
+    method = grpc.unary_unary_rpc_method_handler(
+        FloorKMS().encrypt_batch, request_deserializer=kms_pb2.EncryptBatchRequest.FromString, response_serializer=_wire
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("kms.v1.KMS", {"EncryptBatch": method}),))
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()

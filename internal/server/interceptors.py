@@ -18,6 +18,7 @@ from internal.pkg.log import log_vetted, request_id, safe_request_id
 from internal.server.metrics import error_reason, rpc_recorder
 from internal.service.metadata import request_metadata
 from internal.service.status import domain_status_proto, status_proto
+from internal.service.wire import send_as_is
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def _wrap_unary(
     return grpc.unary_unary_rpc_method_handler(
         behaviour,
         request_deserializer=_safe(handler.request_deserializer),
-        response_serializer=handler.response_serializer,
+        response_serializer=send_as_is(handler.response_serializer),
     )
 
 

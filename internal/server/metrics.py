@@ -18,6 +18,8 @@ from typing import Any, Final
 
 from prometheus_client import Counter, Gauge
 
+from internal.service.wire import EncodedReply
+
 log = logging.getLogger(__name__)
 
 # Set by the error interceptor when it maps a domain error, read here for the outcome label.
@@ -89,9 +91,10 @@ def rpc_recorder(method: str) -> Recorder | None:
             if reply is None:
                 kms_call(request, reply, outcome)
                 return
-            # A failed item has key_version 0, a sealed or opened one its key's (≥ 1). map + Counter keep this
-            # per-item pass in C: batches have thousands of items.
-            for version, n in Tally(map(_ITEM_KEY_VERSION, reply.results)).items():
+            # A failed item has key_version 0, a sealed or opened one its key's (≥ 1). An encoded reply brings its
+            # counts; otherwise map + Counter keep this per-item pass in C: batches have thousands of items.
+            items = reply.items if type(reply) is EncodedReply else Tally(map(_ITEM_KEY_VERSION, reply.results))
+            for version, n in items.items():
                 _kms_operation(operation, version or "", "OK" if version else "ITEM_ERROR").inc(n)
 
         return kms_batch if name.endswith("Batch") else kms_call

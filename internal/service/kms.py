@@ -17,6 +17,7 @@ from internal.pkg.kms import KeyInfo, KMSManager
 from internal.pkg.kms.envelope import sealed_algorithm
 from internal.service.metadata import bearer_token
 from internal.service.status import domain_status_proto
+from internal.service.wire import EncodedReply, encode_encrypt_batch
 
 ENCRYPT, DECRYPT, ADMIN = "kms.encrypt", "kms.decrypt", "kms.admin"
 
@@ -72,20 +73,11 @@ class KMSService(kms_pb2_grpc.KMSServicer):
 
     async def EncryptBatch(
         self, request: kms_pb2.EncryptBatchRequest, context: grpc.aio.ServicerContext
-    ) -> kms_pb2.EncryptBatchReply:
-        """Encrypt many values under one active key; each item succeeds or fails on its own."""
+    ) -> EncodedReply:
+        """Encrypt many values under one active key; each item succeeds or fails on its own (status unset: OK)."""
         await self._authorize(context, "EncryptBatch", ENCRYPT)
         batch = await self._crypto.encrypt_batch(request.items)
-        reply = kms_pb2.EncryptBatchReply(algorithm=batch.algorithm)
-        add, version = reply.results.add, batch.key_version
-        for result in batch.results:
-            if isinstance(result, DomainError):
-                add(status=domain_status_proto(result))
-            else:  # status unset: code 0, OK. Setting fields on add() is ~30% cheaper than keyword arguments.
-                item = add()
-                item.ciphertext = result
-                item.key_version = version
-        return reply
+        return encode_encrypt_batch(batch.results, batch.key_version, batch.algorithm)
 
     async def DecryptBatch(
         self, request: kms_pb2.DecryptBatchRequest, context: grpc.aio.ServicerContext
