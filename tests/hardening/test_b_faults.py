@@ -42,14 +42,19 @@ EXPECTED_REASONS = {"REFRESH_TOKEN_REUSED", "TOKEN_REVOKED", "INVALID_CREDENTIAL
 
 
 def _unexpected(outcome: LoadOutcome, allowed: set[str]) -> Counter[str]:
-    """Error answers other than the expected ones and ``allowed`` ("CODE REASON", reason may be empty)."""
+    """Error answers other than the expected ones and ``allowed`` ("CODE REASON", reason may be empty).
+
+    A retry answered "already done" (a Register retried after the replica that committed it died: USER_EXISTS)
+    is expected: the workload counts those as ``ambiguous`` "<method> <reason> after retry"."""
+    after_retry = outcome.counter("ambiguous")
     out: Counter[str] = Counter()
     for key, n in outcome.counter("reasons").items():
         method, code, *rest = key.split(" ")
         why = rest[0] if rest else ""
         if why in EXPECTED_REASONS or f"{code} {why}".strip() in allowed or code in allowed:
             continue
-        out[f"{method} {code} {why}"] += n
+        if (n := n - after_retry[f"{method} {why} after retry"]) > 0:
+            out[f"{method} {code} {why}"] += n
     return out
 
 
