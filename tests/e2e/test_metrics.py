@@ -41,10 +41,9 @@ def test_business_metrics_count_known_calls(no_captcha_server: ServerProcess) ->
             version = kms.Encrypt(kms_pb2.EncryptRequest(field="f", plaintext=b"v"), metadata=auth(token)).key_version
         with pytest.raises(grpc.RpcError):
             kms.Decrypt(kms_pb2.DecryptRequest(field="f", ciphertext=b"junk"), metadata=auth(token))
-        kms.EncryptBatch(
-            kms_pb2.EncryptBatchRequest(items=[kms_pb2.EncryptItem(field="f", plaintext=b"a")] * 4),
-            metadata=auth(token),
-        )
+        items = [kms_pb2.EncryptItem(field="f", plaintext=b"a")] * 4 + [kms_pb2.EncryptItem(field="", plaintext=b"a")]
+        batch = kms.EncryptBatch(kms_pb2.EncryptBatchRequest(items=items), metadata=auth(token))
+        assert [r.status.code for r in batch.results] == [0, 0, 0, 0, grpc.StatusCode.INVALID_ARGUMENT.value[0]]
         users = auth_pb2_grpc.AuthStub(channel)
         with pytest.raises(grpc.RpcError):
             users.Login(auth_pb2.LoginRequest(username="nobody_here", password="wrong-pass-1"))
@@ -52,6 +51,7 @@ def test_business_metrics_count_known_calls(no_captcha_server: ServerProcess) ->
     metrics = scrape(server)
     assert metrics[f'kms_operations_total{{key_version="{version}",operation="encrypt",outcome="OK"}}'] == 7
     assert metrics['kms_operations_total{key_version="",operation="decrypt",outcome="CIPHERTEXT_INVALID"}'] == 1
+    assert metrics['kms_operations_total{key_version="",operation="encrypt",outcome="ITEM_ERROR"}'] == 1
     assert metrics['auth_logins_total{outcome="INVALID_CREDENTIALS"}'] == 1
     assert metrics['auth_captchas_issued_total{type="image"}'] == 1
     assert metrics['grpc_server_handled_total{grpc_code="OK",grpc_method="Encrypt",grpc_service="kms.v1.KMS"}'] == 3
