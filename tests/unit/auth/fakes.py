@@ -285,15 +285,6 @@ class FakeSessions:
             active,
         )
 
-    async def purge_expired(self, grace: timedelta) -> int:
-        cutoff = self._clock() - grace.total_seconds()
-        gone = {fid for fid, family in self.families.items() if family.expires_at < cutoff}
-        for fid in gone:
-            del self.families[fid]
-        for token_hash in [h for h, token in self.tokens.items() if token.family_id in gone]:
-            del self.tokens[token_hash]
-        return len(gone)
-
 
 @dataclass
 class FakeAudit:
