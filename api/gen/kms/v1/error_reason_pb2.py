@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19kms/v1/error_reason.proto\x12\x06kms.v1*\x87\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x14\n\x10VALIDATION_ERROR\x10\x01\x12\x16\n\x12\x43IPHERTEXT_INVALID\x10\x02\x12\x11\n\rKEY_NOT_FOUND\x10\x03\x12\x11\n\rNO_ACTIVE_KEY\x10\x04\x12\x17\n\x13KMS_NOT_INITIALIZED\x10\x05\x12\x17\n\x13PLAINTEXT_TOO_LARGE\x10\x06\x12\x13\n\x0f\x42\x41TCH_TOO_LARGE\x10\x07\x12\x17\n\x13\x43REDENTIALS_MISSING\x10\x08\x12\x17\n\x13\x43REDENTIALS_INVALID\x10\t\x12\x15\n\x11PERMISSION_DENIED\x10\n\x12\x18\n\x14ROTATION_IN_PROGRESS\x10\x0b\x12\x17\n\x13SERVICE_UNAVAILABLE\x10\x0c\x12\x12\n\x0eINTERNAL_ERROR\x10\r\x12\x18\n\x14\x43REDENTIAL_NOT_FOUND\x10\x0e\x12\x15\n\x11\x43REDENTIAL_EXISTS\x10\x0f\x42z\n\x12\x63om.authkms.kms.v1B\x10\x45rrorReasonProtoP\x01Z\x15\x61uthkms/api/kms/v1;v1\xa2\x02\x03KXX\xaa\x02\x0e\x41uthKms.Kms.V1\xca\x02\x0e\x41uthKms\\Kms\\V1\xea\x02\x10\x41uthKms::Kms::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19kms/v1/error_reason.proto\x12\x06kms.v1*\xcb\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x14\n\x10VALIDATION_ERROR\x10\x01\x12\x16\n\x12\x43IPHERTEXT_INVALID\x10\x02\x12\x11\n\rKEY_NOT_FOUND\x10\x03\x12\x11\n\rNO_ACTIVE_KEY\x10\x04\x12\x17\n\x13KMS_NOT_INITIALIZED\x10\x05\x12\x17\n\x13PLAINTEXT_TOO_LARGE\x10\x06\x12\x13\n\x0f\x42\x41TCH_TOO_LARGE\x10\x07\x12\x17\n\x13\x43REDENTIALS_MISSING\x10\x08\x12\x17\n\x13\x43REDENTIALS_INVALID\x10\t\x12\x15\n\x11PERMISSION_DENIED\x10\n\x12\x18\n\x14ROTATION_IN_PROGRESS\x10\x0b\x12\x17\n\x13SERVICE_UNAVAILABLE\x10\x0c\x12\x12\n\x0eINTERNAL_ERROR\x10\r\x12\x18\n\x14\x43REDENTIAL_NOT_FOUND\x10\x0e\x12\x15\n\x11\x43REDENTIAL_EXISTS\x10\x0f\x12\x1b\n\x17KEY_PENDING_DESTRUCTION\x10\x10\x12\x0e\n\nKEY_EXISTS\x10\x11\x12\x15\n\x11KEY_STATE_INVALID\x10\x12\x42z\n\x12\x63om.authkms.kms.v1B\x10\x45rrorReasonProtoP\x01Z\x15\x61uthkms/api/kms/v1;v1\xa2\x02\x03KXX\xaa\x02\x0e\x41uthKms.Kms.V1\xca\x02\x0e\x41uthKms\\Kms\\V1\xea\x02\x10\x41uthKms::Kms::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\022com.authkms.kms.v1B\020ErrorReasonProtoP\001Z\025authkms/api/kms/v1;v1\242\002\003KXX\252\002\016AuthKms.Kms.V1\312\002\016AuthKms\\Kms\\V1\352\002\020AuthKms::Kms::V1'
   _globals['_ERRORREASON']._serialized_start=38
-  _globals['_ERRORREASON']._serialized_end=429
+  _globals['_ERRORREASON']._serialized_end=497
 # @@protoc_insertion_point(module_scope)

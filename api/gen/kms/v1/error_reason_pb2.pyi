@@ -22,6 +22,9 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INTERNAL_ERROR: _ClassVar[ErrorReason]
     CREDENTIAL_NOT_FOUND: _ClassVar[ErrorReason]
     CREDENTIAL_EXISTS: _ClassVar[ErrorReason]
+    KEY_PENDING_DESTRUCTION: _ClassVar[ErrorReason]
+    KEY_EXISTS: _ClassVar[ErrorReason]
+    KEY_STATE_INVALID: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 VALIDATION_ERROR: ErrorReason
 CIPHERTEXT_INVALID: ErrorReason
@@ -38,3 +41,6 @@ SERVICE_UNAVAILABLE: ErrorReason
 INTERNAL_ERROR: ErrorReason
 CREDENTIAL_NOT_FOUND: ErrorReason
 CREDENTIAL_EXISTS: ErrorReason
+KEY_PENDING_DESTRUCTION: ErrorReason
+KEY_EXISTS: ErrorReason
+KEY_STATE_INVALID: ErrorReason

@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EncryptRequest(_message.Message):
-    __slots__ = ("field", "plaintext", "context")
+    __slots__ = ("field", "plaintext", "context", "key_name")
     class ContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -20,10 +20,12 @@ class EncryptRequest(_message.Message):
     FIELD_FIELD_NUMBER: _ClassVar[int]
     PLAINTEXT_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
     field: str
     plaintext: bytes
     context: _containers.ScalarMap[str, str]
-    def __init__(self, field: _Optional[str] = ..., plaintext: _Optional[bytes] = ..., context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    key_name: str
+    def __init__(self, field: _Optional[str] = ..., plaintext: _Optional[bytes] = ..., context: _Optional[_Mapping[str, str]] = ..., key_name: _Optional[str] = ...) -> None: ...
 
 class EncryptReply(_message.Message):
     __slots__ = ("ciphertext", "key_version", "algorithm")
@@ -36,7 +38,7 @@ class EncryptReply(_message.Message):
     def __init__(self, ciphertext: _Optional[bytes] = ..., key_version: _Optional[int] = ..., algorithm: _Optional[str] = ...) -> None: ...
 
 class DecryptRequest(_message.Message):
-    __slots__ = ("ciphertext", "field", "context")
+    __slots__ = ("ciphertext", "field", "context", "key_name")
     class ContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -47,10 +49,12 @@ class DecryptRequest(_message.Message):
     CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
     FIELD_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
     ciphertext: bytes
     field: str
     context: _containers.ScalarMap[str, str]
-    def __init__(self, ciphertext: _Optional[bytes] = ..., field: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    key_name: str
+    def __init__(self, ciphertext: _Optional[bytes] = ..., field: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ..., key_name: _Optional[str] = ...) -> None: ...
 
 class DecryptReply(_message.Message):
     __slots__ = ("plaintext", "key_version")
@@ -78,10 +82,12 @@ class EncryptItem(_message.Message):
     def __init__(self, field: _Optional[str] = ..., plaintext: _Optional[bytes] = ..., context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class EncryptBatchRequest(_message.Message):
-    __slots__ = ("items",)
+    __slots__ = ("items", "key_name")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[EncryptItem]
-    def __init__(self, items: _Optional[_Iterable[_Union[EncryptItem, _Mapping]]] = ...) -> None: ...
+    key_name: str
+    def __init__(self, items: _Optional[_Iterable[_Union[EncryptItem, _Mapping]]] = ..., key_name: _Optional[str] = ...) -> None: ...
 
 class EncryptResult(_message.Message):
     __slots__ = ("status", "ciphertext", "key_version")
@@ -119,10 +125,12 @@ class DecryptItem(_message.Message):
     def __init__(self, ciphertext: _Optional[bytes] = ..., field: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class DecryptBatchRequest(_message.Message):
-    __slots__ = ("items",)
+    __slots__ = ("items", "key_name")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[DecryptItem]
-    def __init__(self, items: _Optional[_Iterable[_Union[DecryptItem, _Mapping]]] = ...) -> None: ...
+    key_name: str
+    def __init__(self, items: _Optional[_Iterable[_Union[DecryptItem, _Mapping]]] = ..., key_name: _Optional[str] = ...) -> None: ...
 
 class DecryptResult(_message.Message):
     __slots__ = ("status", "plaintext", "key_version")
@@ -141,12 +149,14 @@ class DecryptBatchReply(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[DecryptResult, _Mapping]]] = ...) -> None: ...
 
 class HashFieldRequest(_message.Message):
-    __slots__ = ("field", "value")
+    __slots__ = ("field", "value", "key_name")
     FIELD_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
     field: str
     value: str
-    def __init__(self, field: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    key_name: str
+    def __init__(self, field: _Optional[str] = ..., value: _Optional[str] = ..., key_name: _Optional[str] = ...) -> None: ...
 
 class HashFieldReply(_message.Message):
     __slots__ = ("hash",)
@@ -155,7 +165,7 @@ class HashFieldReply(_message.Message):
     def __init__(self, hash: _Optional[str] = ...) -> None: ...
 
 class RewrapRequest(_message.Message):
-    __slots__ = ("ciphertext", "field", "context")
+    __slots__ = ("ciphertext", "field", "context", "key_name")
     class ContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -166,10 +176,12 @@ class RewrapRequest(_message.Message):
     CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
     FIELD_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
     ciphertext: bytes
     field: str
     context: _containers.ScalarMap[str, str]
-    def __init__(self, ciphertext: _Optional[bytes] = ..., field: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    key_name: str
+    def __init__(self, ciphertext: _Optional[bytes] = ..., field: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ..., key_name: _Optional[str] = ...) -> None: ...
 
 class RewrapReply(_message.Message):
     __slots__ = ("ciphertext", "key_version")
@@ -180,10 +192,12 @@ class RewrapReply(_message.Message):
     def __init__(self, ciphertext: _Optional[bytes] = ..., key_version: _Optional[int] = ...) -> None: ...
 
 class RotateDataKeyRequest(_message.Message):
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "key_name")
     REASON_FIELD_NUMBER: _ClassVar[int]
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
     reason: str
-    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+    key_name: str
+    def __init__(self, reason: _Optional[str] = ..., key_name: _Optional[str] = ...) -> None: ...
 
 class RotateDataKeyReply(_message.Message):
     __slots__ = ("key",)
@@ -192,8 +206,10 @@ class RotateDataKeyReply(_message.Message):
     def __init__(self, key: _Optional[_Union[DataKeyInfo, _Mapping]] = ...) -> None: ...
 
 class GetActiveDataKeyRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("key_name",)
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
+    key_name: str
+    def __init__(self, key_name: _Optional[str] = ...) -> None: ...
 
 class GetActiveDataKeyReply(_message.Message):
     __slots__ = ("key",)
@@ -202,10 +218,12 @@ class GetActiveDataKeyReply(_message.Message):
     def __init__(self, key: _Optional[_Union[DataKeyInfo, _Mapping]] = ...) -> None: ...
 
 class GetDataKeyRequest(_message.Message):
-    __slots__ = ("version",)
+    __slots__ = ("version", "key_name")
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
     version: int
-    def __init__(self, version: _Optional[int] = ...) -> None: ...
+    key_name: str
+    def __init__(self, version: _Optional[int] = ..., key_name: _Optional[str] = ...) -> None: ...
 
 class GetDataKeyReply(_message.Message):
     __slots__ = ("key",)
@@ -214,14 +232,16 @@ class GetDataKeyReply(_message.Message):
     def __init__(self, key: _Optional[_Union[DataKeyInfo, _Mapping]] = ...) -> None: ...
 
 class ListDataKeysRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "status")
+    __slots__ = ("page_size", "page_token", "status", "key_name")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     status: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., status: _Optional[str] = ...) -> None: ...
+    key_name: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., status: _Optional[str] = ..., key_name: _Optional[str] = ...) -> None: ...
 
 class ListDataKeysReply(_message.Message):
     __slots__ = ("keys", "next_page_token")
@@ -232,11 +252,13 @@ class ListDataKeysReply(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[_Union[DataKeyInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("key_name",)
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
+    key_name: str
+    def __init__(self, key_name: _Optional[str] = ...) -> None: ...
 
 class GetStatusReply(_message.Message):
-    __slots__ = ("initialized", "algorithm", "rotate_interval_seconds", "active_version", "active_expires_at", "active_created_at", "active_encryption_count", "counts", "storage_type")
+    __slots__ = ("initialized", "algorithm", "rotate_interval_seconds", "active_version", "active_expires_at", "active_created_at", "active_encryption_count", "counts", "storage_type", "key_name")
     class CountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -253,6 +275,7 @@ class GetStatusReply(_message.Message):
     ACTIVE_ENCRYPTION_COUNT_FIELD_NUMBER: _ClassVar[int]
     COUNTS_FIELD_NUMBER: _ClassVar[int]
     STORAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
     initialized: bool
     algorithm: str
     rotate_interval_seconds: int
@@ -262,15 +285,18 @@ class GetStatusReply(_message.Message):
     active_encryption_count: int
     counts: _containers.ScalarMap[str, int]
     storage_type: str
-    def __init__(self, initialized: _Optional[bool] = ..., algorithm: _Optional[str] = ..., rotate_interval_seconds: _Optional[int] = ..., active_version: _Optional[int] = ..., active_expires_at: _Optional[int] = ..., active_created_at: _Optional[int] = ..., active_encryption_count: _Optional[int] = ..., counts: _Optional[_Mapping[str, int]] = ..., storage_type: _Optional[str] = ...) -> None: ...
+    key_name: str
+    def __init__(self, initialized: _Optional[bool] = ..., algorithm: _Optional[str] = ..., rotate_interval_seconds: _Optional[int] = ..., active_version: _Optional[int] = ..., active_expires_at: _Optional[int] = ..., active_created_at: _Optional[int] = ..., active_encryption_count: _Optional[int] = ..., counts: _Optional[_Mapping[str, int]] = ..., storage_type: _Optional[str] = ..., key_name: _Optional[str] = ...) -> None: ...
 
 class PerformMaintenanceRequest(_message.Message):
-    __slots__ = ("dry_run", "batch_size")
+    __slots__ = ("dry_run", "batch_size", "key_name")
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
     dry_run: bool
     batch_size: int
-    def __init__(self, dry_run: _Optional[bool] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    key_name: str
+    def __init__(self, dry_run: _Optional[bool] = ..., batch_size: _Optional[int] = ..., key_name: _Optional[str] = ...) -> None: ...
 
 class PerformMaintenanceReply(_message.Message):
     __slots__ = ("expired_marked", "records_reencrypted", "keys_destroyed", "remaining", "done")
@@ -287,7 +313,7 @@ class PerformMaintenanceReply(_message.Message):
     def __init__(self, expired_marked: _Optional[int] = ..., records_reencrypted: _Optional[int] = ..., keys_destroyed: _Optional[int] = ..., remaining: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...
 
 class DataKeyInfo(_message.Message):
-    __slots__ = ("id", "version", "algorithm", "status", "created_at", "updated_at", "expires_at", "encryption_count")
+    __slots__ = ("id", "version", "algorithm", "status", "created_at", "updated_at", "expires_at", "encryption_count", "key_name", "destroy_after")
     ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
@@ -296,6 +322,8 @@ class DataKeyInfo(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     ENCRYPTION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
+    DESTROY_AFTER_FIELD_NUMBER: _ClassVar[int]
     id: str
     version: int
     algorithm: str
@@ -304,4 +332,130 @@ class DataKeyInfo(_message.Message):
     updated_at: int
     expires_at: int
     encryption_count: int
-    def __init__(self, id: _Optional[str] = ..., version: _Optional[int] = ..., algorithm: _Optional[str] = ..., status: _Optional[str] = ..., created_at: _Optional[int] = ..., updated_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., encryption_count: _Optional[int] = ...) -> None: ...
+    key_name: str
+    destroy_after: int
+    def __init__(self, id: _Optional[str] = ..., version: _Optional[int] = ..., algorithm: _Optional[str] = ..., status: _Optional[str] = ..., created_at: _Optional[int] = ..., updated_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., encryption_count: _Optional[int] = ..., key_name: _Optional[str] = ..., destroy_after: _Optional[int] = ...) -> None: ...
+
+class NamedKeyInfo(_message.Message):
+    __slots__ = ("name", "algorithm", "rotate_interval_seconds", "rotate_after_encryptions", "destruction_wait_seconds", "description", "reserved", "active_version", "created_at", "updated_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    ROTATE_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ROTATE_AFTER_ENCRYPTIONS_FIELD_NUMBER: _ClassVar[int]
+    DESTRUCTION_WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    algorithm: str
+    rotate_interval_seconds: int
+    rotate_after_encryptions: int
+    destruction_wait_seconds: int
+    description: str
+    reserved: bool
+    active_version: int
+    created_at: int
+    updated_at: int
+    def __init__(self, name: _Optional[str] = ..., algorithm: _Optional[str] = ..., rotate_interval_seconds: _Optional[int] = ..., rotate_after_encryptions: _Optional[int] = ..., destruction_wait_seconds: _Optional[int] = ..., description: _Optional[str] = ..., reserved: _Optional[bool] = ..., active_version: _Optional[int] = ..., created_at: _Optional[int] = ..., updated_at: _Optional[int] = ...) -> None: ...
+
+class CreateKeyRequest(_message.Message):
+    __slots__ = ("name", "algorithm", "rotate_interval_seconds", "rotate_after_encryptions", "destruction_wait_seconds", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    ROTATE_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ROTATE_AFTER_ENCRYPTIONS_FIELD_NUMBER: _ClassVar[int]
+    DESTRUCTION_WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    algorithm: str
+    rotate_interval_seconds: int
+    rotate_after_encryptions: int
+    destruction_wait_seconds: int
+    description: str
+    def __init__(self, name: _Optional[str] = ..., algorithm: _Optional[str] = ..., rotate_interval_seconds: _Optional[int] = ..., rotate_after_encryptions: _Optional[int] = ..., destruction_wait_seconds: _Optional[int] = ..., description: _Optional[str] = ...) -> None: ...
+
+class CreateKeyReply(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: NamedKeyInfo
+    def __init__(self, key: _Optional[_Union[NamedKeyInfo, _Mapping]] = ...) -> None: ...
+
+class GetKeyRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetKeyReply(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: NamedKeyInfo
+    def __init__(self, key: _Optional[_Union[NamedKeyInfo, _Mapping]] = ...) -> None: ...
+
+class ListKeysRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListKeysReply(_message.Message):
+    __slots__ = ("keys", "next_page_token")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[NamedKeyInfo]
+    next_page_token: str
+    def __init__(self, keys: _Optional[_Iterable[_Union[NamedKeyInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class UpdateKeyRequest(_message.Message):
+    __slots__ = ("name", "rotate_interval_seconds", "rotate_after_encryptions", "destruction_wait_seconds", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROTATE_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ROTATE_AFTER_ENCRYPTIONS_FIELD_NUMBER: _ClassVar[int]
+    DESTRUCTION_WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    rotate_interval_seconds: int
+    rotate_after_encryptions: int
+    destruction_wait_seconds: int
+    description: str
+    def __init__(self, name: _Optional[str] = ..., rotate_interval_seconds: _Optional[int] = ..., rotate_after_encryptions: _Optional[int] = ..., destruction_wait_seconds: _Optional[int] = ..., description: _Optional[str] = ...) -> None: ...
+
+class UpdateKeyReply(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: NamedKeyInfo
+    def __init__(self, key: _Optional[_Union[NamedKeyInfo, _Mapping]] = ...) -> None: ...
+
+class ScheduleKeyDestructionRequest(_message.Message):
+    __slots__ = ("key_name", "version", "waiting_period_seconds")
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WAITING_PERIOD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    key_name: str
+    version: int
+    waiting_period_seconds: int
+    def __init__(self, key_name: _Optional[str] = ..., version: _Optional[int] = ..., waiting_period_seconds: _Optional[int] = ...) -> None: ...
+
+class ScheduleKeyDestructionReply(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: DataKeyInfo
+    def __init__(self, key: _Optional[_Union[DataKeyInfo, _Mapping]] = ...) -> None: ...
+
+class CancelKeyDestructionRequest(_message.Message):
+    __slots__ = ("key_name", "version")
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    key_name: str
+    version: int
+    def __init__(self, key_name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class CancelKeyDestructionReply(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: DataKeyInfo
+    def __init__(self, key: _Optional[_Union[DataKeyInfo, _Mapping]] = ...) -> None: ...

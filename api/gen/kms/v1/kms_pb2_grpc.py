@@ -95,6 +95,36 @@ class KMSStub:
                 request_serializer=kms_dot_v1_dot_kms__pb2.PerformMaintenanceRequest.SerializeToString,
                 response_deserializer=kms_dot_v1_dot_kms__pb2.PerformMaintenanceReply.FromString,
                 _registered_method=True)
+        self.CreateKey = channel.unary_unary(
+                '/kms.v1.KMS/CreateKey',
+                request_serializer=kms_dot_v1_dot_kms__pb2.CreateKeyRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.CreateKeyReply.FromString,
+                _registered_method=True)
+        self.GetKey = channel.unary_unary(
+                '/kms.v1.KMS/GetKey',
+                request_serializer=kms_dot_v1_dot_kms__pb2.GetKeyRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.GetKeyReply.FromString,
+                _registered_method=True)
+        self.ListKeys = channel.unary_unary(
+                '/kms.v1.KMS/ListKeys',
+                request_serializer=kms_dot_v1_dot_kms__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.ListKeysReply.FromString,
+                _registered_method=True)
+        self.UpdateKey = channel.unary_unary(
+                '/kms.v1.KMS/UpdateKey',
+                request_serializer=kms_dot_v1_dot_kms__pb2.UpdateKeyRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.UpdateKeyReply.FromString,
+                _registered_method=True)
+        self.ScheduleKeyDestruction = channel.unary_unary(
+                '/kms.v1.KMS/ScheduleKeyDestruction',
+                request_serializer=kms_dot_v1_dot_kms__pb2.ScheduleKeyDestructionRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.ScheduleKeyDestructionReply.FromString,
+                _registered_method=True)
+        self.CancelKeyDestruction = channel.unary_unary(
+                '/kms.v1.KMS/CancelKeyDestruction',
+                request_serializer=kms_dot_v1_dot_kms__pb2.CancelKeyDestructionRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.CancelKeyDestructionReply.FromString,
+                _registered_method=True)
 
 
 class KMSServicer:
@@ -185,9 +215,53 @@ class KMSServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PerformMaintenance(self, request, context):
-        """Marks expired keys, re-encrypts stored data still under retired keys and
-        destroys keys nothing needs any more. Resumable: call again until `done`.
-        Admin.
+        """Rotates the named key if due, marks expired versions, and destroys versions
+        whose scheduled destruction is due. Never destroys a version that was not
+        scheduled. Resumable: call again until `done`. Admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateKey(self, request, context):
+        """Creates a named key with its first active version. Admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKey(self, request, context):
+        """A named key and its policies. Admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKeys(self, request, context):
+        """Pages through the named keys the credential may use, by name. Admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateKey(self, request, context):
+        """Changes a named key's policies (fields left unset keep their value). Admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScheduleKeyDestruction(self, request, context):
+        """Schedules the destruction of one retired version after a waiting period
+        (default 30 days, at least 7). While pending, the version refuses to
+        decrypt (KEY_PENDING_DESTRUCTION). Admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelKeyDestruction(self, request, context):
+        """Cancels a pending destruction; the version decrypts again. Admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -255,6 +329,36 @@ def add_KMSServicer_to_server(servicer, server):
                     servicer.PerformMaintenance,
                     request_deserializer=kms_dot_v1_dot_kms__pb2.PerformMaintenanceRequest.FromString,
                     response_serializer=kms_dot_v1_dot_kms__pb2.PerformMaintenanceReply.SerializeToString,
+            ),
+            'CreateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateKey,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.CreateKeyRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.CreateKeyReply.SerializeToString,
+            ),
+            'GetKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKey,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.GetKeyRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.GetKeyReply.SerializeToString,
+            ),
+            'ListKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeys,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.ListKeysRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.ListKeysReply.SerializeToString,
+            ),
+            'UpdateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateKey,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.UpdateKeyRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.UpdateKeyReply.SerializeToString,
+            ),
+            'ScheduleKeyDestruction': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScheduleKeyDestruction,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.ScheduleKeyDestructionRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.ScheduleKeyDestructionReply.SerializeToString,
+            ),
+            'CancelKeyDestruction': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelKeyDestruction,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.CancelKeyDestructionRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.CancelKeyDestructionReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -582,6 +686,168 @@ class KMS:
             '/kms.v1.KMS/PerformMaintenance',
             kms_dot_v1_dot_kms__pb2.PerformMaintenanceRequest.SerializeToString,
             kms_dot_v1_dot_kms__pb2.PerformMaintenanceReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.KMS/CreateKey',
+            kms_dot_v1_dot_kms__pb2.CreateKeyRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.CreateKeyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.KMS/GetKey',
+            kms_dot_v1_dot_kms__pb2.GetKeyRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.GetKeyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.KMS/ListKeys',
+            kms_dot_v1_dot_kms__pb2.ListKeysRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.ListKeysReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.KMS/UpdateKey',
+            kms_dot_v1_dot_kms__pb2.UpdateKeyRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.UpdateKeyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScheduleKeyDestruction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.KMS/ScheduleKeyDestruction',
+            kms_dot_v1_dot_kms__pb2.ScheduleKeyDestructionRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.ScheduleKeyDestructionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelKeyDestruction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.KMS/CancelKeyDestruction',
+            kms_dot_v1_dot_kms__pb2.CancelKeyDestructionRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.CancelKeyDestructionReply.FromString,
             options,
             channel_credentials,
             insecure,
