@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import signal
@@ -12,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from internal.biz.kms import DEFAULT_KEY
 from internal.conf.config import Bootstrap
 from internal.container import Container
 from internal.data.migrate import migrate_up
@@ -125,7 +127,7 @@ async def _run_servers(container: Container, config: Bootstrap, stop: asyncio.Ev
     try:
         tokens = await resolve(container.biz.tokens())
         async with (
-            kms_gauges(await resolve(container.data.kms())),
+            kms_gauges(functools.partial((await resolve(container.biz.key_admin())).status, DEFAULT_KEY)),
             every(config.auth.session_purge_interval, tokens.purge_expired, "session purge"),
         ):
             await stop.wait()

@@ -19,22 +19,28 @@ from api.gen.kms.v1 import kms_pb2_grpc
 from internal.biz.auth import AuthPolicy, AuthUsecase
 from internal.biz.captcha import CaptchaSettings, CaptchaUsecase
 from internal.biz.credentials import CredentialUsecase
+from internal.biz.kms import KeyDefaults, KeyEvents, KeyRepo, NoKeyEvents
+from internal.biz.kms_admin import KeyAdmin
+from internal.biz.kms_cipher import KmsCipher, UsersPiiCipher
+from internal.biz.kms_keyring import KeyRing, RootKeySource
 from internal.biz.password import Argon2Params, Argon2PasswordHasher, Lockout, LockoutPolicy
 from internal.biz.token import TokenPolicy, TokenUsecase
 from internal.biz.totp import TotpUsecase
 from internal.biz.user import UserUsecase
-from internal.conf.config import Bootstrap
+from internal.conf.config import Bootstrap, Kms, read_secret
 from internal.data.audit import PgAuditLog
 from internal.data.captcha import ImageCaptchaRenderer, RedisCaptchaStore
 from internal.data.credentials import PgCredentialRepo
 from internal.data.data import pg_pool_resource, redis_resource
-from internal.data.kms_reencrypt import UserPiiReencryptor
+from internal.data.kms import PgKeyRepo
+from internal.data.kms_events import RedisKeyEvents, channel_name
+from internal.data.kms_file import FileKeyRepo
+from internal.data.kms_reencrypt import PgUsersPiiStore
 from internal.data.ratelimit import RedisRateLimiter
 from internal.data.senders import build_senders
 from internal.data.session import PgSessionRepo, RedisLoginGuard
 from internal.data.signing_keys import build_signer
 from internal.data.user import PgUserRepo
-from internal.pkg.kms import KMSManager, build_kms
 from internal.server.grpc import ServiceRegistration
 from internal.server.health import DependencyHealth
 from internal.service.auth import AuthService
@@ -44,22 +50,43 @@ AUTH_SERVICE = "auth.v1.Auth"
 KMS_SERVICE = "kms.v1.KMS"
 
 
-async def kms_resource(config: Bootstrap, pool: asyncpg.Pool, redis: Any) -> AsyncIterator[KMSManager]:
+def key_repo(conf: Kms, pool: asyncpg.Pool) -> KeyRepo:
+    """``kms.storage_type``: the ``kms_keys``/``kms_data_keys`` tables, or one JSON file."""
+    return PgKeyRepo(pool) if conf.storage_type == "database" else FileKeyRepo(conf.storage_path)
+
+
+def key_events(redis: Any, key_prefix: str) -> KeyEvents:
+    return RedisKeyEvents(redis, channel_name(key_prefix)) if redis is not None else NoKeyEvents()
+
+
+async def key_ring_resource(conf: Kms, repo: KeyRepo, events: KeyEvents, audit: Any) -> AsyncIterator[KeyRing]:
     """Derive the root key, prove it opens every stored key (or refuse to start), then serve."""
-    manager = build_kms(config.kms, pool, redis, config.data.redis.key_prefix, [UserPiiReencryptor(pool)])
-    await manager.initialize()
+    ring = KeyRing(
+        repo,
+        RootKeySource(
+            read_secret(conf.seed, conf.seed_file),
+            read_secret(conf.salt, conf.salt_file),
+            conf.iterations,
+            conf.key_length,
+        ),
+        KeyDefaults(conf.algorithm, conf.rotate_interval, conf.rotate_after_encryptions),
+        events=events,
+        audit=audit,
+        recheck=conf.cache_recheck_interval,
+    )
+    await ring.open()
     try:
-        yield manager
+        yield ring
     finally:
-        await manager.close()
+        await ring.close()
 
 
 def dependency_probes(pool: asyncpg.Pool, redis: Any) -> dict[str, Any]:
     return {"postgres": lambda: pool.fetchval("SELECT 1"), "redis": redis.ping}
 
 
-def captcha_code_key(kms: KMSManager) -> bytes:
-    return kms.derive_secret(b"captcha-code-key/v1")
+def captcha_code_key(ring: KeyRing) -> bytes:
+    return ring.derive_secret(b"captcha-code-key/v1")
 
 
 class Data(containers.DeclarativeContainer):
@@ -67,8 +94,10 @@ class Data(containers.DeclarativeContainer):
 
     pg_pool = providers.Resource(pg_pool_resource, conf=config.provided.data.database)
     redis = providers.Resource(redis_resource, conf=config.provided.data.redis)
-    kms = providers.Resource(kms_resource, config=config, pool=pg_pool, redis=redis)
     key_prefix = config.provided.data.redis.key_prefix
+    keys = providers.Singleton(key_repo, conf=config.provided.kms, pool=pg_pool)
+    key_events = providers.Singleton(key_events, redis=redis, key_prefix=key_prefix)
+    users_pii = providers.Singleton(PgUsersPiiStore, pool=pg_pool)
 
     audit = providers.Singleton(PgAuditLog, pool=pg_pool)
     users = providers.Singleton(PgUserRepo, pool=pg_pool)
@@ -96,10 +125,20 @@ class Biz(containers.DeclarativeContainer):
     config = providers.Dependency(instance_of=Bootstrap)
     data = providers.DependenciesContainer()
 
-    cipher = providers.Callable(lambda kms: kms.crypto, data.kms)
-    hasher = providers.Singleton(
-        Argon2PasswordHasher, providers.Callable(Argon2Params.from_conf, config.provided.auth)
+    key_ring = providers.Resource(
+        key_ring_resource, conf=config.provided.kms, repo=data.keys, events=data.key_events, audit=data.audit
     )
+    kms_cipher = providers.Singleton(
+        KmsCipher,
+        key_ring,
+        max_plaintext_bytes=config.provided.kms.max_plaintext_bytes,
+        max_batch_items=config.provided.kms.max_batch_items,
+    )
+    cipher = providers.Singleton(UsersPiiCipher, kms_cipher)
+    key_admin = providers.Singleton(
+        KeyAdmin, key_ring, cipher, data.users_pii, config.provided.kms.maintenance_batch_size
+    )
+    hasher = providers.Singleton(Argon2PasswordHasher, providers.Callable(Argon2Params.from_conf, config.provided.auth))
     lockout = providers.Singleton(
         Lockout, data.login_guard, providers.Callable(LockoutPolicy.from_conf, config.provided.auth)
     )
@@ -110,7 +149,7 @@ class Biz(containers.DeclarativeContainer):
         renderer=providers.Singleton(ImageCaptchaRenderer),
         senders=data.senders,
         limiter=data.rate_limiter,
-        code_key=providers.Callable(captcha_code_key, data.kms),
+        code_key=providers.Callable(captcha_code_key, key_ring),
     )
     tokens = providers.Singleton(
         TokenUsecase,
@@ -157,7 +196,7 @@ class Container(containers.DeclarativeContainer):
         AuthService, biz.auth, biz.tokens, biz.totp, biz.users, biz.captcha, biz.credentials
     )
     kms_service = providers.Singleton(
-        KMSService, data.kms, biz.credentials, config.provided.security.kms_require_credentials
+        KMSService, biz.kms_cipher, biz.key_admin, biz.credentials, config.provided.security.kms_require_credentials
     )
     # The gRPC services to serve, as internal.server.grpc.ServiceRegistration values.
     services = providers.List(

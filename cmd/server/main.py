@@ -1,7 +1,8 @@
 """authkms entry point: `python cmd/server/main.py [-conf configs] [--workers N] <command>`.
 
-Commands: serve (default), migrate up|down|version, kms rotate|status|maintenance,
-credentials create|revoke|list, users unlock. Every command exits non-zero with a one-line reason.
+Commands: serve (default), migrate up|down|version,
+kms create|rotate|status|maintenance|schedule-destroy|cancel-destroy, credentials create|revoke|list,
+users unlock. Every command exits non-zero with a one-line reason.
 """
 
 from __future__ import annotations
@@ -36,12 +37,29 @@ def _parser() -> argparse.ArgumentParser:
     kms = commands.add_parser("kms", help="key management").add_subparsers(
         dest="action", required=True, metavar="action"
     )
-    rotate = kms.add_parser("rotate", help="make a new active data key")
+    create_key = kms.add_parser("create", help="create a named key with its first version")
+    create_key.add_argument("name")
+    create_key.add_argument("--description", default="")
+    rotate = kms.add_parser("rotate", help="make a new active version of a key")
+    rotate.add_argument("--key", default="default", help="named key (default: default; authkms.users for PII)")
     rotate.add_argument("--reason", default="cli", help="recorded in the audit trail")
-    kms.add_parser("status", help="show the active key and key counts")
-    maintenance = kms.add_parser("maintenance", help="expire keys, re-encrypt old data, destroy unused keys")
+    status = kms.add_parser("status", help="show a key's active version and version counts")
+    status.add_argument("--key", default="default", help="named key (default: default)")
+    maintenance = kms.add_parser(
+        "maintenance", help="rotate due keys, re-encrypt users' PII, destroy versions whose destruction is due"
+    )
+    maintenance.add_argument("--key", action="append", help="only these keys (repeatable; default: every key)")
     maintenance.add_argument("--batch-size", type=int, default=0, help="records per batch (default: config)")
     maintenance.add_argument("--dry-run", action="store_true", help="report only")
+    for verb, text in (
+        ("schedule-destroy", "schedule the destruction of a retired version"),
+        ("cancel-destroy", "cancel a scheduled destruction"),
+    ):
+        destroy = kms.add_parser(verb, help=text)
+        destroy.add_argument("--key", default="default", help="named key (default: default)")
+        destroy.add_argument("--version", type=int, required=True)
+        if verb == "schedule-destroy":
+            destroy.add_argument("--wait-days", type=int, default=0, help="waiting period (default: the key's, 30)")
 
     creds = commands.add_parser("credentials", help="service credentials for kms.v1 callers").add_subparsers(
         dest="action", required=True, metavar="action"
@@ -49,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     create = creds.add_parser("create", help="create a credential and print its token once")
     create.add_argument("--name", required=True)
     create.add_argument("--scopes", required=True, help="comma-separated: kms.encrypt,kms.decrypt,kms.admin,auth.admin")
+    create.add_argument(
+        "--keys", default="default", help="comma-separated key names or prefix.* patterns (default: default)"
+    )
     revoke = creds.add_parser("revoke", help="revoke a credential (effective within seconds everywhere)")
     revoke.add_argument("--name", required=True)
     creds.add_parser("list", help="list credentials (never tokens)")
@@ -77,36 +98,49 @@ async def _with_container(config: Bootstrap, action: Callable[[Any], Awaitable[i
 
 
 async def _kms(container: Any, args: argparse.Namespace) -> int:
-    manager = await container.data.kms()
-    if args.action == "rotate":
-        key = await manager.rotate(args.reason)
-        print(f"active key is now version {key.version} ({key.algorithm})")
+    admin = await container.biz.key_admin()
+    if args.action == "create":
+        named = await admin.create_key(args.name, description=args.description)
+        print(f"created key {named.name} (active version {named.active_version}, {named.policy.algorithm})")
+    elif args.action == "rotate":
+        key = await admin.rotate(args.key, args.reason)
+        print(f"key {key.key_name}: active version is now {key.version} ({key.algorithm})")
     elif args.action == "status":
-        status = await manager.status()
-        print(f"algorithm {status.algorithm}, active version {status.active_version}")
+        status = await admin.status(args.key)
+        print(f"key {status.key_name}: algorithm {status.algorithm}, active version {status.active_version}")
         print(f"active since {_when(status.active_created_at)}, expires {_when(status.active_expires_at)}")
-        print(f"encryptions under active key: {status.active_encryption_count}")
-        print("keys by status: " + ", ".join(f"{k}={v}" for k, v in sorted(status.counts.items())))
+        print(f"encryptions under active version: {status.active_encryption_count}")
+        print("versions by status: " + ", ".join(f"{k}={v}" for k, v in sorted(status.counts.items())))
+        print(f"users rows still to move onto the users' key: {await admin.users_pending()}")
+    elif args.action == "schedule-destroy":
+        key = await admin.schedule_destruction(args.key, args.version, args.wait_days * 86400)
+        print(f"key {key.key_name} version {key.version}: destruction scheduled for {_when(key.destroy_after)}")
+    elif args.action == "cancel-destroy":
+        key = await admin.cancel_destruction(args.key, args.version)
+        print(f"key {key.key_name} version {key.version}: destruction cancelled, status {key.status}")
     else:
-        return await _maintenance(manager, args)
+        return await _maintenance(admin, args)
     return 0
 
 
-async def _maintenance(manager: Any, args: argparse.Namespace) -> int:
+async def _maintenance(admin: Any, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    names = args.key or [k.name for k in (await admin.list_keys(500, "", lambda _: True)).items]
     with tqdm(unit="record", desc="re-encrypting", file=sys.stderr) as bar:
+
         def progress(step: Any) -> None:
             bar.update(step.reencrypted + step.failed + step.skipped)
 
         while True:
-            report = await manager.maintenance(args.batch_size, args.dry_run, progress)
+            report = await admin.maintenance(names, args.batch_size, args.dry_run, progress)
             bar.total = bar.n + report.remaining
             if report.done or args.dry_run or report.records_reencrypted == 0:
                 break
     print(
         f"expired marked {report.expired_marked}, re-encrypted {report.records_reencrypted}, "
-        f"failed {report.records_failed}, keys destroyed {report.keys_destroyed}, remaining {report.remaining}"
+        f"failed {report.records_failed}, versions destroyed {report.keys_destroyed}, "
+        f"destructions scheduled {report.destruction_scheduled}, remaining {report.remaining}"
     )
     return 0 if report.records_failed == 0 else 1
 
@@ -114,8 +148,11 @@ async def _maintenance(manager: Any, args: argparse.Namespace) -> int:
 async def _credentials(container: Any, args: argparse.Namespace) -> int:
     usecase = await container.biz.credentials()
     if args.action == "create":
-        issued = await usecase.create(args.name, [s.strip() for s in args.scopes.split(",") if s.strip()])
-        print(f"created {issued.credential.name} with scopes {','.join(sorted(issued.credential.scopes))}")
+        scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+        patterns = [k.strip() for k in args.keys.split(",") if k.strip()]
+        issued = await usecase.create(args.name, scopes, patterns)
+        cred = issued.credential
+        print(f"created {cred.name} with scopes {','.join(sorted(cred.scopes))} on keys {','.join(cred.key_patterns)}")
         print("token (shown once, store it now):", file=sys.stderr)
         print(issued.token)
     elif args.action == "revoke":
@@ -124,7 +161,8 @@ async def _credentials(container: Any, args: argparse.Namespace) -> int:
     else:
         for cred in await usecase.list():
             state = f"revoked {_when(cred.revoked_at)}" if cred.revoked_at else "active"
-            print(f"{cred.name}\t{','.join(sorted(cred.scopes))}\t{state}\tcreated {_when(cred.created_at)}")
+            scope_list, keys = ",".join(sorted(cred.scopes)), ",".join(cred.key_patterns)
+            print(f"{cred.name}\t{scope_list}\tkeys {keys}\t{state}\tcreated {_when(cred.created_at)}")
     return 0
 
 

@@ -192,6 +192,7 @@ class AuthUsecase:
             name_encrypted=name_sealed.ciphertext if name_sealed else None,
             name_hash=self._cipher.blind_index(pii.NAME, name) if name else None,
             pii_key_version=min(versions),
+            earlier_hashes=self._earlier_hashes((pii.EMAIL, email), (pii.PHONE, phone)),
         )
         try:
             await self._users.create(new_user)
@@ -286,6 +287,10 @@ class AuthUsecase:
                 return field, None
         return "username", identifier if USERNAME_PATTERN.fullmatch(identifier) else None
 
+    def _earlier_hashes(self, *values: tuple[str, str]) -> tuple[str, ...]:
+        """Blind indexes rows stored before the users' key may hold for these values (they block them too)."""
+        return tuple(h for field, value in values if value for h in self._cipher.lookup_hashes(field, value)[1:])
+
     async def _resolve(self, identifier: str, field: str, normalized: str | None) -> _Identity:
         """The user behind an identifier and the key its failures are counted under.
 
@@ -297,12 +302,12 @@ class AuthUsecase:
         if normalized is not None and field == "username":
             user = await self._users.find_by_username(normalized)
         elif normalized is not None:
-            blind = self._cipher.blind_index(field, normalized)
-            unknown_key = f"unknown:{field}:{blind}"
+            hashes = self._cipher.lookup_hashes(field, normalized)
+            unknown_key = f"unknown:{field}:{hashes[0]}"
             if field == pii.EMAIL:
-                user = await self._users.find_by_email_hash(blind)
+                user = await self._users.find_by_email_hash(*hashes)
             else:
-                user = await self._users.find_by_phone_hash(blind)
+                user = await self._users.find_by_phone_hash(*hashes)
         return _Identity(user, user_account(user.id) if user is not None else unknown_key)
 
     async def _password_matches(self, user: User | None, password: str) -> bool:

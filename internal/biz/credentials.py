@@ -1,4 +1,8 @@
-"""Service credentials: bearer tokens with scopes for machine callers (KMS clients, auth admins).
+"""Service credentials: bearer tokens with scopes and key-name patterns for machine callers (KMS clients, auth
+admins).
+
+A credential may use a KMS key only if one of its key patterns (exact names or ``prefix.*``; ``default`` only
+unless granted more) matches the key's name, and never a reserved ``authkms.`` key.
 
 A token is shown once at creation; only its SHA-256 is stored (the token carries 256 random bits, so a
 fast hash is safe here, unlike passwords). Lookups are cached in memory for a short, documented time so
@@ -18,6 +22,7 @@ from datetime import datetime
 from typing import Protocol
 
 from internal.biz.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from internal.biz.kms import DEFAULT_KEY, key_allowed, key_denied, validate_key_pattern
 from internal.biz.token import AuditLog
 
 SCOPES = frozenset({"kms.encrypt", "kms.decrypt", "kms.admin", "auth.admin"})
@@ -32,6 +37,10 @@ class ServiceCredential:
     scopes: frozenset[str]
     created_at: datetime
     revoked_at: datetime | None = None
+    key_patterns: tuple[str, ...] = (DEFAULT_KEY,)
+
+    def may_use_key(self, name: str) -> bool:
+        return key_allowed(self.key_patterns, name)
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,9 @@ class IssuedCredential:
 
 
 class CredentialRepo(Protocol):
-    async def create(self, name: str, token_hash: str, scopes: Sequence[str]) -> ServiceCredential: ...
+    async def create(
+        self, name: str, token_hash: str, scopes: Sequence[str], key_patterns: Sequence[str]
+    ) -> ServiceCredential: ...
 
     async def find_active_by_hash(self, token_hash: str) -> ServiceCredential | None: ...
 
@@ -61,17 +72,22 @@ class CredentialUsecase:
         self._cache_ttl = cache_ttl
         self._cache: dict[str, tuple[float, ServiceCredential | None]] = {}
 
-    async def create(self, name: str, scopes: Sequence[str]) -> IssuedCredential:
-        """Create a credential; the returned token is never retrievable again."""
+    async def create(
+        self, name: str, scopes: Sequence[str], key_patterns: Sequence[str] = (DEFAULT_KEY,)
+    ) -> IssuedCredential:
+        """Create a credential for ``key_patterns``; the returned token is never retrievable again."""
         if not _NAME.match(name):
             raise InvalidArgument("VALIDATION_ERROR", "name must be 2-64 chars: lower-case letters, digits, _ . -")
         unknown = sorted(set(scopes) - SCOPES)
         if not scopes or unknown:
             raise InvalidArgument("VALIDATION_ERROR", f"scopes must be a non-empty subset of {sorted(SCOPES)}")
+        if not key_patterns or len(key_patterns) > 64:
+            raise InvalidArgument("VALIDATION_ERROR", "a credential needs 1 to 64 key patterns")
+        patterns = sorted({validate_key_pattern(p) for p in key_patterns})
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        credential = await self._repo.create(name, token_hash(token), sorted(set(scopes)))
-        scope_list = ",".join(sorted(scopes))
-        await self._audit.record("credential.create", "success", subject=name, details={"scopes": scope_list})
+        credential = await self._repo.create(name, token_hash(token), sorted(set(scopes)), patterns)
+        details = {"scopes": ",".join(sorted(scopes)), "keys": ",".join(patterns)[:200]}
+        await self._audit.record("credential.create", "success", subject=name, details=details)
         return IssuedCredential(credential, token)
 
     async def revoke(self, name: str) -> None:
@@ -104,6 +120,15 @@ class CredentialUsecase:
         """The unexpired cache entry (expiry, credential or None) for a token's digest. Never waits: the hot path."""
         cached = self._cache.get(digest)
         return cached if cached and cached[0] > time.monotonic() else None
+
+    async def authorize_key(self, token: str | None, key_name: str, *any_of: str, action: str) -> ServiceCredential:
+        """``authorize``, and the credential may use key ``key_name``: the same PERMISSION_DENIED whether or not
+        that key exists, and always for a reserved key."""
+        credential = await self.authorize(token, *any_of, action=action)
+        if not credential.may_use_key(key_name):
+            await self._audit.record("access.denied", "key_not_allowed", actor=credential.name, subject=action)
+            raise key_denied(key_name)
+        return credential
 
     async def authorize(self, token: str | None, *any_of: str, action: str) -> ServiceCredential:
         """The caller's credential if it holds one of ``any_of``; otherwise UNAUTHENTICATED/PERMISSION_DENIED."""

@@ -1,8 +1,9 @@
 """How user PII meets the KMS: the cipher interface biz relies on, and the binding conventions.
 
-Every stored PII ciphertext is bound (AEAD associated data) to its field and its record, so a value
-copied into another column or another user's row fails to decrypt. Blind indexes are keyed hashes of
-a normalized value, computed with the same field names the KMS ``HashField`` RPC accepts.
+Users' PII lives under the reserved key ``authkms.users`` (``internal.biz.kms.USERS_KEY``), which no service
+credential can use. Every stored PII ciphertext is bound (AEAD associated data) to that key, its field and
+its record, so a value copied into another column or another user's row fails to decrypt. Blind indexes are
+keyed hashes of a normalized value under the users' key's own blind-index keys.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class Sealed:
 
 
 class FieldCipher(Protocol):
-    """Field-level encryption and blind indexes (implemented by internal.pkg.kms.CryptoService)."""
+    """Field-level encryption and blind indexes of users' PII (``internal.biz.kms_cipher.UsersPiiCipher``)."""
 
     async def encrypt(self, field: str, plaintext: bytes, context: Mapping[str, str]) -> Sealed: ...
 
@@ -38,4 +39,8 @@ class FieldCipher(Protocol):
 
     def blind_index(self, field: str, value: str) -> str:
         """64 hex chars: HMAC-SHA256 under a per-field key over the normalized value."""
+        ...
+
+    def lookup_hashes(self, field: str, value: str) -> list[str]:
+        """Every blind index a stored row for ``value`` may hold (``blind_index`` first, then any earlier one)."""
         ...

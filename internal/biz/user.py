@@ -47,7 +47,9 @@ class NewUser:
     phone_hash: str | None
     name_encrypted: bytes | None
     name_hash: str | None
-    pii_key_version: int
+    pii_key_version: int  # lowest version of the users' key among the row's ciphertexts
+    # Blind indexes of this email/phone from before the users' key; a row holding one is the same address.
+    earlier_hashes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,9 +78,11 @@ class UserRepo(Protocol):
         """Case-insensitive lookup."""
         ...
 
-    async def find_by_email_hash(self, email_hash: str) -> User | None: ...
+    async def find_by_email_hash(self, *email_hashes: str) -> User | None:
+        """The user whose email blind index is any of ``email_hashes``."""
+        ...
 
-    async def find_by_phone_hash(self, phone_hash: str) -> User | None: ...
+    async def find_by_phone_hash(self, *phone_hashes: str) -> User | None: ...
 
     async def update_password(self, user_id: int, password_hash: str) -> None: ...
 

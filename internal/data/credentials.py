@@ -11,7 +11,7 @@ from internal.biz.credentials import ServiceCredential
 from internal.biz.errors import Conflict
 from internal.data.errors import translate_driver_errors
 
-_COLUMNS = "id, name, scopes, created_at, revoked_at"
+_COLUMNS = "id, name, scopes, created_at, revoked_at, key_patterns"
 
 
 def _credential(row: asyncpg.Record) -> ServiceCredential:
@@ -21,6 +21,7 @@ def _credential(row: asyncpg.Record) -> ServiceCredential:
         scopes=frozenset(row["scopes"]),
         created_at=row["created_at"],
         revoked_at=row["revoked_at"],
+        key_patterns=tuple(row["key_patterns"]),
     )
 
 
@@ -29,15 +30,18 @@ class PgCredentialRepo:
         self._pool = pool
 
     @translate_driver_errors
-    async def create(self, name: str, token_hash: str, scopes: Sequence[str]) -> ServiceCredential:
+    async def create(
+        self, name: str, token_hash: str, scopes: Sequence[str], key_patterns: Sequence[str]
+    ) -> ServiceCredential:
         try:
             row = await self._pool.fetchrow(
-                f"INSERT INTO service_credentials (id, name, token_hash, scopes) VALUES ($1, $2, $3, $4) "
-                f"RETURNING {_COLUMNS}",
+                "INSERT INTO service_credentials (id, name, token_hash, scopes, key_patterns) "
+                f"VALUES ($1, $2, $3, $4, $5) RETURNING {_COLUMNS}",
                 uuid.uuid4(),
                 name,
                 token_hash,
                 list(scopes),
+                list(key_patterns),
             )
         except asyncpg.UniqueViolationError:
             raise Conflict("CREDENTIAL_EXISTS", "a credential with that name already exists") from None

@@ -49,11 +49,14 @@ class PgUserRepo:
     @translate_driver_errors
     async def create(self, user: NewUser) -> None:
         try:
-            await self._pool.execute(
+            inserted = await self._pool.execute(
                 """
                 INSERT INTO users (id, username, password, email_encrypted, email_hash, phone_encrypted,
                                    phone_hash, name_encrypted, name_hash, pii_key_version)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10
+                 WHERE NOT EXISTS (
+                     SELECT 1 FROM users WHERE email_hash = ANY($11::bpchar[]) OR phone_hash = ANY($11::bpchar[])
+                 )
                 """,
                 user.id,
                 user.username,
@@ -65,10 +68,13 @@ class PgUserRepo:
                 user.name_encrypted,
                 user.name_hash,
                 user.pii_key_version,
+                list(user.earlier_hashes),
             )
         except asyncpg.UniqueViolationError:
+            inserted = ""
+        if not inserted.endswith(" 1"):
             # Deliberately the same answer for every unique index (see AuthUsecase.register).
-            raise Conflict("USER_EXISTS", "username, email or phone is already registered") from None
+            raise Conflict("USER_EXISTS", "username, email or phone is already registered")
 
     @translate_driver_errors
     async def get(self, user_id: int) -> User | None:
@@ -84,12 +90,14 @@ class PgUserRepo:
         )
 
     @translate_driver_errors
-    async def find_by_email_hash(self, email_hash: str) -> User | None:
-        return _user(await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM users WHERE email_hash = $1", email_hash))
+    async def find_by_email_hash(self, *email_hashes: str) -> User | None:
+        query = f"SELECT {_COLUMNS} FROM users WHERE email_hash = ANY($1::bpchar[]) LIMIT 1"
+        return _user(await self._pool.fetchrow(query, list(email_hashes)))
 
     @translate_driver_errors
-    async def find_by_phone_hash(self, phone_hash: str) -> User | None:
-        return _user(await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM users WHERE phone_hash = $1", phone_hash))
+    async def find_by_phone_hash(self, *phone_hashes: str) -> User | None:
+        query = f"SELECT {_COLUMNS} FROM users WHERE phone_hash = ANY($1::bpchar[]) LIMIT 1"
+        return _user(await self._pool.fetchrow(query, list(phone_hashes)))
 
     @translate_driver_errors
     async def update_password(self, user_id: int, password_hash: str) -> None:

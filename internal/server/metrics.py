@@ -110,11 +110,11 @@ def rpc_recorder(method: str) -> Recorder | None:
     return None
 
 
-async def publish_kms_gauges(kms: Any, interval: float = 15.0) -> None:
-    """Refresh the active-key gauges periodically (runs until cancelled)."""
+async def publish_kms_gauges(status_of_default: Any, interval: float = 15.0) -> None:
+    """Refresh the active-key gauges of the key ``default`` periodically (runs until cancelled)."""
     while True:
         try:
-            status = await kms.status()
+            status = await status_of_default()
             KMS_ACTIVE_KEY_VERSION.set(status.active_version)
             KMS_ACTIVE_KEY_ENCRYPTIONS.set(status.active_encryption_count)
             if status.active_created_at:
@@ -125,8 +125,8 @@ async def publish_kms_gauges(kms: Any, interval: float = 15.0) -> None:
 
 
 @contextlib.asynccontextmanager
-async def kms_gauges(kms: Any) -> Any:
-    task = asyncio.create_task(publish_kms_gauges(kms), name="kms-gauges")
+async def kms_gauges(status_of_default: Any) -> Any:
+    task = asyncio.create_task(publish_kms_gauges(status_of_default), name="kms-gauges")
     try:
         yield
     finally:

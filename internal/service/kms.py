@@ -1,19 +1,23 @@
-"""kms.v1.KMS: field encryption and key administration for other services.
+"""kms.v1.KMS: field encryption under named keys, and key administration for other services.
 
-Every call carries a service credential (``authorization: Bearer akms_…``) with the scope the RPC needs.
-Replies carry key metadata only, never key material.
+Every call carries a service credential (``authorization: Bearer akms_…``) with the scope the RPC needs and a
+key pattern matching the key it names (``key_name``, empty: ``default``). Reserved ``authkms.`` keys answer
+PERMISSION_DENIED to every caller. Replies carry key metadata only, never key material.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 import grpc
 
 from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
-from internal.biz.credentials import CredentialUsecase
+from internal.biz.credentials import CredentialUsecase, ServiceCredential
 from internal.biz.errors import DomainError, InvalidArgument, Unauthenticated
-from internal.pkg.kms import KeyInfo, KMSManager
+from internal.biz.kms import is_reserved, key_denied, key_name_or_default
+from internal.biz.kms_admin import KeyAdmin, KeyInfo, NamedKeyInfo
+from internal.biz.kms_cipher import KmsCipher
 from internal.pkg.kms.envelope import sealed_algorithm
 from internal.service.metadata import bearer_token
 from internal.service.status import domain_status_proto
@@ -36,29 +40,62 @@ def key_info(key: KeyInfo) -> kms_pb2.DataKeyInfo:
         updated_at=_unix(key.updated_at),
         expires_at=_unix(key.expires_at),
         encryption_count=key.encryption_count,
+        key_name=key.key_name,
+        destroy_after=_unix(key.destroy_after),
+    )
+
+
+def named_key_info(key: NamedKeyInfo) -> kms_pb2.NamedKeyInfo:
+    return kms_pb2.NamedKeyInfo(
+        name=key.name,
+        algorithm=key.policy.algorithm,
+        rotate_interval_seconds=int(key.policy.rotate_interval.total_seconds()),
+        rotate_after_encryptions=key.policy.rotate_after_encryptions,
+        destruction_wait_seconds=int(key.policy.destruction_wait.total_seconds()),
+        description=key.description,
+        reserved=key.reserved,
+        active_version=key.active_version,
+        created_at=_unix(key.created_at),
+        updated_at=_unix(key.updated_at),
     )
 
 
 class KMSService(kms_pb2_grpc.KMSServicer):
-    def __init__(self, manager: KMSManager, credentials: CredentialUsecase, require_credentials: bool = True) -> None:
-        self._kms = manager
-        self._crypto = manager.crypto
+    def __init__(
+        self, cipher: KmsCipher, admin: KeyAdmin, credentials: CredentialUsecase, require_credentials: bool = True
+    ) -> None:
+        self._cipher = cipher
+        self._admin = admin
         self._credentials = credentials
         self._require_credentials = require_credentials
 
-    async def _authorize(self, context: grpc.aio.ServicerContext, action: str, *scopes: str) -> None:
+    async def _credential(
+        self, context: grpc.aio.ServicerContext, action: str, key_name: str | None, *scopes: str
+    ) -> ServiceCredential | None:
+        """The caller's credential, checked for one of ``scopes`` and (unless None) for ``key_name``; None when
+        credentials are not required (reserved keys stay refused even then)."""
         if not self._require_credentials:
-            return
+            if key_name is not None and is_reserved(key_name):
+                raise key_denied(key_name)
+            return None
         try:
             token: str | None = bearer_token(context)
         except Unauthenticated:
             token = None
-        await self._credentials.authorize(token, *scopes, action=action)
+        if key_name is None:
+            return await self._credentials.authorize(token, *scopes, action=action)
+        return await self._credentials.authorize_key(token, key_name, *scopes, action=action)
+
+    async def _authorize(self, context: grpc.aio.ServicerContext, action: str, request_key: str, *scopes: str) -> str:
+        """Authorize the call on the key the request names; returns that key's name."""
+        key_name = key_name_or_default(request_key)
+        await self._credential(context, action, key_name, *scopes)
+        return key_name
 
     async def Encrypt(self, request: kms_pb2.EncryptRequest, context: grpc.aio.ServicerContext) -> kms_pb2.EncryptReply:
-        """Encrypt one field value under the active key, bound to its field name and context."""
-        await self._authorize(context, "Encrypt", ENCRYPT)
-        sealed = await self._crypto.encrypt(request.field, request.plaintext, request.context)
+        """Encrypt one field value under the key's active version, bound to the key, field name and context."""
+        key_name = await self._authorize(context, "Encrypt", request.key_name, ENCRYPT)
+        sealed = await self._cipher.encrypt(key_name, request.field, request.plaintext, request.context)
         return kms_pb2.EncryptReply(
             ciphertext=sealed.ciphertext,
             key_version=sealed.key_version,
@@ -66,25 +103,26 @@ class KMSService(kms_pb2_grpc.KMSServicer):
         )
 
     async def Decrypt(self, request: kms_pb2.DecryptRequest, context: grpc.aio.ServicerContext) -> kms_pb2.DecryptReply:
-        """Decrypt with the key named inside the ciphertext; wrong field/context or tampering is CIPHERTEXT_INVALID."""
-        await self._authorize(context, "Decrypt", DECRYPT)
-        opened = await self._crypto.decrypt_with_version(request.field, request.ciphertext, request.context)
+        """Decrypt with the version named inside the ciphertext; another key's ciphertext, a wrong field/context
+        or tampering is CIPHERTEXT_INVALID."""
+        key_name = await self._authorize(context, "Decrypt", request.key_name, DECRYPT)
+        opened = await self._cipher.decrypt(key_name, request.field, request.ciphertext, request.context)
         return kms_pb2.DecryptReply(plaintext=opened.plaintext, key_version=opened.key_version)
 
     async def EncryptBatch(
         self, request: kms_pb2.EncryptBatchRequest, context: grpc.aio.ServicerContext
     ) -> EncodedReply:
-        """Encrypt many values under one active key; each item succeeds or fails on its own (status unset: OK)."""
-        await self._authorize(context, "EncryptBatch", ENCRYPT)
-        batch = await self._crypto.encrypt_batch(request.items)
+        """Encrypt many values under one active version; each item succeeds or fails on its own (status unset: OK)."""
+        key_name = await self._authorize(context, "EncryptBatch", request.key_name, ENCRYPT)
+        batch = await self._cipher.encrypt_batch(key_name, request.items)
         return encode_encrypt_batch(batch.results, batch.key_version, batch.algorithm)
 
     async def DecryptBatch(
         self, request: kms_pb2.DecryptBatchRequest, context: grpc.aio.ServicerContext
     ) -> kms_pb2.DecryptBatchReply:
         """Decrypt many values; each item succeeds or fails on its own."""
-        await self._authorize(context, "DecryptBatch", DECRYPT)
-        opened = await self._crypto.decrypt_batch(request.items)
+        key_name = await self._authorize(context, "DecryptBatch", request.key_name, DECRYPT)
+        opened = await self._cipher.decrypt_batch(key_name, request.items)
         reply = kms_pb2.DecryptBatchReply()
         add = reply.results.add
         for result in opened:
@@ -97,51 +135,47 @@ class KMSService(kms_pb2_grpc.KMSServicer):
     async def HashField(
         self, request: kms_pb2.HashFieldRequest, context: grpc.aio.ServicerContext
     ) -> kms_pb2.HashFieldReply:
-        """The keyed blind index of a normalized value: exactly what the users table stores for lookups."""
-        await self._authorize(context, "HashField", ENCRYPT, DECRYPT)
-        return kms_pb2.HashFieldReply(hash=self._crypto.blind_index(request.field, request.value))
+        """The keyed blind index of a normalized value under the key's own blind-index key."""
+        key_name = await self._authorize(context, "HashField", request.key_name, ENCRYPT, DECRYPT)
+        return kms_pb2.HashFieldReply(hash=self._cipher.blind_index(key_name, request.field, request.value))
 
     async def Rewrap(self, request: kms_pb2.RewrapRequest, context: grpc.aio.ServicerContext) -> kms_pb2.RewrapReply:
-        """Re-encrypt under the active key; the plaintext never leaves the server."""
-        await self._authorize(context, "Rewrap", ENCRYPT)
-        sealed = await self._crypto.rewrap(request.field, request.ciphertext, dict(request.context))
+        """Re-encrypt under the key's active version; the plaintext never leaves the server."""
+        key_name = await self._authorize(context, "Rewrap", request.key_name, ENCRYPT)
+        sealed = await self._cipher.rewrap(key_name, request.field, request.ciphertext, dict(request.context))
         return kms_pb2.RewrapReply(ciphertext=sealed.ciphertext, key_version=sealed.key_version)
 
     async def RotateDataKey(
         self, request: kms_pb2.RotateDataKeyRequest, context: grpc.aio.ServicerContext
     ) -> kms_pb2.RotateDataKeyReply:
-        """Make a new active key; the previous one becomes decrypt-only."""
-        await self._authorize(context, "RotateDataKey", ADMIN)
-        if len(request.reason) > 200:
-            raise InvalidArgument("VALIDATION_ERROR", "reason must be at most 200 characters")
-        return kms_pb2.RotateDataKeyReply(key=key_info(await self._kms.rotate(request.reason)))
+        """Make a new active version of the key; the previous one becomes decrypt-only."""
+        key_name = await self._authorize(context, "RotateDataKey", request.key_name, ADMIN)
+        return kms_pb2.RotateDataKeyReply(key=key_info(await self._admin.rotate(key_name, request.reason)))
 
     async def GetActiveDataKey(
         self, request: kms_pb2.GetActiveDataKeyRequest, context: grpc.aio.ServicerContext
     ) -> kms_pb2.GetActiveDataKeyReply:
-        await self._authorize(context, "GetActiveDataKey", ADMIN, ENCRYPT)
-        return kms_pb2.GetActiveDataKeyReply(key=key_info(await self._kms.active_key()))
+        key_name = await self._authorize(context, "GetActiveDataKey", request.key_name, ADMIN, ENCRYPT)
+        return kms_pb2.GetActiveDataKeyReply(key=key_info(await self._admin.active_version(key_name)))
 
     async def GetDataKey(
         self, request: kms_pb2.GetDataKeyRequest, context: grpc.aio.ServicerContext
     ) -> kms_pb2.GetDataKeyReply:
-        await self._authorize(context, "GetDataKey", ADMIN)
-        if request.version <= 0:
-            raise InvalidArgument("VALIDATION_ERROR", "version must be a positive integer")
-        return kms_pb2.GetDataKeyReply(key=key_info(await self._kms.key_by_version(request.version)))
+        key_name = await self._authorize(context, "GetDataKey", request.key_name, ADMIN)
+        return kms_pb2.GetDataKeyReply(key=key_info(await self._admin.version(key_name, request.version)))
 
     async def ListDataKeys(
         self, request: kms_pb2.ListDataKeysRequest, context: grpc.aio.ServicerContext
     ) -> kms_pb2.ListDataKeysReply:
-        await self._authorize(context, "ListDataKeys", ADMIN)
-        page = await self._kms.list_keys(request.page_size, request.page_token, request.status)
-        return kms_pb2.ListDataKeysReply(keys=[key_info(k) for k in page.keys], next_page_token=page.next_page_token)
+        key_name = await self._authorize(context, "ListDataKeys", request.key_name, ADMIN)
+        page = await self._admin.list_versions(key_name, request.page_size, request.page_token, request.status)
+        return kms_pb2.ListDataKeysReply(keys=[key_info(k) for k in page.items], next_page_token=page.next_page_token)
 
     async def GetStatus(
         self, request: kms_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> kms_pb2.GetStatusReply:
-        await self._authorize(context, "GetStatus", ADMIN, ENCRYPT, DECRYPT)
-        status = await self._kms.status()
+        key_name = await self._authorize(context, "GetStatus", request.key_name, ADMIN, ENCRYPT, DECRYPT)
+        status = await self._admin.status(key_name)
         return kms_pb2.GetStatusReply(
             initialized=status.initialized,
             algorithm=status.algorithm,
@@ -152,20 +186,83 @@ class KMSService(kms_pb2_grpc.KMSServicer):
             active_encryption_count=status.active_encryption_count,
             counts=status.counts,
             storage_type=status.storage_type,
+            key_name=status.key_name,
         )
 
     async def PerformMaintenance(
         self, request: kms_pb2.PerformMaintenanceRequest, context: grpc.aio.ServicerContext
     ) -> kms_pb2.PerformMaintenanceReply:
-        """Mark expired keys, re-encrypt stored PII under retired keys, destroy keys nothing needs."""
-        await self._authorize(context, "PerformMaintenance", ADMIN)
+        """Rotate the key if due, mark expired versions, destroy versions whose scheduled destruction is due."""
+        key_name = await self._authorize(context, "PerformMaintenance", request.key_name, ADMIN)
         if request.batch_size < 0 or request.batch_size > 10_000:
             raise InvalidArgument("VALIDATION_ERROR", "batch_size must be between 0 (default) and 10000")
-        report = await self._kms.maintenance(batch_size=request.batch_size, dry_run=request.dry_run)
+        report = await self._admin.maintenance([key_name], batch_size=request.batch_size, dry_run=request.dry_run)
         return kms_pb2.PerformMaintenanceReply(
             expired_marked=report.expired_marked,
             records_reencrypted=report.records_reencrypted,
             keys_destroyed=report.keys_destroyed,
             remaining=report.remaining,
             done=report.done,
+        )
+
+    async def CreateKey(
+        self, request: kms_pb2.CreateKeyRequest, context: grpc.aio.ServicerContext
+    ) -> kms_pb2.CreateKeyReply:
+        """Create a named key (within the credential's key patterns) with its first active version."""
+        if not request.name:
+            raise InvalidArgument("VALIDATION_ERROR", "name is required", {"field": "name"})
+        key_name = await self._authorize(context, "CreateKey", request.name, ADMIN)
+        key = await self._admin.create_key(
+            key_name,
+            algorithm=request.algorithm,
+            rotate_interval_seconds=request.rotate_interval_seconds,
+            rotate_after_encryptions=request.rotate_after_encryptions,
+            destruction_wait_seconds=request.destruction_wait_seconds,
+            description=request.description,
+        )
+        return kms_pb2.CreateKeyReply(key=named_key_info(key))
+
+    async def GetKey(self, request: kms_pb2.GetKeyRequest, context: grpc.aio.ServicerContext) -> kms_pb2.GetKeyReply:
+        key_name = await self._authorize(context, "GetKey", request.name, ADMIN)
+        return kms_pb2.GetKeyReply(key=named_key_info(await self._admin.get_key(key_name)))
+
+    async def ListKeys(
+        self, request: kms_pb2.ListKeysRequest, context: grpc.aio.ServicerContext
+    ) -> kms_pb2.ListKeysReply:
+        """The named keys this credential may use, by name."""
+        credential = await self._credential(context, "ListKeys", None, ADMIN)
+        visible: Callable[[str], bool] = (
+            credential.may_use_key if credential is not None else (lambda name: not is_reserved(name))
+        )
+        page = await self._admin.list_keys(request.page_size, request.page_token, visible)
+        return kms_pb2.ListKeysReply(keys=[named_key_info(k) for k in page.items], next_page_token=page.next_page_token)
+
+    async def UpdateKey(
+        self, request: kms_pb2.UpdateKeyRequest, context: grpc.aio.ServicerContext
+    ) -> kms_pb2.UpdateKeyReply:
+        key_name = await self._authorize(context, "UpdateKey", request.name, ADMIN)
+        key = await self._admin.update_key(
+            key_name,
+            rotate_interval_seconds=request.rotate_interval_seconds,
+            rotate_after_encryptions=request.rotate_after_encryptions,
+            destruction_wait_seconds=request.destruction_wait_seconds,
+            description=request.description,
+        )
+        return kms_pb2.UpdateKeyReply(key=named_key_info(key))
+
+    async def ScheduleKeyDestruction(
+        self, request: kms_pb2.ScheduleKeyDestructionRequest, context: grpc.aio.ServicerContext
+    ) -> kms_pb2.ScheduleKeyDestructionReply:
+        """Schedule the destruction of a retired version after its waiting period."""
+        key_name = await self._authorize(context, "ScheduleKeyDestruction", request.key_name, ADMIN)
+        key = await self._admin.schedule_destruction(key_name, request.version, request.waiting_period_seconds)
+        return kms_pb2.ScheduleKeyDestructionReply(key=key_info(key))
+
+    async def CancelKeyDestruction(
+        self, request: kms_pb2.CancelKeyDestructionRequest, context: grpc.aio.ServicerContext
+    ) -> kms_pb2.CancelKeyDestructionReply:
+        """Cancel a pending destruction; the version decrypts again."""
+        key_name = await self._authorize(context, "CancelKeyDestruction", request.key_name, ADMIN)
+        return kms_pb2.CancelKeyDestructionReply(
+            key=key_info(await self._admin.cancel_destruction(key_name, request.version))
         )

@@ -1,36 +1,5 @@
-"""Field-level encryption KMS: root key, versioned data keys, crypto service, key storage.
+"""The pure parts of the KMS: the root key, data-key wrapping, the ciphertext envelope and its AEADs.
 
-Usable in-process without gRPC. The app container calls ``build_kms(...)``, awaits ``initialize()``
-and hands ``manager.crypto`` (an ``internal.biz.pii.FieldCipher``) to the use cases.
+No I/O and no gRPC. Named keys, the key cache, rotation, maintenance and policy checks are use cases in
+``internal.biz.kms*``; key storage and events are adapters in ``internal.data.kms*``.
 """
-
-from internal.pkg.kms.crypto import CryptoService, Decrypted, DecryptItem, EncryptBatchResult, EncryptItem
-from internal.pkg.kms.factory import build_kms
-from internal.pkg.kms.manager import (
-    KeyInfo,
-    KeyPage,
-    KMSManager,
-    KmsStatus,
-    MaintenanceProgress,
-    MaintenanceReport,
-    RootKeyMismatch,
-)
-from internal.pkg.kms.targets import ReencryptBatch, ReencryptionTarget
-
-__all__ = [
-    "CryptoService",
-    "DecryptItem",
-    "Decrypted",
-    "EncryptBatchResult",
-    "EncryptItem",
-    "KMSManager",
-    "KeyInfo",
-    "KeyPage",
-    "KmsStatus",
-    "MaintenanceProgress",
-    "MaintenanceReport",
-    "ReencryptBatch",
-    "ReencryptionTarget",
-    "RootKeyMismatch",
-    "build_kms",
-]

@@ -4,15 +4,21 @@ Layout (all integers big-endian)::
 
     offset  size  field
     0       1     magic 0xA7
-    1       1     format version (1)
-    2       4     data-key version (uint32)
+    1       1     format version (2; 1 before named keys)
+    2       4     data-key version (uint32) within its named key
     6       1     algorithm id (1 AES-256-GCM, 2 ChaCha20-Poly1305, 3 SM4-GCM)
     7       12    nonce (fresh random per encryption)
     19      n+16  ciphertext + 16-byte tag
 
 The associated data authenticates the first 7 header bytes (so the key version and algorithm cannot be
-edited), the field name and the sorted context map, each length-prefixed so that ("a", "bc") and
-("ab", "c") never encode alike. The nonce is authenticated implicitly by the AEAD.
+edited), the key name, the field name and the sorted context map, each length-prefixed so that ("a", "bc")
+and ("ab", "c") never encode alike. The nonce is authenticated implicitly by the AEAD. Because the key name
+is in the associated data, a ciphertext made under one named key never opens under another, even where two
+keys' versions share a number.
+
+Format 1 envelopes were made before named keys existed: their associated data has no key name, and every
+one of them belongs to the key ``default`` (the keys of that time became its versions), so they open
+under ``default`` only.
 
 SM4 takes a 16-byte key. Every data key is 32 random bytes whatever its algorithm (one storage and
 wrapping format); an SM4-GCM key uses HKDF-SHA256(data key, info="authkms/kms/sm4-gcm/v1")[:16].
@@ -39,7 +45,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from internal.biz.errors import DomainError, InvalidArgument
 
 MAGIC = 0xA7
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+LEGACY_FORMAT_VERSION = 1  # before named keys: no key name in the associated data
+LEGACY_KEY_NAME = "default"  # the one key format 1 envelopes can belong to
 NONCE_SIZE = 12
 TAG_SIZE = 16
 DATA_KEY_SIZE = 32
@@ -53,7 +61,8 @@ MAX_KEY_VERSION = 2**31 - 1  # the version column is a PostgreSQL INTEGER
 MAX_FIELD_CHARS = 128
 MAX_CONTEXT_ENTRIES = 64
 MAX_CONTEXT_CHARS = 1024
-_AD_DOMAIN = b"authkms/kms/ad/v1"
+_AD_DOMAIN = b"authkms/kms/ad/v2"
+_LEGACY_AD_DOMAIN = b"authkms/kms/ad/v1"
 _SM4_INFO = b"authkms/kms/sm4-gcm/v1"
 
 
@@ -96,15 +105,16 @@ def algorithm_for_new_key(name: str) -> Algorithm:
 
 
 class DataKey:
-    """An unwrapped data key, ready to seal and open. Never shows its material."""
+    """An unwrapped version of a named key, ready to seal and open. Never shows its material."""
 
-    __slots__ = ("_aead", "_sm4_key", "algorithm", "version")
+    __slots__ = ("_aead", "_sm4_key", "algorithm", "key_name", "version")
 
-    def __init__(self, version: int, algorithm: Algorithm, material: bytes) -> None:
+    def __init__(self, key_name: str, version: int, algorithm: Algorithm, material: bytes) -> None:
         if len(material) != DATA_KEY_SIZE:
             raise ValueError("data keys are 32 bytes")
         if algorithm not in ALGORITHM_IDS:
             raise ValueError("unsupported data-key algorithm")
+        self.key_name = key_name
         self.version = version
         self.algorithm = algorithm
         self._aead: AESGCM | ChaCha20Poly1305 | None = None
@@ -117,7 +127,8 @@ class DataKey:
             self._sm4_key = HKDF(algorithm=hashes.SHA256(), length=16, salt=None, info=_SM4_INFO).derive(material)
 
     def __repr__(self) -> str:
-        return f"DataKey(version={self.version}, algorithm={self.algorithm.value}, <material hidden>)"
+        algorithm = self.algorithm.value
+        return f"DataKey({self.key_name!r}, version={self.version}, algorithm={algorithm}, <material hidden>)"
 
     def __reduce__(self) -> tuple[Any, ...]:
         raise TypeError("DataKey cannot be pickled")
@@ -142,6 +153,7 @@ class DataKey:
 
 @dataclass(frozen=True)
 class Header:
+    format: int
     key_version: int
     algorithm: Algorithm
     nonce: bytes
@@ -173,12 +185,18 @@ def check_plaintext(value: object, limit: int) -> bytes:
 _LENGTH = struct.Struct(">I")
 
 
-def associated_data(prefix: bytes, field: str, context: Mapping[str, str]) -> bytes:
-    """Canonical, unambiguous encoding of (header prefix, field, sorted context): each part length-prefixed."""
+def associated_data(prefix: bytes, key_name: str | None, field: str, context: Mapping[str, str]) -> bytes:
+    """Canonical, unambiguous encoding of (header prefix, key name, field, sorted context): each part
+    length-prefixed. ``key_name`` None: the format 1 encoding, which had no key name."""
     pack = _LENGTH.pack
     try:
         name = field.encode("utf-8")
-        parts = [_AD_DOMAIN, pack(len(prefix)), prefix, pack(len(name)), name, pack(len(context))]
+        if key_name is None:
+            parts = [_LEGACY_AD_DOMAIN, pack(len(prefix)), prefix]
+        else:
+            encoded_key_name = key_name.encode("utf-8")
+            parts = [_AD_DOMAIN, pack(len(prefix)), prefix, pack(len(encoded_key_name)), encoded_key_name]
+        parts += (pack(len(name)), name, pack(len(context)))
         for key in sorted(context):
             encoded_key, encoded_value = key.encode("utf-8"), context[key].encode("utf-8")
             parts += (pack(len(encoded_key)), encoded_key, pack(len(encoded_value)), encoded_value)
@@ -193,9 +211,15 @@ def parse_header(ciphertext: bytes) -> Header:
         raise ciphertext_invalid()
     magic, fmt, version, alg_id = _PREFIX.unpack_from(ciphertext)
     algorithm = _BY_ID.get(alg_id)
-    if magic != MAGIC or fmt != FORMAT_VERSION or algorithm is None or not 0 < version <= MAX_KEY_VERSION:
+    known_format = fmt in (FORMAT_VERSION, LEGACY_FORMAT_VERSION)
+    if magic != MAGIC or not known_format or algorithm is None or not 0 < version <= MAX_KEY_VERSION:
         raise ciphertext_invalid()
-    return Header(version, algorithm, bytes(ciphertext[_PREFIX.size : HEADER_SIZE]))
+    return Header(fmt, version, algorithm, bytes(ciphertext[_PREFIX.size : HEADER_SIZE]))
+
+
+def is_legacy(ciphertext: bytes) -> bool:
+    """Whether a stored envelope predates named keys (format 1, so it belongs to ``default``)."""
+    return parse_header(ciphertext).format == LEGACY_FORMAT_VERSION
 
 
 def sealed_algorithm(ciphertext: bytes) -> str:
@@ -263,7 +287,8 @@ class Sealer:
         validate_binding(field, context)
         if len(self._by_field) >= self.MAX_CACHED_FIELDS:
             self._by_field.clear()  # callers choose field names: keep the cache bounded
-        cached = self._by_field[field] = (tuple(context.items()), associated_data(self._prefix, field, context))
+        entries = tuple(context.items())
+        cached = self._by_field[field] = (entries, associated_data(self._prefix, self.key.key_name, field, context))
         return cached
 
     def seal(self, field: str, plaintext: bytes, context: Mapping[str, str]) -> bytes:
@@ -278,7 +303,13 @@ class Sealer:
         header = header or parse_header(ciphertext)
         if header.key_version != self.key.version or header.algorithm is not self.key.algorithm:
             raise ciphertext_invalid()
-        ad = self.binding(field, context)[1]
+        if header.format == LEGACY_FORMAT_VERSION:
+            if self.key.key_name != LEGACY_KEY_NAME:
+                raise ciphertext_invalid()
+            validate_binding(field, context)
+            ad = associated_data(bytes(ciphertext[: _PREFIX.size]), None, field, context)
+        else:
+            ad = self.binding(field, context)[1]
         try:
             return self.key._open(header.nonce, bytes(ciphertext[HEADER_SIZE:]), ad)
         except (InvalidTag, ValueError):

@@ -2,7 +2,7 @@
 
 The root key never leaves this process and is never stored. It only derives purpose-bound subkeys
 (HKDF-SHA256, one ``info`` label per purpose): the key that wraps data keys, the key behind the
-``key_hash`` column, and one blind-index key per field. Nothing here logs or prints key bytes.
+``key_hash`` column, and one blind-index key per named key and field. Nothing here logs or prints key bytes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,12 @@ KEY_LENGTHS = (16, 24, 32)
 
 WRAP_KEY_INFO = b"authkms/kms/wrap-data-key/v1"
 VERIFY_KEY_INFO = b"authkms/kms/data-key-hash/v1"
-BLIND_INDEX_INFO_PREFIX = b"blind-index:"
+# Before named keys there was one blind-index key per field; ``default`` keeps it, so hashes callers stored
+# stay valid. Every other named key's info names the key (length-prefixed, under its own label), so no two
+# keys share a blind-index key.
+LEGACY_BLIND_INDEX_INFO_PREFIX = b"blind-index:"
+LEGACY_BLIND_INDEX_KEY_NAME = "default"
+BLIND_INDEX_INFO_PREFIX = b"authkms/kms/blind-index/v2"
 
 
 def _invalid(message: str) -> InvalidArgument:
@@ -84,8 +89,11 @@ class RootKey:
     def verification_key(self) -> bytes:
         return self.derive(VERIFY_KEY_INFO)
 
-    def blind_index_key(self, field: str) -> bytes:
-        return self.derive(BLIND_INDEX_INFO_PREFIX + field.encode())
+    def blind_index_key(self, key_name: str, field: str) -> bytes:
+        if key_name == LEGACY_BLIND_INDEX_KEY_NAME:
+            return self.derive(LEGACY_BLIND_INDEX_INFO_PREFIX + field.encode())
+        name = key_name.encode()
+        return self.derive(BLIND_INDEX_INFO_PREFIX + len(name).to_bytes(2, "big") + name + b":" + field.encode())
 
     def wipe(self) -> None:
         for i in range(len(self._key)):

@@ -1,12 +1,16 @@
-"""Field encryption and keyed blind indexes (implements ``internal.biz.pii.FieldCipher``).
+"""Field encryption and keyed blind indexes under named keys: the data plane of kms.v1 and of users' PII.
 
-Steady-state encryption touches neither PostgreSQL nor Redis: the active key comes from the manager's
-in-memory cache and the per-key encryption count is kept in memory and flushed by the manager's
-background task. A small value is sealed inline (AES-GCM on a few KiB costs microseconds, far less
+Steady-state encryption touches neither PostgreSQL nor Redis: the active version of each named key comes
+from the key ring's in-memory cache, and per-version encryption counts are kept in memory and flushed by the
+ring's background task. A small value is sealed inline (AES-GCM on a few KiB costs microseconds, far less
 than a hop to a worker thread, measured at ~50–200 µs); a single value whose estimated cost exceeds
-``THREAD_COST_THRESHOLD`` (≈ 1 MiB of AES-GCM, ≈ 20 KiB of SM4-GCM) is sealed in a thread so the event
-loop stays responsive. Batches are sealed inline in chunks of bounded cost, yielding to the event loop
-between chunks: per-item work is interpreter-bound, so a thread would only add hand-over costs.
+``THREAD_COST_THRESHOLD`` (≈ 1 MiB of AES-GCM, ≈ 20 KiB of SM4-GCM) is sealed in a thread so the event loop
+stays responsive. Batches are sealed inline in chunks of bounded cost, yielding to the event loop between
+chunks: per-item work is interpreter-bound, so a thread would only add hand-over costs.
+
+``KmsCipher`` does no access control: the kms.v1 service checks the caller's credential first
+(``internal.biz.credentials``), and the service's own use cases reach users' PII only through
+``UsersPiiCipher``, bound to the reserved users' key.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import hmac
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from internal.biz import pii
 from internal.biz.errors import DomainError, InvalidArgument
+from internal.biz.kms import DEFAULT_KEY, USERS_KEY
+from internal.biz.kms_keyring import KeyRing
 from internal.biz.pii import Sealed
 from internal.pkg.kms.envelope import (
     COST_PER_BYTE,
@@ -31,6 +36,7 @@ from internal.pkg.kms.envelope import (
     SealedValue,
     Sealer,
     check_plaintext,
+    is_legacy,
     key_versions,
     open_many,
     open_sealed,
@@ -47,24 +53,6 @@ CHUNK_COST = 16 << 20
 MAX_INDEX_VALUE_CHARS = 1024
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 _PHONE_SEPARATORS = re.compile(r"[\s\-().]")
-
-
-class KeyProvider(Protocol):
-    """The key cache the manager keeps; only the ``load_*`` methods may do I/O (cache misses)."""
-
-    def cached_active(self) -> DataKey | None: ...
-
-    async def load_active(self) -> DataKey: ...
-
-    def cached(self, version: int) -> DataKey | None: ...
-
-    async def load(self, version: int) -> DataKey: ...
-
-    def count_encryptions(self, version: int, n: int) -> None: ...
-
-    def blind_index_key(self, field: str) -> bytes: ...
-
-    def drop_cached_keys(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -89,7 +77,7 @@ class Decrypted:
 
 @dataclass(frozen=True)
 class EncryptBatchResult:
-    algorithm: str  # of the one active key used for the whole batch
+    algorithm: str  # of the one active version used for the whole batch
     key_version: int
     results: list[bytes | DomainError]  # one ciphertext or error per item, same order
 
@@ -111,59 +99,65 @@ def normalize_index_value(field_name: str, value: str) -> str:
     return normalized
 
 
-class CryptoService:
+class KmsCipher:
+    """Seal, open and blind-index values under a named key (``key_name`` already validated and authorized)."""
+
     def __init__(
         self,
-        keys: KeyProvider,
+        ring: KeyRing,
         *,
         max_plaintext_bytes: int,
         max_batch_items: int,
         thread_cost_threshold: int = THREAD_COST_THRESHOLD,
     ) -> None:
-        self._keys = keys
+        self._ring = ring
         self.max_plaintext_bytes = max_plaintext_bytes
         self.max_batch_items = max_batch_items
         self._thread_cost = thread_cost_threshold
-        self._index_keys: dict[str, bytes] = {}
-        self._current_sealer: Sealer | None = None
+        self._index_keys: dict[tuple[str, str], bytes] = {}
+        self._sealers: dict[str, Sealer] = {}
 
     def __repr__(self) -> str:
-        return "CryptoService(<keys hidden>)"
+        return "KmsCipher(<keys hidden>)"
 
     def _sealer(self, key: DataKey) -> Sealer:
-        """The sealer of ``key``, kept while it stays the active key (its binding cache is per key)."""
-        sealer = self._current_sealer
+        """The sealer of ``key``, kept while it stays its named key's active version (its binding cache is per
+        version)."""
+        sealer = self._sealers.get(key.key_name)
         if sealer is None or sealer.key is not key:
-            sealer = self._current_sealer = Sealer(key)
+            if len(self._sealers) >= 10_000:
+                self._sealers.clear()
+            sealer = self._sealers[key.key_name] = Sealer(key)
         return sealer
 
     def _heavy(self, size: int, key: DataKey) -> bool:
         """Whether sealing or opening ``size`` bytes under ``key`` should leave the event loop for a thread."""
         return ITEM_COST + size * COST_PER_BYTE[key.algorithm] > self._thread_cost
 
-    async def _active(self) -> DataKey:
-        return self._keys.cached_active() or await self._keys.load_active()
+    async def _active(self, key_name: str) -> DataKey:
+        return self._ring.cached_active(key_name) or await self._ring.load_active(key_name)
 
-    async def _key(self, version: int) -> DataKey:
-        return self._keys.cached(version) or await self._keys.load(version)
+    async def _key(self, key_name: str, version: int) -> DataKey:
+        return self._ring.cached(key_name, version) or await self._ring.load(key_name, version)
 
-    async def encrypt(self, field: str, plaintext: bytes, context: Mapping[str, str]) -> Sealed:
-        """Seal under the active key. Errors: VALIDATION_ERROR, PLAINTEXT_TOO_LARGE, KMS_NOT_INITIALIZED."""
+    async def encrypt(self, key_name: str, field: str, plaintext: bytes, context: Mapping[str, str]) -> Sealed:
+        """Seal under the key's active version. Errors: VALIDATION_ERROR, PLAINTEXT_TOO_LARGE, KEY_NOT_FOUND."""
         data = check_plaintext(plaintext, self.max_plaintext_bytes)
-        key = await self._active()
+        key = await self._active(key_name)
         sealer = self._sealer(key)
         if self._heavy(len(data), key):
             ciphertext = await asyncio.to_thread(sealer.seal, field, data, context)
         else:  # the common case, inline: this is the Encrypt RPC's hot path
             ciphertext = sealer.seal(field, data, context)
-        self._keys.count_encryptions(key.version, 1)
+        self._ring.count_encryptions(key_name, key.version, 1)
         return Sealed(ciphertext, key.version)
 
-    async def decrypt_with_version(self, field: str, ciphertext: bytes, context: Mapping[str, str]) -> Decrypted:
-        """Open a value; CIPHERTEXT_INVALID on any mismatch, KEY_NOT_FOUND for unknown/destroyed keys."""
+    async def decrypt(self, key_name: str, field: str, ciphertext: bytes, context: Mapping[str, str]) -> Decrypted:
+        """Open a value; CIPHERTEXT_INVALID on any mismatch (another key's ciphertext included), KEY_NOT_FOUND
+        for unknown or destroyed versions, KEY_PENDING_DESTRUCTION for a version scheduled for destruction."""
         header = parse_header(ciphertext)
         validate_binding(field, context)
-        key = await self._key(header.key_version)
+        key = await self._key(key_name, header.key_version)
         data = bytes(ciphertext)
         if self._heavy(len(data), key):
             plaintext = await asyncio.to_thread(open_sealed, key, field, data, context)
@@ -171,23 +165,23 @@ class CryptoService:
             plaintext = open_sealed(key, field, data, context)
         return Decrypted(plaintext, key.version)
 
-    async def decrypt(self, field: str, ciphertext: bytes, context: Mapping[str, str]) -> bytes:
-        return (await self.decrypt_with_version(field, ciphertext, context)).plaintext
+    async def rewrap(self, key_name: str, field: str, ciphertext: bytes, context: Mapping[str, str]) -> Sealed:
+        """The same plaintext re-encrypted under the key's active version; the plaintext never leaves this call."""
+        opened = await self.decrypt(key_name, field, ciphertext, context)
+        return await self.encrypt(key_name, field, opened.plaintext, context)
 
-    async def rewrap(self, field: str, ciphertext: bytes, context: Mapping[str, str]) -> Sealed:
-        """The same plaintext re-encrypted under the active key; the plaintext never leaves this call."""
-        opened = await self.decrypt_with_version(field, ciphertext, context)
-        return await self.encrypt(field, opened.plaintext, context)
-
-    def blind_index(self, field: str, value: str) -> str:
-        """64 hex chars: HMAC-SHA256 under HKDF(root key, "blind-index:" + field) of the normalized value."""
+    def blind_index(self, key_name: str, field: str, value: str) -> str:
+        """64 hex chars: HMAC-SHA256 under the key's own blind-index key for ``field``, of the normalized value."""
         if not isinstance(field, str) or not field or len(field) > MAX_FIELD_CHARS:
             raise InvalidArgument("VALIDATION_ERROR", f"field must be 1..{MAX_FIELD_CHARS} characters")
         normalized = normalize_index_value(field, value)
-        key = self._index_keys.get(field)
-        if key is None:
-            key = self._index_keys[field] = self._keys.blind_index_key(field)
-        return hmac.new(key, normalized.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+        slot = (key_name, field)
+        index_key = self._index_keys.get(slot)
+        if index_key is None:
+            if len(self._index_keys) >= 10_000:
+                self._index_keys.clear()
+            index_key = self._index_keys[slot] = self._ring.blind_index_key(key_name, field)
+        return hmac.new(index_key, normalized.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
     def _chunk_items(self, *keys: DataKey | DomainError) -> int:
         """Items per batch chunk: bounded by count and by the cost of the largest allowed plaintexts."""
@@ -200,25 +194,25 @@ class CryptoService:
                 "BATCH_TOO_LARGE", f"batch exceeds {self.max_batch_items} items", {"limit": str(self.max_batch_items)}
             )
 
-    async def encrypt_batch(self, items: Sequence[FieldValue]) -> EncryptBatchResult:
-        """One active key for the whole batch; a bad item fails alone with its own error."""
+    async def encrypt_batch(self, key_name: str, items: Sequence[FieldValue]) -> EncryptBatchResult:
+        """One active version for the whole batch; a bad item fails alone with its own error."""
         self._check_batch(len(items))
-        key = await self._active()
+        key = await self._active(key_name)
         results: list[bytes | DomainError] = []
         for start in range(0, len(items), chunk := self._chunk_items(key)):
             if start:
                 await asyncio.sleep(0)  # let other calls run between chunks
             results += self._sealer(key).seal_many(items[start : start + chunk], self.max_plaintext_bytes)
-        self._keys.count_encryptions(key.version, sum(type(r) is bytes for r in results))
+        self._ring.count_encryptions(key_name, key.version, sum(type(r) is bytes for r in results))
         return EncryptBatchResult(key.algorithm.value, key.version, results)
 
-    async def decrypt_batch(self, items: Sequence[SealedValue]) -> list[Decrypted | DomainError]:
+    async def decrypt_batch(self, key_name: str, items: Sequence[SealedValue]) -> list[Decrypted | DomainError]:
         """One result per item, same order; each item fails alone."""
         self._check_batch(len(items))
         keys: dict[int, DataKey | DomainError] = {}
         for version in key_versions(items):
             try:
-                keys[version] = await self._key(version)
+                keys[version] = await self._key(key_name, version)
             except DomainError as exc:
                 keys[version] = exc
         results: list[Decrypted | DomainError] = []
@@ -229,11 +223,37 @@ class CryptoService:
                 results.append(opened if isinstance(opened, DomainError) else Decrypted(*opened))
         return results
 
-    def clear_cache(self) -> None:
-        """Drop every cached key: unwrapped data keys (reloaded on next use) and blind-index keys."""
+    def drop_cache(self) -> None:
+        """Drop every cached key: sealers, blind-index keys and the ring's unwrapped versions."""
         self._index_keys.clear()
-        self._current_sealer = None  # it holds the active data key
-        self._keys.drop_cached_keys()
+        self._sealers.clear()
+        self._ring.drop_cache()
 
-    def drop_index_keys(self) -> None:
-        self._index_keys.clear()
+
+class UsersPiiCipher:
+    """``pii.FieldCipher`` for users' PII: the reserved users' key, which no service credential can reach.
+
+    Values stored before named keys (format 1 envelopes, under ``default``) still open here and are moved onto
+    the users' key by maintenance; until then a lookup also tries the blind index ``default`` gave them."""
+
+    def __init__(self, cipher: KmsCipher, key_name: str = USERS_KEY) -> None:
+        self._cipher = cipher
+        self._key_name = key_name
+
+    async def encrypt(self, field: str, plaintext: bytes, context: Mapping[str, str]) -> Sealed:
+        return await self._cipher.encrypt(self._key_name, field, plaintext, context)
+
+    async def decrypt(self, field: str, ciphertext: bytes, context: Mapping[str, str]) -> bytes:
+        key_name = DEFAULT_KEY if is_legacy(ciphertext) else self._key_name
+        return (await self._cipher.decrypt(key_name, field, ciphertext, context)).plaintext
+
+    def is_current(self, ciphertext: bytes, active_version: int) -> bool:
+        """Whether a stored value is already under the users' key at ``active_version`` or later."""
+        return not is_legacy(ciphertext) and parse_header(ciphertext).key_version >= active_version
+
+    def blind_index(self, field: str, value: str) -> str:
+        return self._cipher.blind_index(self._key_name, field, value)
+
+    def lookup_hashes(self, field: str, value: str) -> list[str]:
+        """Every blind index a stored row for ``value`` may hold: the users' key's, and the one from before."""
+        return [self.blind_index(field, value), self._cipher.blind_index(DEFAULT_KEY, field, value)]

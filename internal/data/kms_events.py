@@ -1,11 +1,9 @@
-"""Cross-replica key-cache invalidation.
+"""Cross-replica key-cache invalidation over Redis pub/sub (implements ``internal.biz.kms.KeyEvents``).
 
-After a rotation or a key destruction the replica that did it publishes a ``KeyEvent`` on the Redis
-channel ``<key_prefix>kms:key-events``; every replica drops its key cache and reloads the active key.
-Pub/sub is fire-and-forget (a replica that is disconnected misses messages), so the manager also
-re-reads the stored active version every ``kms.cache_recheck_interval``; after reconnecting, the
-subscriber asks for a full resync. Bound: a replica stops encrypting under a retired key within the
-pub/sub latency (milliseconds), and at worst within ``cache_recheck_interval``.
+After a change to a named key the replica that made it publishes a ``KeyEvent`` on the channel
+``<key_prefix>kms:key-events``; every other replica drops what it cached of that key. Pub/sub is
+fire-and-forget (a disconnected replica misses messages), so the key ring also re-reads every key's
+generation each ``kms.cache_recheck_interval``; after reconnecting, the subscriber asks for a full resync.
 """
 
 from __future__ import annotations
@@ -14,12 +12,12 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+from internal.biz.kms import EventHandler, KeyEvent
 
 log = logging.getLogger(__name__)
 
@@ -30,26 +28,16 @@ def channel_name(key_prefix: str) -> str:
     return f"{key_prefix}{CHANNEL_SUFFIX}"
 
 
-@dataclass(frozen=True)
-class KeyEvent:
-    kind: str  # "rotated" or "destroyed"
-    version: int
-    origin: str  # instance id of the publishing manager
-
-    def encode(self) -> str:
-        return json.dumps({"kind": self.kind, "version": self.version, "origin": self.origin})
-
-    @classmethod
-    def decode(cls, data: bytes | str) -> KeyEvent | None:
-        try:
-            item = json.loads(data)
-            return cls(str(item["kind"]), int(item["version"]), str(item["origin"]))
-        except (ValueError, KeyError, TypeError):
-            return None
+def encode(event: KeyEvent) -> str:
+    return json.dumps({"kind": event.kind, "key": event.key_name, "version": event.version, "origin": event.origin})
 
 
-# Called with an event, or with None when events may have been missed (resynchronize).
-EventHandler = Callable[[KeyEvent | None], Awaitable[None]]
+def decode(data: bytes | str) -> KeyEvent | None:
+    try:
+        item = json.loads(data)
+        return KeyEvent(str(item["kind"]), str(item["key"]), int(item["version"]), str(item["origin"]))
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
@@ -57,32 +45,7 @@ async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
     task.cancel()
     await asyncio.wait({task})
     if not task.cancelled() and task.exception() is not None:
-        log.error("kms background task failed", exc_info=task.exception())
-
-
-class KeyEvents(Protocol):
-    async def start(self, handler: EventHandler) -> None:
-        """Begin delivering events; the subscription is live when this returns."""
-        ...
-
-    async def publish(self, event: KeyEvent) -> None:
-        """Best effort: a failure is logged, never raised (the periodic re-check covers it)."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-class NoopKeyEvents:
-    """Single process or file storage: nothing to tell; the periodic re-check still runs."""
-
-    async def start(self, handler: EventHandler) -> None:
-        return None
-
-    async def publish(self, event: KeyEvent) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
+        log.error("kms key events task failed", exc_info=task.exception())
 
 
 class RedisKeyEvents:
@@ -144,13 +107,13 @@ class RedisKeyEvents:
                 continue
             if message is None or message.get("type") != "message":
                 continue
-            event = KeyEvent.decode(message["data"])
+            event = decode(message["data"])
             if event is not None:
                 await self._deliver(handler, event)
 
     async def publish(self, event: KeyEvent) -> None:
         try:
-            await self._redis.publish(self.channel, event.encode())
+            await self._redis.publish(self.channel, encode(event))
         except (RedisError, OSError) as exc:
             log.warning("kms key events: publish failed", extra={"error": type(exc).__name__})
 
