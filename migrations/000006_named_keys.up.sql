@@ -20,6 +20,8 @@ CREATE TRIGGER kms_keys_set_updated_at BEFORE UPDATE ON kms_keys
 INSERT INTO kms_keys (name) VALUES ('default');
 
 DROP VIEW kms_data_key_statistics;
+-- 'pending_destruction' (19 characters) does not fit the VARCHAR(16) of migration 000002.
+ALTER TABLE kms_data_keys ALTER COLUMN status TYPE VARCHAR(32);
 ALTER TABLE kms_data_keys ADD COLUMN key_name VARCHAR(63) NOT NULL DEFAULT 'default' REFERENCES kms_keys (name);
 ALTER TABLE kms_data_keys ALTER COLUMN key_name DROP DEFAULT;
 ALTER TABLE kms_data_keys ADD COLUMN destroy_after TIMESTAMPTZ;

@@ -56,32 +56,54 @@ async def test_concurrent_runners_apply_each_step_once(scratch_db: str) -> None:
     assert applied == [m.version for m in discover()]
 
 
-async def test_database_allows_at_most_one_active_key(scratch_db: str) -> None:
+async def test_database_allows_at_most_one_active_version_per_key(scratch_db: str) -> None:
     await migrate_up(scratch_db)
     insert = (
-        "INSERT INTO kms_data_keys (id, version, algorithm, encrypted_key, key_hash, status) "
-        "VALUES ($1, $2, 'AES-256-GCM', '\\x00', repeat('0', 64), 'active')"
+        "INSERT INTO kms_data_keys (key_name, id, version, algorithm, encrypted_key, key_hash, status) "
+        "VALUES ($1, $2, $3, 'AES-256-GCM', '\\x00', repeat('0', 64), 'active')"
     )
     conn = await asyncpg.connect(scratch_db)
     try:
-        await conn.execute(insert, uuid.uuid4(), 1)
+        await conn.execute("INSERT INTO kms_keys (name) VALUES ('orders')")
+        await conn.execute(insert, "default", uuid.uuid4(), 1)
+        # Versions are numbered per key: another key has its own version 1 and its own active version.
+        await conn.execute(insert, "orders", uuid.uuid4(), 1)
         with pytest.raises(asyncpg.UniqueViolationError):
-            await conn.execute(insert, uuid.uuid4(), 2)
+            await conn.execute(insert, "default", uuid.uuid4(), 2)
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(
+                "INSERT INTO kms_data_keys (key_name, id, version, algorithm, encrypted_key, key_hash, status) "
+                "VALUES ('orders', $1, 1, 'AES-256-GCM', '\\x00', repeat('0', 64), 'inactive')",
+                uuid.uuid4(),
+            )
+        with pytest.raises(asyncpg.ForeignKeyViolationError):
+            await conn.execute(insert, "nonexistent", uuid.uuid4(), 1)
+        # Every status the service writes fits the column ('pending_destruction' is the longest).
+        await conn.execute(
+            "INSERT INTO kms_data_keys (key_name, id, version, algorithm, encrypted_key, key_hash, status, "
+            "destroy_after) VALUES ('orders', $1, 2, 'AES-256-GCM', '\\x00', repeat('0', 64), "
+            "'pending_destruction', now())",
+            uuid.uuid4(),
+        )
     finally:
         await conn.close()
 
 
-async def test_schema_rejects_unknown_status_and_algorithm(pg_pool: asyncpg.Pool) -> None:
+async def test_schema_rejects_unknown_status_algorithm_and_key_names(pg_pool: asyncpg.Pool) -> None:
+    insert = (
+        "INSERT INTO kms_data_keys (key_name, id, version, algorithm, encrypted_key, key_hash, status) "
+        "VALUES ('default', $1, $2, $3, '\\x00', repeat('0', 64), $4)"
+    )
     async with pg_pool.acquire() as conn:
+        for version, algorithm, status in [
+            (900010, "DES", "inactive"),
+            (900011, "AES-256-GCM", "bogus"),
+            (900012, "AES-256-GCM", "pending_destruction"),  # a pending version must say when it goes
+        ]:
+            with pytest.raises(asyncpg.CheckViolationError):
+                await conn.execute(insert, uuid.uuid4(), version, algorithm, status)
+        for name in ("Orders", "1orders", "", "o" * 64, "orders key"):
+            with pytest.raises((asyncpg.CheckViolationError, asyncpg.StringDataRightTruncationError)):
+                await conn.execute("INSERT INTO kms_keys (name) VALUES ($1)", name)
         with pytest.raises(asyncpg.CheckViolationError):
-            await conn.execute(
-                "INSERT INTO kms_data_keys (id, version, algorithm, encrypted_key, key_hash, status) "
-                "VALUES ($1, 900010, 'DES', '\\x00', repeat('0', 64), 'inactive')",
-                uuid.uuid4(),
-            )
-        with pytest.raises(asyncpg.CheckViolationError):
-            await conn.execute(
-                "INSERT INTO kms_data_keys (id, version, algorithm, encrypted_key, key_hash, status) "
-                "VALUES ($1, 900011, 'AES-256-GCM', '\\x00', repeat('0', 64), 'bogus')",
-                uuid.uuid4(),
-            )
+            await conn.execute("INSERT INTO kms_keys (name, destruction_wait) VALUES ('short.wait', '1 day')")
