@@ -9,6 +9,7 @@ DELETE FROM kms_data_keys WHERE key_name <> 'default';
 ALTER TABLE kms_data_keys DROP CONSTRAINT kms_data_keys_pending_has_date;
 UPDATE kms_data_keys SET status = 'inactive' WHERE status = 'pending_destruction';
 ALTER TABLE kms_data_keys DROP CONSTRAINT kms_data_keys_status_check;
+ALTER TABLE kms_data_keys ALTER COLUMN status TYPE VARCHAR(16);
 ALTER TABLE kms_data_keys ADD CONSTRAINT kms_data_keys_status_check
     CHECK (status IN ('active', 'inactive', 'expired', 'revoked'));
 ALTER TABLE kms_data_keys ALTER COLUMN status TYPE VARCHAR(16);
