@@ -18,8 +18,8 @@ import grpc
 import pytest
 
 from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
-from internal.data.migrate import migrate_up
 from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
+from internal.data.migrate import migrate_up
 from tests.e2e.harness import ServerProcess, start_server
 from tests.e2e.test_kms_e2e import auth, cli, reason
 
