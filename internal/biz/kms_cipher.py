@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from internal.biz import pii
 from internal.biz.errors import DomainError, InvalidArgument
-from internal.biz.kms import DEFAULT_KEY, USERS_KEY
+from internal.biz.kms import DEFAULT_KEY, USERS_KEY, not_initialized
 from internal.biz.kms_keyring import KeyRing
 from internal.biz.pii import Sealed
 from internal.pkg.kms.envelope import (
@@ -175,6 +175,9 @@ class KmsCipher:
         if not isinstance(field, str) or not field or len(field) > MAX_FIELD_CHARS:
             raise InvalidArgument("VALIDATION_ERROR", f"field must be 1..{MAX_FIELD_CHARS} characters")
         normalized = normalize_index_value(field, value)
+        if not self._ring.initialized:
+            self.drop_cache()  # the ring was closed: let go of the keys derived from its root key
+            raise not_initialized()
         slot = (key_name, field)
         index_key = self._index_keys.get(slot)
         if index_key is None:
