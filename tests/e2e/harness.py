@@ -105,5 +105,3 @@ def start_server(tmp_path: Path, env: dict[str, str], args: tuple[str, ...] = ()
             stderr=subprocess.STDOUT,
         )
     return ServerProcess(proc, grpc_port, http_port, log_path, full_env)
-
-

@@ -315,8 +315,8 @@ def test_scheduled_destruction_is_pending_then_cancellable(module_server: Server
 
 
 @pytest.fixture
-def own_database(postgres_server_url: str) -> Iterator[str]:
-    """A database of its own (migrated), so maintenance here meets no other test's rows."""
+def empty_database(postgres_server_url: str) -> Iterator[str]:
+    """A database of its own, not yet migrated, dropped afterwards."""
     name = unique("test_own_")
 
     async def admin(sql: str) -> None:
@@ -327,12 +327,17 @@ def own_database(postgres_server_url: str) -> Iterator[str]:
             await conn.close()
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    url = urlunsplit(urlsplit(postgres_server_url)._replace(path="/" + name))
-    asyncio.run(migrate_up(url))
     try:
-        yield url
+        yield urlunsplit(urlsplit(postgres_server_url)._replace(path="/" + name))
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def own_database(empty_database: str) -> str:
+    """A migrated database of its own, so maintenance here meets no other test's rows."""
+    asyncio.run(migrate_up(empty_database))
+    return empty_database
 
 
 def test_scheduled_rotation_and_maintenance_never_break_a_callers_ciphertext(
