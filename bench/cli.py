@@ -2,8 +2,9 @@
 
 One run, one fresh database and Redis prefix, one credential; everything below is measured in this run:
 
-1. KMS Encrypt RPC rate ÷ grpc.health.v1 Check RPC rate on the same server, same client design; three
-   alternating rounds of each (one with --quick), each rate the mean of its rounds.
+1. KMS Encrypt RPC rate (on one named key) ÷ grpc.health.v1 Check RPC rate on the same server, same client
+   design; three alternating rounds of each (one with --quick), each rate the mean of its rounds. Beside it,
+   Encrypt spread over 100 named keys (successive calls on different keys) ÷ Encrypt on one key.
 2. EncryptBatch (1,000 × 32-byte fields) fields/s ÷ in-process AES-GCM encryptions/s; beside it the same
    load against ``bench.floor``, a servicer doing nothing but the AEAD calls, as a yardstick.
 3. PostgreSQL statements per Encrypt in steady state (``db_queries_total`` around the Encrypt run).
@@ -38,6 +39,7 @@ from bench.measure import (
     CpuSampler,
     aesgcm_rate,
     argon2_hash_times,
+    create_keys,
     db_queries,
     login_times,
     register_user,
@@ -54,6 +56,8 @@ DEFAULT_OUTPUT = ROOT / "bench" / "results" / "latest.json"
 # Per-call statements would show as ≥ 1 per call (or 1/(rate·ttl) for a cache); the periodic background
 # statements (key re-check, count flush, credential-cache refresh: a few per 5 s) stay far below this.
 QUERIES_PER_CALL_BOUND = 0.01
+ONE_KEY = "bench.one"
+SPREAD_KEYS = tuple(f"bench.spread.k{i:03d}" for i in range(100))
 
 
 @dataclass(frozen=True)
@@ -205,7 +209,8 @@ def _measure(run: Run, token: str) -> None:
     s, report, details = run.s, run.report, run.report.details
     _say("starting the server (1 worker)")
     server = run.start()
-    warm_up_kms(server.target, token)
+    create_keys(server.target, token, (ONE_KEY, *SPREAD_KEYS))
+    warm_up_kms(server.target, token, (ONE_KEY, *SPREAD_KEYS))
 
     # 1 + 3: Encrypt vs health Check, and statements per Encrypt around the Encrypt run.
     _say(f"idle server: statements for {min(s.seconds, 5):g} s")
@@ -216,24 +221,27 @@ def _measure(run: Run, token: str) -> None:
     # both rates alike; each rate is the mean over its rounds.
     checks: list[LoadResult] = []
     encrypts: list[LoadResult] = []
+    spreads: list[LoadResult] = []
     statements = 0.0
     busy_seconds = 0.0
     for _ in range(s.rounds):
         checks.append(run.load(server, "check", s.concurrency))
         busy_started, before = time.monotonic(), db_queries(server)
-        encrypts.append(run.load(server, "encrypt", s.concurrency, token=token))
+        encrypts.append(run.load(server, "encrypt", s.concurrency, token=token, key_names=(ONE_KEY,)))
         statements += db_queries(server) - before
         busy_seconds += time.monotonic() - busy_started
-    check, encrypt = _mean(checks), _mean(encrypts)
+        spreads.append(run.load(server, "encrypt", s.concurrency, token=token, key_names=SPREAD_KEYS))
+    check, encrypt, spread_keys = _mean(checks), _mean(encrypts), _mean(spreads)
     busy_rate = statements / busy_seconds
     per_call = statements / encrypt.total_calls
     details["check"] = asdict(check) | {"rounds": [c.rate for c in checks]}
     details["encrypt"] = asdict(encrypt) | {"rounds": [e.rate for e in encrypts]}
+    details["encrypt_100_keys"] = asdict(spread_keys) | {"rounds": [e.rate for e in spreads]}
     details["db_queries"] = {"statements": statements, "encrypt_calls": encrypt.total_calls,
                              "per_second_during_encrypt": busy_rate, "per_second_idle": idle_rate}
 
     # 2: EncryptBatch vs in-process AES-GCM.
-    batch = run.load(server, "batch", s.batch_concurrency, token=token, batch_size=1000)
+    batch = run.load(server, "batch", s.batch_concurrency, token=token, batch_size=1000, key_names=(ONE_KEY,))
     details["batch"] = asdict(batch)
     _say("in-process AES-GCM and batch sealing")
     aes = aesgcm_rate(s.seconds)
@@ -268,11 +276,11 @@ def _measure(run: Run, token: str) -> None:
     # 5: a fresh start with two workers.
     _say("starting the server (--workers 2)")
     server2 = run.start(workers=2)
-    warm_up_kms(server2.target, token, calls=50)
+    warm_up_kms(server2.target, token, (ONE_KEY,), calls=50)
     with ConnectionSampler(server2.grpc_port) as sampler:
-        encrypt2 = run.load(server2, "encrypt", s.concurrency, token=token)
+        encrypt2 = run.load(server2, "encrypt", s.concurrency, token=token, key_names=(ONE_KEY,))
     # Batches need more calls in flight to keep two workers busy (each call holds a worker's loop ~4 ms).
-    batch2 = run.load(server2, "batch", 2 * s.batch_concurrency, token=token, batch_size=1000)
+    batch2 = run.load(server2, "batch", 2 * s.batch_concurrency, token=token, batch_size=1000, key_names=(ONE_KEY,))
     details["batch_2_workers"] = asdict(batch2)
     details["encrypt_2_workers"] = asdict(encrypt2) | {
         "connections_per_worker": sorted(sampler.best.values(), reverse=True)
@@ -281,7 +289,9 @@ def _measure(run: Run, token: str) -> None:
 
     report.add(Row("encrypt_check_ratio", "1. Encrypt rate ÷ health Check rate", encrypt.rate / check.rate,
                    goal=at_least(0.8)))
-    report.add(Row("encrypt_rps", "   Encrypt RPC rate", encrypt.rate, "/s"))
+    report.add(Row("encrypt_rps", "   Encrypt RPC rate (one named key)", encrypt.rate, "/s"))
+    report.add(Row("encrypt_keys_spread_ratio", "   Encrypt over 100 keys ÷ Encrypt on one key",
+                   spread_keys.rate / encrypt.rate, goal=at_least(0.9)))
     report.add(Row("check_rps", "   health Check RPC rate", check.rate, "/s"))
     report.add(Row("batch_aesgcm_ratio", "2. EncryptBatch fields/s ÷ in-process AES-GCM/s", batch.item_rate / aes,
                    goal=at_least(0.5), digits=3))
@@ -354,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         backend = new_backend(extra_env)
         _say(backend.describe())
         backend.cli("migrate", "up")
-        token = backend.create_credential(f"bench-{backend.run_id}", "kms.encrypt,kms.decrypt,kms.admin")
+        token = backend.create_credential(
+            f"bench-{backend.run_id}", "kms.encrypt,kms.decrypt,kms.admin", f"default,{ONE_KEY},bench.spread.*"
+        )
         run = Run(settings, backend, log_dir)
         _measure(run, token)
         failed = False

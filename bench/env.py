@@ -183,8 +183,8 @@ class Backend:
             raise BenchError(f"`{' '.join(args)}` exited {result.returncode}: {result.stderr.strip()[-2000:]}")
         return result.stdout
 
-    def create_credential(self, name: str, scopes: str) -> str:
-        out = self.cli("credentials", "create", "--name", name, "--scopes", scopes)
+    def create_credential(self, name: str, scopes: str, keys: str = "default") -> str:
+        out = self.cli("credentials", "create", "--name", name, "--scopes", scopes, "--keys", keys)
         token = out.strip().splitlines()[-1].strip() if out.strip() else ""
         if not token.startswith("akms_"):
             raise BenchError(f"credentials create printed no token: {out!r}")

@@ -10,6 +10,7 @@ server does for them. Any failed call fails the measurement.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing
 import os
 import queue
@@ -49,6 +50,7 @@ class LoadSpec:
     batch_size: int = 1000
     users: tuple[str, ...] = ()  # login: task i logs in as users[i % len(users)]
     tag: str = ""  # register: unique username prefix
+    key_names: tuple[str, ...] = ()  # encrypt: the named keys successive calls cycle through (empty: default)
 
     def __post_init__(self) -> None:
         if self.operation not in OPERATIONS:
@@ -105,10 +107,16 @@ def _make_call(spec: LoadSpec, channel: grpc.aio.Channel, task: int, proc: int, 
         return check
     if spec.operation == "encrypt":
         kms = kms_pb2_grpc.KMSStub(channel)
-        encrypt_request = kms_pb2.EncryptRequest(field=FIELD, plaintext=os.urandom(PLAINTEXT_BYTES), context=CONTEXT)
+        plaintext = os.urandom(PLAINTEXT_BYTES)
+        requests = [
+            kms_pb2.EncryptRequest(key_name=name, field=FIELD, plaintext=plaintext, context=CONTEXT)
+            for name in spec.key_names or ("",)
+        ]
+        turn = itertools.count(task)
 
         async def encrypt() -> int:
-            await kms.Encrypt(encrypt_request, metadata=metadata, timeout=CALL_TIMEOUT)
+            request = requests[next(turn) % len(requests)]
+            await kms.Encrypt(request, metadata=metadata, timeout=CALL_TIMEOUT)
             return 1
 
         return encrypt
@@ -118,7 +126,7 @@ def _make_call(spec: LoadSpec, channel: grpc.aio.Channel, task: int, proc: int, 
             kms_pb2.EncryptItem(field=FIELD, plaintext=os.urandom(PLAINTEXT_BYTES), context=CONTEXT)
             for _ in range(spec.batch_size)
         ]
-        batch_request = kms_pb2.EncryptBatchRequest(items=items)
+        batch_request = kms_pb2.EncryptBatchRequest(items=items, key_name=spec.key_names[0] if spec.key_names else "")
 
         async def batch() -> int:
             reply = await kms.EncryptBatch(batch_request, metadata=metadata, timeout=CALL_TIMEOUT)

@@ -79,7 +79,7 @@ def aesgcm_rate(seconds: float) -> float:
 def sealer_rate(seconds: float, batch_size: int = 1000) -> float:
     """Fields/s through the server's own batch sealing (``Sealer.seal_many``, AES-256-GCM) on the same fields
     the EncryptBatch load sends, parsed from the wire like the server does: the batch path without gRPC."""
-    key = DataKey(1, Algorithm.AES_256_GCM, os.urandom(32))
+    key = DataKey("bench.one", 1, Algorithm.AES_256_GCM, os.urandom(32))
     request = kms_pb2.EncryptBatchRequest(
         items=[
             kms_pb2.EncryptItem(field=FIELD, plaintext=os.urandom(PLAINTEXT_BYTES), context=CONTEXT)
@@ -118,13 +118,26 @@ def argon2_hash_times(params: Argon2Params, seconds: float, min_samples: int, ma
 # ---- sequential calls ---------------------------------------------------------------------------------
 
 
-def warm_up_kms(target: str, token: str, calls: int = 20) -> None:
-    """A few Encrypts so the credential and the active key are cached before anything is measured."""
+def warm_up_kms(target: str, token: str, key_names: tuple[str, ...] = ("",), calls: int = 20) -> None:
+    """A few Encrypts per key so the credential and the active keys are cached before anything is measured."""
     with grpc.insecure_channel(target) as channel:
         kms = kms_pb2_grpc.KMSStub(channel)
-        request = kms_pb2.EncryptRequest(field=FIELD, plaintext=os.urandom(PLAINTEXT_BYTES), context=CONTEXT)
-        for _ in range(calls):
-            kms.Encrypt(request, metadata=(("authorization", f"Bearer {token}"),), timeout=30)
+        for name in key_names:
+            request = kms_pb2.EncryptRequest(
+                key_name=name, field=FIELD, plaintext=os.urandom(PLAINTEXT_BYTES), context=CONTEXT
+            )
+            for _ in range(calls):
+                kms.Encrypt(request, metadata=(("authorization", f"Bearer {token}"),), timeout=30)
+
+
+def create_keys(target: str, token: str, names: tuple[str, ...]) -> None:
+    """Named keys for the benchmark, through the admin RPC."""
+    with grpc.insecure_channel(target) as channel:
+        kms = kms_pb2_grpc.KMSStub(channel)
+        for name in names:
+            kms.CreateKey(
+                kms_pb2.CreateKeyRequest(name=name), metadata=(("authorization", f"Bearer {token}"),), timeout=30
+            )
 
 
 def register_user(target: str, username: str) -> None:
