@@ -54,6 +54,9 @@ class FakeCipher:
         normalized = value.strip().lower() if field == pii.EMAIL else value.strip()
         return hmac.new(b"index-key-" + field.encode(), normalized.encode(), hashlib.sha256).hexdigest()
 
+    def lookup_hashes(self, field: str, value: str) -> list[str]:
+        return [self.blind_index(field, value)]
+
 
 class FakeUserRepo:
     def __init__(self) -> None:
@@ -101,11 +104,11 @@ class FakeUserRepo:
     async def find_by_username(self, username: str) -> User | None:
         return self._user(next((r for r in self.rows.values() if r["username"].lower() == username.lower()), None))
 
-    async def find_by_email_hash(self, email_hash: str) -> User | None:
-        return self._user(next((r for r in self.rows.values() if r["email_hash"] == email_hash), None))
+    async def find_by_email_hash(self, *email_hashes: str) -> User | None:
+        return self._user(next((r for r in self.rows.values() if r["email_hash"] in email_hashes), None))
 
-    async def find_by_phone_hash(self, phone_hash: str) -> User | None:
-        return self._user(next((r for r in self.rows.values() if r["phone_hash"] == phone_hash), None))
+    async def find_by_phone_hash(self, *phone_hashes: str) -> User | None:
+        return self._user(next((r for r in self.rows.values() if r["phone_hash"] in phone_hashes), None))
 
     async def update_password(self, user_id: int, password_hash: str) -> None:
         self.rows[user_id]["password_hash"] = password_hash
