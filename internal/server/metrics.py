@@ -25,15 +25,22 @@ log = logging.getLogger(__name__)
 # Set by the error interceptor when it maps a domain error, read here for the outcome label.
 error_reason: contextvars.ContextVar[str] = contextvars.ContextVar("error_reason", default="")
 
+# key_name is set only for calls that reached a key (a caller's mistake may name anything: labels stay bounded).
 KMS_OPERATIONS = Counter(
-    "kms_operations_total", "KMS operations (batch items counted one by one)", ["operation", "key_version", "outcome"]
+    "kms_operations_total",
+    "KMS operations (batch items counted one by one)",
+    ["operation", "key_name", "key_version", "outcome"],
 )
 # With --workers every worker publishes these; a scrape shows the latest value any of them set.
 _LATEST: Final = "mostrecent"
-KMS_ACTIVE_KEY_VERSION = Gauge("kms_active_key_version", "Version of the active data key", multiprocess_mode=_LATEST)
-KMS_ACTIVE_KEY_AGE = Gauge("kms_active_key_age_seconds", "Age of the active data key", multiprocess_mode=_LATEST)
+KMS_ACTIVE_KEY_VERSION = Gauge(
+    "kms_active_key_version", "Version of the key default's active data key", multiprocess_mode=_LATEST
+)
+KMS_ACTIVE_KEY_AGE = Gauge(
+    "kms_active_key_age_seconds", "Age of the key default's active data key", multiprocess_mode=_LATEST
+)
 KMS_ACTIVE_KEY_ENCRYPTIONS = Gauge(
-    "kms_active_key_encryptions", "Encryptions under the active data key", multiprocess_mode=_LATEST
+    "kms_active_key_encryptions", "Encryptions under the key default's active data key", multiprocess_mode=_LATEST
 )
 LOGINS = Counter("auth_logins_total", "Login attempts by outcome (success, or the error reason)", ["outcome"])
 CAPTCHAS = Counter("auth_captchas_issued_total", "Captchas issued (image) or codes sent (sms, email)", ["type"])
@@ -47,6 +54,9 @@ _KMS_OPERATIONS = {
     "HashField": "hash",
     "RotateDataKey": "rotate",
     "PerformMaintenance": "maintenance",
+    "CreateKey": "create_key",
+    "ScheduleKeyDestruction": "schedule_destruction",
+    "CancelKeyDestruction": "cancel_destruction",
 }
 _ITEM_KEY_VERSION = attrgetter("key_version")
 
@@ -61,16 +71,23 @@ def _key_version(reply: Any) -> str:
     return str(key.version) if key is not None else ""
 
 
-def _kms_operation(operation: str, version: object, outcome: str) -> Any:
+def _key_name(request: Any, reply: Any) -> str:
+    """The named key of a call that got a reply (empty request field: ``default``), else ""."""
+    if reply is None:
+        return ""
+    return getattr(request, "key_name", "") or getattr(request, "name", "") or "default"
+
+
+def _kms_operation(operation: str, key_name: str, version: object, outcome: str) -> Any:
     """The kms_operations_total child; cached, since the label sets are few and the data plane calls this a lot."""
-    labels = (operation, str(version), outcome)
+    labels = (operation, key_name, str(version), outcome)
     child = _KMS_CHILDREN.get(labels)
     if child is None:
         child = _KMS_CHILDREN[labels] = KMS_OPERATIONS.labels(*labels)
     return child
 
 
-_KMS_CHILDREN: dict[tuple[str, str, str], Any] = {}
+_KMS_CHILDREN: dict[tuple[str, str, str, str], Any] = {}
 
 
 Recorder = Callable[[Any, Any, str], None]  # (request, reply or None when failed, outcome)
@@ -85,7 +102,7 @@ def rpc_recorder(method: str) -> Recorder | None:
         operation = _KMS_OPERATIONS[name]
 
         def kms_call(request: Any, reply: Any, outcome: str) -> None:
-            _kms_operation(operation, _key_version(reply), outcome).inc()
+            _kms_operation(operation, _key_name(request, reply), _key_version(reply), outcome).inc()
 
         def kms_batch(request: Any, reply: Any, outcome: str) -> None:
             if reply is None:
@@ -94,8 +111,9 @@ def rpc_recorder(method: str) -> Recorder | None:
             # A failed item has key_version 0, a sealed or opened one its key's (≥ 1). An encoded reply brings its
             # counts; otherwise map + Counter keep this per-item pass in C: batches have thousands of items.
             items = reply.items if type(reply) is EncodedReply else Tally(map(_ITEM_KEY_VERSION, reply.results))
+            key_name = _key_name(request, reply)
             for version, n in items.items():
-                _kms_operation(operation, version or "", "OK" if version else "ITEM_ERROR").inc(n)
+                _kms_operation(operation, key_name, version or "", "OK" if version else "ITEM_ERROR").inc(n)
 
         return kms_batch if name.endswith("Batch") else kms_call
     if service == "auth.v1.Auth" and name == "Login":

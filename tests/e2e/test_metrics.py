@@ -49,9 +49,17 @@ def test_business_metrics_count_known_calls(no_captcha_server: ServerProcess) ->
             users.Login(auth_pb2.LoginRequest(username="nobody_here", password="wrong-pass-1"))
         users.GetCaptcha(auth_pb2.GetCaptchaRequest(captcha_type="image"))
     metrics = scrape(server)
-    assert metrics[f'kms_operations_total{{key_version="{version}",operation="encrypt",outcome="OK"}}'] == 7
-    assert metrics['kms_operations_total{key_version="",operation="decrypt",outcome="CIPHERTEXT_INVALID"}'] == 1
-    assert metrics['kms_operations_total{key_version="",operation="encrypt",outcome="ITEM_ERROR"}'] == 1
+    assert (
+        metrics[f'kms_operations_total{{key_name="default",key_version="{version}",operation="encrypt",outcome="OK"}}']
+        == 7
+    )
+    assert (
+        metrics['kms_operations_total{key_name="",key_version="",operation="decrypt",outcome="CIPHERTEXT_INVALID"}']
+        == 1
+    )
+    assert (
+        metrics['kms_operations_total{key_name="default",key_version="",operation="encrypt",outcome="ITEM_ERROR"}'] == 1
+    )
     assert metrics['auth_logins_total{outcome="INVALID_CREDENTIALS"}'] == 1
     assert metrics['auth_captchas_issued_total{type="image"}'] == 1
     assert metrics['grpc_server_handled_total{grpc_code="OK",grpc_method="Encrypt",grpc_service="kms.v1.KMS"}'] == 3
