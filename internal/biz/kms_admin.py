@@ -457,8 +457,7 @@ class KeyAdmin:
             if not dry_run and self._ring.rotation_due(name):
                 await self._ring.rotate(name, "due at maintenance", trigger="maintenance")
                 rotated = True
-            if not dry_run:
-                expired += len(await self._repo.mark_expired(name, now))
+            expired += await self._expire(name, now, dry_run)
             destroyed += await self._destroy_due(name, now, dry_run)
         if USERS_KEY in names:
             reencrypted, failed, remaining = await self._move_users_pii(budget, dry_run, progress)
@@ -488,6 +487,15 @@ class KeyAdmin:
         log.info("kms maintenance", extra=details)
         await self._ring.audit("kms.maintenance", "success", details)
         return report
+
+    async def _expire(self, name: str, now: datetime, dry_run: bool) -> int:
+        """Mark inactive versions past their expiry as expired (a dry run counts them)."""
+        if not dry_run:
+            return len(await self._repo.mark_expired(name, now))
+        inactive = await self._repo.list_versions(
+            name, status=KeyStatus.INACTIVE, before_version=None, limit=MAX_PAGE_SIZE
+        )
+        return sum(r.expires_at is not None and r.expires_at <= now for r in inactive)
 
     async def _destroy_due(self, name: str, now: datetime, dry_run: bool) -> int:
         pending = await self._repo.list_versions(
