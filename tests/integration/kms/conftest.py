@@ -1,6 +1,6 @@
 """KMS integration fixtures: a dedicated, freshly migrated database per test module.
 
-The session-wide ``database_url`` is shared with other test files; key rotation tests need a key table
+The session-wide ``database_url`` is shared with other test files; key rotation tests need key tables
 nobody else touches, so each KMS module gets its own database and each test starts from empty tables.
 """
 
@@ -17,23 +17,16 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from internal.conf.config import Kms
-from internal.data.kms_reencrypt import UserPiiReencryptor
+from internal.biz.kms import KeyEvents, KeyRepo
+from internal.data.audit import PgAuditLog
+from internal.data.kms import PgKeyRepo
+from internal.data.kms_events import RedisKeyEvents, channel_name
+from internal.data.kms_reencrypt import PgUsersPiiStore
 from internal.data.migrate import migrate_up
-from internal.pkg.kms.audit_pg import PgAuditSink
-from internal.pkg.kms.events import KeyEvents, NoopKeyEvents, RedisKeyEvents, channel_name
-from internal.pkg.kms.manager import KMSManager
-from internal.pkg.kms.storage import KeyStorage
-from internal.pkg.kms.storage_pg import PgKeyStorage
+from tests.unit.kms.stack import FakeClock, KmsStack, build_kms, kms_config
 
 SEED = "integration-test-seed-0123456789"
 SALT = "integration-salt"
-
-
-def kms_config(**overrides: Any) -> Kms:
-    values: dict[str, Any] = {"iterations": 10_000, "cache_recheck_interval": timedelta(seconds=0.3)}
-    values.update(overrides)
-    return Kms(**values)
 
 
 async def eventually(read: Callable[[], Awaitable[Any]], expected: Any, within: float = 3.0) -> None:
@@ -78,54 +71,55 @@ async def kms_pool(kms_database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 async def db(kms_pool: asyncpg.Pool) -> asyncpg.Pool:
-    """The module's pool, with empty key, users and audit tables."""
-    await kms_pool.execute("TRUNCATE kms_data_keys, users, audit_events RESTART IDENTITY CASCADE")
+    """The module's pool, with empty key, users and audit tables (no named key at all, not even `default`)."""
+    await kms_pool.execute("TRUNCATE kms_keys, kms_data_keys, users, audit_events RESTART IDENTITY CASCADE")
     return kms_pool
 
 
-MakeManager = Callable[..., Awaitable[KMSManager]]
+MakeKms = Callable[..., Awaitable[KmsStack]]
 
 
 @pytest.fixture
-async def make_manager(db: asyncpg.Pool, redis_url: str, redis_prefix: str) -> AsyncIterator[MakeManager]:
-    """Builds and initializes managers on the module database; closes them (and their Redis) afterwards."""
-    managers: list[KMSManager] = []
+async def make_kms(db: asyncpg.Pool, redis_url: str, redis_prefix: str) -> AsyncIterator[MakeKms]:
+    """Builds and opens KMS stacks (replicas) on the module database; closes them (and their Redis) afterwards."""
+    stacks: list[KmsStack] = []
     clients: list[aioredis.Redis] = []
 
     async def make(
         *,
         seed: str = SEED,
         pubsub: bool = False,
-        storage: KeyStorage | None = None,
-        targets: bool = True,
-        destroy_grace: timedelta | None = None,
-        initialize: bool = True,
+        repo: KeyRepo | None = None,
+        clock: FakeClock | None = None,
+        users_pii: Any = None,
+        open_it: bool = True,
         **overrides: Any,
-    ) -> KMSManager:
-        events: KeyEvents = NoopKeyEvents()
+    ) -> KmsStack:
+        events: KeyEvents | None = None
         if pubsub:
             client = aioredis.from_url(redis_url)
             clients.append(client)
             events = RedisKeyEvents(client, channel_name(redis_prefix))
-        manager = KMSManager(
-            kms_config(**overrides),
-            storage or PgKeyStorage(db),
+        overrides.setdefault("cache_recheck_interval", timedelta(seconds=0.3))
+        stack = build_kms(
+            repo or PgKeyRepo(db),
             seed=seed,
             salt=SALT,
+            config=kms_config(**overrides),
             events=events,
-            audit_sink=PgAuditSink(db),
-            targets=[UserPiiReencryptor(db)] if targets else [],
-            destroy_grace=destroy_grace,
+            audit=PgAuditLog(db),
+            users_pii=users_pii or PgUsersPiiStore(db),
+            clock=clock,
         )
-        managers.append(manager)
-        if initialize:
-            await manager.initialize()
-        return manager
+        stacks.append(stack)
+        if open_it:
+            await stack.open()
+        return stack
 
     try:
         yield make
     finally:
-        for manager in managers:
-            await manager.close()
+        for stack in stacks:
+            await stack.close()
         for client in clients:
             await client.aclose()

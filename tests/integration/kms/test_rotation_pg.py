@@ -1,4 +1,5 @@
-"""Rotation on PostgreSQL: nothing is lost, concurrent rotations make one key, automatic triggers."""
+"""Rotation on PostgreSQL: nothing is lost, concurrent rotations make one version, automatic triggers, and
+versions numbered per key."""
 
 from __future__ import annotations
 
@@ -9,54 +10,67 @@ import time
 from pathlib import Path
 
 import asyncpg
+import pytest
 
+from internal.biz.kms import DEFAULT_KEY, USERS_KEY
+from internal.biz.kms_cipher import EncryptItem
 from internal.biz.pii import Sealed
-from internal.pkg.kms.crypto import EncryptItem
-from tests.integration.kms.conftest import MakeManager, eventually
+from tests.integration.kms.conftest import MakeKms, eventually
 
-WORKER = Path(__file__).with_name("rotate_worker.py")
-
-
-async def active_version(db: asyncpg.Pool) -> int:
-    return int(await db.fetchval("SELECT version FROM kms_data_keys WHERE status = 'active'"))
+WORKER = "tests.integration.kms.rotate_worker"
 
 
-async def count_of(db: asyncpg.Pool, version: int) -> int:
-    return int(await db.fetchval("SELECT encryption_count FROM kms_data_keys WHERE version = $1", version))
+async def active_version(db: asyncpg.Pool, name: str = DEFAULT_KEY) -> int:
+    return int(await db.fetchval("SELECT version FROM kms_data_keys WHERE key_name = $1 AND status = 'active'", name))
 
 
-async def test_fifty_rotations_lose_nothing(make_manager: MakeManager, db: asyncpg.Pool) -> None:
-    manager = await make_manager()
-    written: list[tuple[bytes, Sealed]] = []
+async def count_of(db: asyncpg.Pool, version: int, name: str = DEFAULT_KEY) -> int:
+    return int(
+        await db.fetchval(
+            "SELECT encryption_count FROM kms_data_keys WHERE key_name = $1 AND version = $2", name, version
+        )
+    )
+
+
+async def test_fifty_rotations_of_two_keys_lose_nothing(make_kms: MakeKms, db: asyncpg.Pool) -> None:
+    kms = await make_kms()
+    await kms.admin.create_key("orders")
+    written: list[tuple[str, str, bytes, Sealed, dict[str, str]]] = []
     for i in range(51):
-        for field in ("email", "phone"):
-            plaintext = f"{field}-{i}".encode()
-            written.append((plaintext, await manager.crypto.encrypt(field, plaintext, {"user_id": str(i)})))
-        if i < 50:
-            await manager.rotate(f"rotation {i}")
-    assert sorted({s.key_version for _, s in written}) == list(range(1, 52))
-    assert await db.fetchval("SELECT count(*) FROM kms_data_keys WHERE status = 'active'") == 1
-    cold = await make_manager()  # a fresh process: every old key is loaded on demand
-    for manager_ in (manager, cold):
-        for i, (plaintext, sealed) in enumerate(written):
-            field = "email" if i % 2 == 0 else "phone"
-            assert await manager_.crypto.decrypt(field, sealed.ciphertext, {"user_id": str(i // 2)}) == plaintext
+        for name in (DEFAULT_KEY, "orders"):
+            for field in ("email", "phone"):
+                plaintext, context = f"{name}-{field}-{i}".encode(), {"user_id": str(i)}
+                written.append(
+                    (name, field, plaintext, await kms.cipher.encrypt(name, field, plaintext, context), context)
+                )
+            if i < 50:
+                await kms.admin.rotate(name, f"rotation {i}")
+    for name in (DEFAULT_KEY, "orders"):
+        assert sorted({s.key_version for n, _, _, s, _ in written if n == name}) == list(range(1, 52))
+    per_key = await db.fetch(
+        "SELECT key_name, count(*) FILTER (WHERE status = 'active') AS n FROM kms_data_keys GROUP BY 1"
+    )
+    assert {r["key_name"]: r["n"] for r in per_key} == {DEFAULT_KEY: 1, "orders": 1, USERS_KEY: 1}
+    cold = await make_kms()  # a fresh process: every old version is loaded on demand
+    for stack in (kms, cold):
+        for name, field, plaintext, sealed, context in written:
+            assert (await stack.cipher.decrypt(name, field, sealed.ciphertext, context)).plaintext == plaintext
 
 
-async def test_concurrent_rotations_in_one_process_make_one_key(make_manager: MakeManager, db: asyncpg.Pool) -> None:
-    managers = [await make_manager() for _ in range(6)]
+async def test_concurrent_rotations_in_one_process_make_one_version(make_kms: MakeKms, db: asyncpg.Pool) -> None:
+    stacks = [await make_kms() for _ in range(6)]
     for round_ in range(3):
-        for m in managers:
-            await m.refresh()
-        results = await asyncio.gather(*(m.rotate("race") for m in managers))
+        for s in stacks:
+            await s.ring.forget(DEFAULT_KEY)
+        results = await asyncio.gather(*(s.admin.rotate(DEFAULT_KEY, "race") for s in stacks))
         assert {r.version for r in results} == {round_ + 2}
-    assert await db.fetchval("SELECT count(*) FROM kms_data_keys") == 4
-    assert await db.fetchval("SELECT count(*) FROM kms_data_keys WHERE status = 'active'") == 1
+    assert await db.fetchval("SELECT count(*) FROM kms_data_keys WHERE key_name = 'default'") == 4
+    assert await db.fetchval("SELECT count(*) FROM kms_data_keys WHERE status = 'active'") == 2  # default, users
 
 
-def _spawn(url: str) -> subprocess.Popen[str]:
+def _spawn(url: str, key_name: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, str(WORKER), url],
+        [sys.executable, "-m", WORKER, url, key_name],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -64,13 +78,16 @@ def _spawn(url: str) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.parametrize("key_name", [DEFAULT_KEY, "orders"])
 async def test_two_processes_rotating_at_once(
-    make_manager: MakeManager, db: asyncpg.Pool, kms_database_url: str
+    make_kms: MakeKms, db: asyncpg.Pool, kms_database_url: str, key_name: str
 ) -> None:
-    workers = [_spawn(kms_database_url), _spawn(kms_database_url)]
+    if key_name != DEFAULT_KEY:
+        await (await make_kms()).admin.create_key(key_name)
+    workers = [_spawn(kms_database_url, key_name), _spawn(kms_database_url, key_name)]
     rounds = 5
     try:
-        # Both start on an empty table at the same time: exactly one first key.
+        # For `default` both start on empty tables at the same time: exactly one first version.
         ready = [await asyncio.to_thread(w.stdout.readline) for w in workers]  # type: ignore[union-attr]
         assert [line.split() for line in ready] == [["ready", "1"], ["ready", "1"]]
         for round_ in range(rounds):
@@ -87,44 +104,54 @@ async def test_two_processes_rotating_at_once(
         for w in workers:
             if w.poll() is None:
                 w.kill()
-    rows = await db.fetch("SELECT version, status FROM kms_data_keys ORDER BY version")
+    rows = await db.fetch("SELECT version, status FROM kms_data_keys WHERE key_name = $1 ORDER BY version", key_name)
     assert [r["version"] for r in rows] == list(range(1, rounds + 2))
     assert [r["status"] for r in rows].count("active") == 1 and rows[-1]["status"] == "active"
+    assert await db.fetchval("SELECT count(*) FROM kms_data_keys WHERE key_name = $1", USERS_KEY) == 1
 
 
-async def test_expired_active_key_rotates_and_encryption_never_fails(
-    make_manager: MakeManager, db: asyncpg.Pool
-) -> None:
-    manager = await make_manager()
-    await manager.crypto.encrypt("f", b"before", {})
-    await db.execute("UPDATE kms_data_keys SET expires_at = now() - interval '1 second' WHERE version = 1")
-    await manager.refresh()  # this replica now knows its active key is expired
+async def test_expired_active_version_rotates_and_encryption_never_fails(make_kms: MakeKms, db: asyncpg.Pool) -> None:
+    kms = await make_kms()
+    await kms.cipher.encrypt(DEFAULT_KEY, "f", b"before", {})
+    await db.execute(
+        "UPDATE kms_data_keys SET expires_at = now() - interval '1 second' WHERE key_name = 'default' AND version = 1"
+    )
+    await kms.ring.forget(DEFAULT_KEY)  # this replica now knows its active version is expired
     versions: set[int] = set()
     async with asyncio.timeout(3):
         while 2 not in versions:
-            versions.add((await manager.crypto.encrypt("f", b"during", {})).key_version)
+            versions.add((await kms.cipher.encrypt(DEFAULT_KEY, "f", b"during", {})).key_version)
             await asyncio.sleep(0.005)
     assert versions == {1, 2}
-    assert await active_version(db) == 2
-    assert await db.fetchval("SELECT status FROM kms_data_keys WHERE version = 1") == "inactive"
+    assert await active_version(db) == 2 and await active_version(db, USERS_KEY) == 1
+    assert await db.fetchval("SELECT status FROM kms_data_keys WHERE key_name = 'default' AND version = 1") == (
+        "inactive"
+    )
 
 
-async def test_expired_active_key_at_start_is_rotated(make_manager: MakeManager, db: asyncpg.Pool) -> None:
-    await make_manager()
-    await db.execute("UPDATE kms_data_keys SET expires_at = now() - interval '1 second'")
-    manager = await make_manager()
-    assert (await manager.active_key()).version == 2
-    assert (await manager.crypto.encrypt("f", b"v", {})).key_version == 2
+async def test_expired_active_version_at_start_is_rotated(make_kms: MakeKms, db: asyncpg.Pool) -> None:
+    await make_kms()
+    await db.execute("UPDATE kms_data_keys SET expires_at = now() - interval '1 second' WHERE key_name = 'default'")
+    kms = await make_kms()
+    assert (await kms.admin.active_version(DEFAULT_KEY)).version == 2
+    assert (await kms.cipher.encrypt(DEFAULT_KEY, "f", b"v", {})).key_version == 2
+    assert await active_version(db, USERS_KEY) == 1
 
 
-async def test_counts_flush_and_threshold_rotates(make_manager: MakeManager, db: asyncpg.Pool) -> None:
-    manager = await make_manager(rotate_after_encryptions=25)
+async def test_counts_flush_and_threshold_rotates(make_kms: MakeKms, db: asyncpg.Pool) -> None:
+    kms = await make_kms(rotate_after_encryptions=25)
+    await kms.admin.create_key("orders", rotate_after_encryptions=1000)
     for _ in range(7):
-        await manager.crypto.encrypt("f", b"v", {})
+        await kms.cipher.encrypt(DEFAULT_KEY, "f", b"v", {})
+        await kms.cipher.encrypt("orders", "f", b"v", {})
     await eventually(lambda: count_of(db, 1), 7)
+    await eventually(lambda: count_of(db, 1, "orders"), 7)
     assert await active_version(db) == 1
-    await manager.crypto.encrypt_batch([])  # empty batch: counts nothing
-    await manager.crypto.encrypt_batch([EncryptItem("f", b"v")] * 18)
+    await kms.cipher.encrypt_batch(DEFAULT_KEY, [])  # empty batch: counts nothing
+    await kms.cipher.encrypt_batch(DEFAULT_KEY, [EncryptItem("f", b"v")] * 18)
+    await kms.cipher.encrypt_batch("orders", [EncryptItem("f", b"v")] * 18)
     await eventually(lambda: active_version(db), 2)
-    assert await db.fetchval("SELECT encryption_count FROM kms_data_keys WHERE version = 1") == 25
-    assert (await manager.crypto.encrypt("f", b"v", {})).key_version == 2
+    assert await count_of(db, 1) == 25
+    assert (await kms.cipher.encrypt(DEFAULT_KEY, "f", b"v", {})).key_version == 2
+    await eventually(lambda: count_of(db, 1, "orders"), 25)
+    assert await active_version(db, "orders") == 1  # its own threshold (1000) is far away

@@ -1,7 +1,9 @@
-"""Envelope and AEAD properties: round trips, tamper detection, context binding, hostile input."""
+"""Envelope and AEAD properties: round trips, tamper detection, key-name and context binding, the format 1
+envelopes of the time before named keys, hostile input."""
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 
@@ -11,8 +13,8 @@ from hypothesis import strategies as st
 
 from api.gen.kms.v1 import kms_pb2
 from internal.biz.errors import DomainError, InvalidArgument, NotFound
+from internal.biz.kms_cipher import DecryptItem, EncryptItem
 from internal.pkg.kms import envelope
-from internal.pkg.kms.crypto import DecryptItem, EncryptItem
 from internal.pkg.kms.envelope import (
     HEADER_SIZE,
     MAGIC,
@@ -27,9 +29,11 @@ from internal.pkg.kms.envelope import (
     parse_header,
     seal,
 )
+from tests.unit.kms.stack import seal_legacy
 
 ALGORITHMS = [Algorithm.AES_256_GCM, Algorithm.CHACHA20_POLY1305, Algorithm.SM4_GCM]
-KEYS = {alg: DataKey(7, alg, os.urandom(32)) for alg in ALGORITHMS}
+KEYS = {alg: DataKey("orders", 7, alg, os.urandom(32)) for alg in ALGORITHMS}
+KEY_MATERIAL = os.urandom(32)
 contexts = st.dictionaries(st.text(max_size=20), st.text(max_size=40), max_size=6)
 fields = st.text(min_size=1, max_size=40)
 
@@ -108,18 +112,71 @@ def test_swapped_user_values_do_not_decrypt() -> None:
         open_sealed(key, "email", bob, {"user_id": "1"})
 
 
-def test_associated_data_is_unambiguous() -> None:
-    prefix = b"\xa7\x01\x00\x00\x00\x01\x01"
-    assert associated_data(prefix, "a", {"b": "c"}) != associated_data(prefix, "ab", {"": "c"})
-    assert associated_data(prefix, "f", {"a": "bc"}) != associated_data(prefix, "f", {"ab": "c"})
-    assert associated_data(prefix, "f", {"a": "b", "c": "d"}) != associated_data(prefix, "f", {"a": "b\x00c"})
-    assert associated_data(prefix, "f", {"x": "1", "y": "2"}) == associated_data(prefix, "f", {"y": "2", "x": "1"})
+@pytest.mark.parametrize("key_name", ["orders", None], ids=["format2", "format1"])
+def test_associated_data_is_unambiguous(key_name: str | None) -> None:
+    prefix = b"\xa7\x02\x00\x00\x00\x01\x01"
+    ad = functools.partial(associated_data, prefix, key_name)
+    assert ad("a", {"b": "c"}) != ad("ab", {"": "c"})
+    assert ad("f", {"a": "bc"}) != ad("f", {"ab": "c"})
+    assert ad("f", {"a": "b", "c": "d"}) != ad("f", {"a": "b\x00c"})
+    assert ad("f", {"x": "1", "y": "2"}) == ad("f", {"y": "2", "x": "1"})
+
+
+def test_associated_data_binds_the_key_name_unambiguously() -> None:
+    prefix = b"\xa7\x02\x00\x00\x00\x01\x01"
+    encodings = {
+        associated_data(prefix, "orders", "f", {}),
+        associated_data(prefix, "orders.eu", "f", {}),
+        associated_data(prefix, "order", "sf", {}),
+        associated_data(prefix, "default", "f", {}),
+        associated_data(prefix, None, "f", {}),
+    }
+    assert len(encodings) == 5
+
+
+def test_same_material_and_version_under_another_key_name_does_not_open() -> None:
+    material = os.urandom(32)
+    for algorithm in ALGORITHMS:
+        sealed = seal(DataKey("orders", 1, algorithm, material), "f", b"v", {"k": "v"})
+        for other in ("payments", "orders.eu", "default", "authkms.users"):
+            with pytest.raises(InvalidArgument) as exc:
+                open_sealed(DataKey(other, 1, algorithm, material), "f", sealed, {"k": "v"})
+            assert_invalid(exc)
+        assert open_sealed(DataKey("orders", 1, algorithm, material), "f", sealed, {"k": "v"}) == b"v"
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS, ids=lambda a: a.value)
+def test_format1_envelopes_open_only_under_default(algorithm: Algorithm) -> None:
+    material = os.urandom(32)
+    default = DataKey("default", 3, algorithm, material)
+    legacy = seal_legacy(default, "email", b"alice@example.com", {"user_id": "1"})
+    assert envelope.is_legacy(legacy) and parse_header(legacy).format == 1
+    assert open_sealed(default, "email", legacy, {"user_id": "1"}) == b"alice@example.com"
+    assert open_many({3: default}, [DecryptItem("email", legacy, {"user_id": "1"})]) == [(b"alice@example.com", 3)]
+    for name in ("orders", "authkms.users", "default.x"):
+        with pytest.raises(InvalidArgument) as exc:
+            open_sealed(DataKey(name, 3, algorithm, material), "email", legacy, {"user_id": "1"})
+        assert_invalid(exc)
+    for field, context in [("phone", {"user_id": "1"}), ("email", {"user_id": "2"})]:
+        with pytest.raises(InvalidArgument):
+            open_sealed(default, field, legacy, context)
+    # The format byte is authenticated: neither format opens as the other.
+    for sealed, fmt in ((legacy, 2), (seal(default, "email", b"x", {"user_id": "1"}), 1)):
+        relabelled = bytearray(sealed)
+        relabelled[1] = fmt
+        with pytest.raises(InvalidArgument) as exc:
+            open_sealed(default, "email", bytes(relabelled), {"user_id": "1"})
+        assert_invalid(exc)
+    assert not envelope.is_legacy(seal(default, "email", b"x", {}))
 
 
 def test_key_of_another_version_or_algorithm_is_rejected() -> None:
     material = os.urandom(32)
-    sealed = seal(DataKey(3, Algorithm.AES_256_GCM, material), "f", b"v", {})
-    for other in (DataKey(4, Algorithm.AES_256_GCM, material), DataKey(3, Algorithm.CHACHA20_POLY1305, material)):
+    sealed = seal(DataKey("orders", 3, Algorithm.AES_256_GCM, material), "f", b"v", {})
+    for other in (
+        DataKey("orders", 4, Algorithm.AES_256_GCM, material),
+        DataKey("orders", 3, Algorithm.CHACHA20_POLY1305, material),
+    ):
         with pytest.raises(InvalidArgument) as exc:
             open_sealed(other, "f", sealed, {})
         assert_invalid(exc)
@@ -129,10 +186,10 @@ def test_header_edits_are_rejected_even_with_a_matching_key() -> None:
     # Changing the key version in the header and opening with a key of that version still fails: the
     # header is part of the associated data.
     material = os.urandom(32)
-    sealed = bytearray(seal(DataKey(3, Algorithm.AES_256_GCM, material), "f", b"v", {}))
+    sealed = bytearray(seal(DataKey("orders", 3, Algorithm.AES_256_GCM, material), "f", b"v", {}))
     struct.pack_into(">I", sealed, envelope.KEY_VERSION_OFFSET, 9)
     with pytest.raises(InvalidArgument):
-        open_sealed(DataKey(9, Algorithm.AES_256_GCM, material), "f", bytes(sealed), {})
+        open_sealed(DataKey("orders", 9, Algorithm.AES_256_GCM, material), "f", bytes(sealed), {})
 
 
 @settings(max_examples=500, deadline=None)
@@ -148,17 +205,25 @@ def test_random_bytes_only_give_ciphertext_invalid(data: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(version=st.integers(0, 2**32 - 1), alg=st.integers(0, 255), body=st.binary(min_size=28, max_size=60))
-def test_random_bytes_with_our_magic_only_give_ciphertext_invalid(version: int, alg: int, body: bytes) -> None:
-    data = bytes([MAGIC, 1]) + struct.pack(">IB", version, alg) + body
+@given(
+    fmt=st.integers(0, 3),
+    version=st.integers(0, 2**32 - 1),
+    alg=st.integers(0, 255),
+    body=st.binary(min_size=28, max_size=60),
+    key_name=st.sampled_from(["orders", "default"]),
+)
+def test_random_bytes_with_our_magic_only_give_ciphertext_invalid(
+    fmt: int, version: int, alg: int, body: bytes, key_name: str
+) -> None:
+    data = bytes([MAGIC, fmt]) + struct.pack(">IB", version, alg) + body
     try:
         parse_header(data)
     except InvalidArgument as exc:
         assert exc.reason == "CIPHERTEXT_INVALID"
-    try:
-        open_sealed(KEYS[Algorithm.SM4_GCM], "f", data, {})
-    except DomainError as exc:
-        assert exc.reason == "CIPHERTEXT_INVALID"
+    key = DataKey(key_name, 7, Algorithm.SM4_GCM, KEY_MATERIAL)
+    with pytest.raises(DomainError) as opened:
+        open_sealed(key, "f", data, {})
+    assert opened.value.reason == "CIPHERTEXT_INVALID"
 
 
 def test_minimum_size() -> None:
@@ -174,7 +239,7 @@ def test_cbc_is_refused_for_new_keys() -> None:
     with pytest.raises(InvalidArgument):
         algorithm_for_new_key("ROT13")
     with pytest.raises(ValueError):
-        DataKey(1, Algorithm.AES_256_CBC, os.urandom(32))
+        DataKey("default", 1, Algorithm.AES_256_CBC, os.urandom(32))
     assert algorithm_for_new_key("SM4-GCM") is Algorithm.SM4_GCM
 
 
@@ -184,11 +249,11 @@ def test_sm4_uses_a_derived_128_bit_key() -> None:
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
     material = os.urandom(32)
-    sealed = seal(DataKey(1, Algorithm.SM4_GCM, material), "f", b"hello", {})
+    sealed = seal(DataKey("orders", 1, Algorithm.SM4_GCM, material), "f", b"hello", {})
     sm4_key = HKDF(hashes.SHA256(), 16, None, b"authkms/kms/sm4-gcm/v1").derive(material)
     nonce, body, tag = sealed[7:19], sealed[19:-16], sealed[-16:]
     decryptor = Cipher(algorithms.SM4(sm4_key), modes.GCM(nonce, tag)).decryptor()
-    decryptor.authenticate_additional_data(associated_data(sealed[:7], "f", {}))
+    decryptor.authenticate_additional_data(associated_data(sealed[:7], "orders", "f", {}))
     assert decryptor.update(body) + decryptor.finalize() == b"hello"
 
 
@@ -205,8 +270,8 @@ def test_invalid_bindings_are_validation_errors() -> None:
 
 def test_data_key_repr_hides_material() -> None:
     material = os.urandom(32)
-    text = repr(DataKey(1, Algorithm.AES_256_GCM, material))
-    assert material.hex() not in text and "hidden" in text
+    text = repr(DataKey("orders", 1, Algorithm.AES_256_GCM, material))
+    assert material.hex() not in text and "hidden" in text and "orders" in text
 
 
 # Few distinct fields and contexts, so batches mix cache hits, misses and near-misses (same keys, other
@@ -275,14 +340,20 @@ def test_seal_many_fails_item_by_item() -> None:
 
 def test_associated_data_bytes_are_stable() -> None:
     """Stored ciphertexts were sealed with exactly these bytes: the encoding may be rewritten, never changed."""
-    prefix = bytes.fromhex("a70100000007" "01")
+    prefix = bytes.fromhex("a7010000000701")
     context = {"tenant": "bench", "table": "users", "é": "中"}
-    assert associated_data(prefix, "users.email", context).hex() == (
+    # Format 1 (before named keys): no key name.
+    assert associated_data(prefix, None, "users.email", context).hex() == (
         "617574686b6d732f6b6d732f61642f763100000007a70100000007010000000b75736572732e656d61696c00000003"
         "000000057461626c650000000575736572730000000674656e616e740000000562656e636800000002c3a900000003e4b8ad"
     )
     empty = "617574686b6d732f6b6d732f61642f763100000007a7010000000701000000016600000000"
-    assert associated_data(prefix, "f", {}).hex() == empty
+    assert associated_data(prefix, None, "f", {}).hex() == empty
+    # Format 2: its own domain ("authkms/kms/ad/v2"), then the header prefix, then the key name, then as before.
+    prefix = bytes.fromhex("a7020000000701")
+    assert associated_data(prefix, "orders", "f", {}).hex() == (
+        "617574686b6d732f6b6d732f61642f763200000007a7020000000701000000066f7264657273000000016600000000"
+    )
 
 
 def test_sealer_cache_is_bounded_and_never_crosses_contexts() -> None:

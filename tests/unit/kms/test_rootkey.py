@@ -56,10 +56,26 @@ def test_repr_hides_the_key_and_pickling_is_refused() -> None:
         pickle.dumps(key)
 
 
-def test_subkeys_differ_by_purpose_and_field() -> None:
+def test_subkeys_differ_by_purpose_key_and_field() -> None:
     key = derive_root_key(SEED, SALT, 10_000)
-    subkeys = {key.wrap_key(), key.verification_key(), key.blind_index_key("email"), key.blind_index_key("phone")}
-    assert len(subkeys) == 4
+    names = ("default", "orders", "orders.eu", "authkms.users", "a", "a:b")
+    blind = {(n, f): key.blind_index_key(n, f) for n in names for f in ("email", "phone", "b:email", "")}
+    subkeys = {key.wrap_key(), key.verification_key(), *blind.values()}
+    assert len(subkeys) == 2 + len(blind)
+    # The name is length-prefixed: ("a", "b:email") and ("a:b", "email") must not share a key.
+    assert blind[("a", "b:email")] != blind[("a:b", "email")]
+    assert all(len(k) == 32 for k in subkeys)
+
+
+def test_default_keeps_the_blind_index_key_of_before_named_keys() -> None:
+    """Hashes stored under the one blind-index key per field of the time before named keys stay valid."""
+    key = derive_root_key(SEED, SALT, 10_000)
+    for field in ("email", "phone", "name"):
+        assert key.blind_index_key("default", field) == key.derive(b"blind-index:" + field.encode())
+        assert key.blind_index_key("orders", field) != key.derive(b"blind-index:" + field.encode())
+    assert key.blind_index_key("default", "email") == derive_root_key(SEED, SALT, 10_000).blind_index_key(
+        "default", "email"
+    )
 
 
 def test_wipe() -> None:
