@@ -249,8 +249,7 @@ class KeyAdmin:
         _, created = await self._repo.create_key(spec)
         if not created:
             raise Conflict("KEY_EXISTS", "a key with that name already exists", {"key_name": name})
-        await self._ring.rotate(name, "key created", trigger="create")
-        await self._ring.changed(name, "created", 1)
+        await self._ring.rotate(name, "key created", trigger="create")  # tells the other replicas too
         await self._ring.audit("kms.key_create", "success", {"key_name": name})
         return await self.get_key(name)
 

@@ -248,11 +248,19 @@ class KeyRing:
             raise entry.unusable[version]
         async with self._load_lock:
             record = await self.repo.get_version(name, version)
+            error: DomainError | None = None
             if record is None or record.wrapped_key is None:
-                raise key_not_found(name, version)
-            if record.status is KeyStatus.PENDING_DESTRUCTION:
-                entry.unusable[version] = pending_destruction(record)
-                raise entry.unusable[version]
+                error = key_not_found(name, version)
+            elif record.status is KeyStatus.PENDING_DESTRUCTION:
+                error = pending_destruction(record)
+            if error is not None:
+                # Remembered until the key changes, so a caller retrying costs no query; bounded, since
+                # callers choose the versions they send.
+                if len(entry.unusable) >= 1000:
+                    entry.unusable.clear()
+                entry.unusable[version] = error
+                raise error
+            assert record is not None
             key = self._unwrap(record)
             if entry.active is not None and version > entry.active.version:
                 self._wake.set()  # a newer version exists: we missed a rotation, re-check now

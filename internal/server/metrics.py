@@ -62,13 +62,13 @@ _ITEM_KEY_VERSION = attrgetter("key_version")
 
 
 def _key_version(reply: Any) -> str:
-    """The key version a KMS reply names (``key_version``, or ``key.version`` for rotations), else ""."""
+    """The key version a KMS reply names (``key_version``, or its key's version for key admin calls), else ""."""
     if reply is None:
         return ""
     if hasattr(reply, "key_version"):
         return str(reply.key_version)
-    key = getattr(reply, "key", None)
-    return str(key.version) if key is not None else ""
+    key = getattr(reply, "key", None)  # DataKeyInfo (version) or NamedKeyInfo (active_version)
+    return str(getattr(key, "version", None) or getattr(key, "active_version", "")) if key is not None else ""
 
 
 def _key_name(request: Any, reply: Any) -> str:
