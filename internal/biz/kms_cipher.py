@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from internal.biz import pii
 from internal.biz.errors import DomainError, InvalidArgument
-from internal.biz.kms import DEFAULT_KEY, USERS_KEY, not_initialized
+from internal.biz.kms import DEFAULT_KEY, USERS_KEY
 from internal.biz.kms_keyring import KeyRing
 from internal.biz.pii import Sealed
 from internal.pkg.kms.envelope import (
@@ -34,7 +34,6 @@ from internal.pkg.kms.envelope import (
     DataKey,
     FieldValue,
     SealedValue,
-    Sealer,
     check_plaintext,
     is_legacy,
     key_versions,
@@ -114,21 +113,9 @@ class KmsCipher:
         self.max_plaintext_bytes = max_plaintext_bytes
         self.max_batch_items = max_batch_items
         self._thread_cost = thread_cost_threshold
-        self._index_keys: dict[tuple[str, str], bytes] = {}
-        self._sealers: dict[str, Sealer] = {}
 
     def __repr__(self) -> str:
         return "KmsCipher(<keys hidden>)"
-
-    def _sealer(self, key: DataKey) -> Sealer:
-        """The sealer of ``key``, kept while it stays its named key's active version (its binding cache is per
-        version)."""
-        sealer = self._sealers.get(key.key_name)
-        if sealer is None or sealer.key is not key:
-            if len(self._sealers) >= 10_000:
-                self._sealers.clear()
-            sealer = self._sealers[key.key_name] = Sealer(key)
-        return sealer
 
     def _heavy(self, size: int, key: DataKey) -> bool:
         """Whether sealing or opening ``size`` bytes under ``key`` should leave the event loop for a thread."""
@@ -144,7 +131,7 @@ class KmsCipher:
         """Seal under the key's active version. Errors: VALIDATION_ERROR, PLAINTEXT_TOO_LARGE, KEY_NOT_FOUND."""
         data = check_plaintext(plaintext, self.max_plaintext_bytes)
         key = await self._active(key_name)
-        sealer = self._sealer(key)
+        sealer = self._ring.sealer(key)
         if self._heavy(len(data), key):
             ciphertext = await asyncio.to_thread(sealer.seal, field, data, context)
         else:  # the common case, inline: this is the Encrypt RPC's hot path
@@ -175,15 +162,7 @@ class KmsCipher:
         if not isinstance(field, str) or not field or len(field) > MAX_FIELD_CHARS:
             raise InvalidArgument("VALIDATION_ERROR", f"field must be 1..{MAX_FIELD_CHARS} characters")
         normalized = normalize_index_value(field, value)
-        if not self._ring.initialized:
-            self.drop_cache()  # the ring was closed: let go of the keys derived from its root key
-            raise not_initialized()
-        slot = (key_name, field)
-        index_key = self._index_keys.get(slot)
-        if index_key is None:
-            if len(self._index_keys) >= 10_000:
-                self._index_keys.clear()
-            index_key = self._index_keys[slot] = self._ring.blind_index_key(key_name, field)
+        index_key = self._ring.blind_index_key(key_name, field)
         return hmac.new(index_key, normalized.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
     def _chunk_items(self, *keys: DataKey | DomainError) -> int:
@@ -205,7 +184,7 @@ class KmsCipher:
         for start in range(0, len(items), chunk := self._chunk_items(key)):
             if start:
                 await asyncio.sleep(0)  # let other calls run between chunks
-            results += self._sealer(key).seal_many(items[start : start + chunk], self.max_plaintext_bytes)
+            results += self._ring.sealer(key).seal_many(items[start : start + chunk], self.max_plaintext_bytes)
         self._ring.count_encryptions(key_name, key.version, sum(type(r) is bytes for r in results))
         return EncryptBatchResult(key.algorithm.value, key.version, results)
 
@@ -225,12 +204,6 @@ class KmsCipher:
             for opened in open_many(keys, items[start : start + chunk]):
                 results.append(opened if isinstance(opened, DomainError) else Decrypted(*opened))
         return results
-
-    def drop_cache(self) -> None:
-        """Drop every cached key: sealers, blind-index keys and the ring's unwrapped versions."""
-        self._index_keys.clear()
-        self._sealers.clear()
-        self._ring.drop_cache()
 
 
 class UsersPiiCipher:

@@ -50,7 +50,7 @@ from internal.biz.kms import (
 )
 from internal.biz.token import AuditLog
 from internal.pkg.kms.datakey import KeyUnwrapError, KeyWrapper, new_material
-from internal.pkg.kms.envelope import Algorithm, DataKey, algorithm_for_new_key
+from internal.pkg.kms.envelope import Algorithm, DataKey, Sealer, algorithm_for_new_key
 from internal.pkg.kms.rootkey import RootKey, derive_root_key_async
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,8 @@ class _CachedKey:
 
 
 class KeyRing:
-    """Owns unwrapped key material and the per-key cache; the only place that drops it."""
+    """Owns all key material in memory (the root key, unwrapped versions, their sealers, blind-index keys) and
+    is the one place that drops it: ``drop_cache`` for the caches, ``close`` for everything."""
 
     def __init__(
         self,
@@ -120,6 +121,8 @@ class KeyRing:
         self._wrapper: KeyWrapper | None = None
         self._keys: dict[str, _CachedKey] = {}
         self._missing: dict[str, float] = {}  # names known not to exist, until the monotonic time given
+        self._sealers: dict[str, Sealer] = {}  # per key name: the sealer of its active version
+        self._index_keys: dict[tuple[str, str], bytes] = {}  # (key name, field) → blind-index key
         self._pending_counts: dict[tuple[str, int], int] = {}
         self._load_lock = asyncio.Lock()
         self._rotate_lock = asyncio.Lock()
@@ -208,16 +211,18 @@ class KeyRing:
         await self.repo.close()
 
     def _drop_material(self) -> None:
-        self._keys.clear()
+        self.drop_cache()
         self._wrapper = None
         if self._root is not None:
             self._root.wipe()
             self._root = None
 
     def drop_cache(self) -> None:
-        """Forget every unwrapped version; each reloads from storage on its next use."""
+        """Forget every unwrapped version, sealer and blind-index key; each is rebuilt on its next use."""
         self._keys.clear()
         self._missing.clear()
+        self._sealers.clear()
+        self._index_keys.clear()
 
     # ---- lookups (the cipher's hot path uses the cached_* ones) -----------------------------------
 
@@ -287,10 +292,27 @@ class KeyRing:
     def unflushed(self, name: str, version: int) -> int:
         return self._pending_counts.get((name, version), 0)
 
+    def sealer(self, key: DataKey) -> Sealer:
+        """The sealer of ``key``, kept while it stays its named key's active version (its binding cache is per
+        version)."""
+        sealer = self._sealers.get(key.key_name)
+        if sealer is None or sealer.key is not key:
+            if len(self._sealers) >= MAX_CACHED_KEYS:
+                self._sealers.clear()
+            sealer = self._sealers[key.key_name] = Sealer(key)
+        return sealer
+
     def blind_index_key(self, name: str, field: str) -> bytes:
-        if self._root is None:
-            raise not_initialized()
-        return self._root.blind_index_key(name, field)
+        """The blind-index key of ``field`` under key ``name`` (derived once, then cached)."""
+        slot = (name, field)
+        index_key = self._index_keys.get(slot)
+        if index_key is None:
+            if self._root is None:
+                raise not_initialized()
+            if len(self._index_keys) >= MAX_CACHED_KEYS:
+                self._index_keys.clear()  # callers choose field names: keep this bounded
+            index_key = self._index_keys[slot] = self._root.blind_index_key(name, field)
+        return index_key
 
     def derive_secret(self, purpose: bytes) -> bytes:
         """A long-term secret for another component (e.g. captcha code hashing), the same on every replica."""

@@ -91,7 +91,7 @@ async def test_expired_active_version_never_stops_encryption(make_kms: MakeKms) 
     repo = MemoryKeyRepo()
     kms = await make_kms(repo, cache_recheck_interval=timedelta(seconds=30)).open()
     replace_record(repo, DEFAULT_KEY, 1, expires_at=kms.clock() - timedelta(seconds=1))
-    kms.cipher.drop_cache()  # the cache now holds the expired record
+    kms.ring.drop_cache()  # the cache now holds the expired record
     sealed = await kms.cipher.encrypt(DEFAULT_KEY, "f", b"v", {})  # still works with version 1 ...
     assert sealed.key_version == 1
     await kms.cipher.encrypt(DEFAULT_KEY, "f", b"v", {})  # ... and wakes the background rotation
