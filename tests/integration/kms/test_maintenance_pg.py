@@ -1,4 +1,5 @@
-"""Maintenance on PostgreSQL: users PII moves onto the active key, keys are destroyed only when unused."""
+"""Maintenance on PostgreSQL: users' PII moves onto the users' key's active version in batches, versions no row
+needs are scheduled for destruction and destroyed only after the waiting period, concurrent edits win."""
 
 from __future__ import annotations
 
@@ -9,34 +10,29 @@ import asyncpg
 import pytest
 
 from internal.biz import pii
-from internal.biz.errors import NotFound
-from internal.data.kms_reencrypt import UserPiiReencryptor
+from internal.biz.errors import FailedPrecondition, NotFound
+from internal.biz.kms import DEFAULT_KEY, USERS_KEY
+from internal.biz.kms_admin import MaintenanceProgress
+from internal.data.kms_reencrypt import PgUsersPiiStore
 from internal.pkg.kms.envelope import parse_header
-from internal.pkg.kms.manager import KMSManager, MaintenanceProgress
-from tests.integration.kms.conftest import MakeManager, eventually
+from tests.integration.kms.conftest import MakeKms, eventually
+from tests.unit.kms.stack import FakeClock, KmsStack, user_values
 
 COLUMNS = ("email_encrypted", "phone_encrypted", "name_encrypted", "totp_secret_encrypted")
+WAIT = timedelta(days=30)  # the default waiting period before a scheduled destruction
 
 
-def values_for(i: int) -> dict[str, bytes | None]:
-    return {
-        pii.EMAIL: f"user{i}@example.com".encode(),
-        pii.PHONE: f"+86138000000{i:02d}".encode() if i % 2 == 0 else None,
-        pii.NAME: f"User {i}".encode() if i % 3 == 0 else None,
-        pii.TOTP_SECRET: b"JBSWY3DPEHPK3PXP" if i % 4 == 0 else None,
-    }
-
-
-async def insert_user(db: asyncpg.Pool, manager: KMSManager, i: int) -> int:
-    """A users row written the way the auth use cases write it (ciphertexts bound to the row id)."""
+async def insert_user(db: asyncpg.Pool, kms: KmsStack, i: int) -> int:
+    """A users row written the way the auth use cases write it (ciphertexts under the users' key, bound to the
+    row id)."""
     user_id = int(await db.fetchval("SELECT nextval('users_id_seq')"))
     context = pii.user_context(user_id)
     ciphertexts: dict[str, bytes | None] = {}
     versions = []
-    for field, value in values_for(i).items():
+    for field, value in user_values(i).items():
         ciphertexts[field] = None
         if value is not None:
-            sealed = await manager.crypto.encrypt(field, value, context)
+            sealed = await kms.users.encrypt(field, value, context)
             ciphertexts[field] = sealed.ciphertext
             versions.append(sealed.key_version)
     await db.execute(
@@ -48,7 +44,7 @@ async def insert_user(db: asyncpg.Pool, manager: KMSManager, i: int) -> int:
         user_id,
         f"user{i}",
         ciphertexts[pii.EMAIL],
-        manager.crypto.blind_index(pii.EMAIL, f"user{i}@example.com"),
+        kms.users.blind_index(pii.EMAIL, f"user{i}@example.com"),
         ciphertexts[pii.PHONE],
         ciphertexts[pii.NAME],
         ciphertexts[pii.TOTP_SECRET],
@@ -57,141 +53,187 @@ async def insert_user(db: asyncpg.Pool, manager: KMSManager, i: int) -> int:
     return user_id
 
 
-async def assert_rows(db: asyncpg.Pool, manager: KMSManager, version: int, users: Mapping[int, int]) -> None:
+async def assert_rows(db: asyncpg.Pool, kms: KmsStack, version: int, users: Mapping[int, int]) -> None:
     for user_id, i in users.items():
         row = await db.fetchrow("SELECT * FROM users WHERE id = $1", user_id)
         assert row is not None and row["pii_key_version"] == version
         for field, column in zip(pii.USER_PII_FIELDS, COLUMNS, strict=True):
-            expected = values_for(i)[field]
+            expected = user_values(i)[field]
             if expected is None:
                 assert row[column] is None
                 continue
             assert parse_header(row[column]).key_version == version
-            assert await manager.crypto.decrypt(field, row[column], pii.user_context(user_id)) == expected
+            assert await kms.users.decrypt(field, row[column], pii.user_context(user_id)) == expected
 
 
 async def key_rows(db: asyncpg.Pool) -> dict[int, asyncpg.Record]:
-    return {r["version"]: r for r in await db.fetch("SELECT * FROM kms_data_keys ORDER BY version")}
+    rows = await db.fetch("SELECT * FROM kms_data_keys WHERE key_name = $1 ORDER BY version", USERS_KEY)
+    return {r["version"]: r for r in rows}
 
 
-async def test_maintenance_reencrypts_users_and_destroys_unused_keys(
-    make_manager: MakeManager, db: asyncpg.Pool
-) -> None:
-    manager = await make_manager(destroy_grace=timedelta(0))
-    users = {await insert_user(db, manager, i): i for i in range(8)}
-    old_sample = await db.fetchval("SELECT email_encrypted FROM users ORDER BY id LIMIT 1")
-    # Another replica, without pub/sub, with key 1 in its cache.
-    other = await make_manager()
-    assert await other.crypto.decrypt(pii.EMAIL, old_sample, pii.user_context(min(users))) == b"user0@example.com"
-    await manager.rotate("second key")
-    users |= {await insert_user(db, manager, i): i for i in range(8, 12)}
-    await manager.rotate("third key")
+async def decrypts(kms: KmsStack, ciphertext: bytes, user_id: int) -> str:
+    """What decrypting an old value answers: "ok" or the error's reason."""
+    try:
+        await kms.users.decrypt(pii.EMAIL, ciphertext, pii.user_context(user_id))
+    except (FailedPrecondition, NotFound) as exc:
+        return exc.reason
+    return "ok"
+
+
+async def test_maintenance_reencrypts_users_then_destroys_unused_versions(make_kms: MakeKms, db: asyncpg.Pool) -> None:
+    clock = FakeClock()
+    # No rotation by time: only the rotations below make versions (the moved clock would make every one due).
+    kms = await make_kms(clock=clock, rotate_interval=timedelta(0))
+    users = {await insert_user(db, kms, i): i for i in range(8)}
+    first = min(users)
+    old_sample = await db.fetchval("SELECT email_encrypted FROM users WHERE id = $1", first)
+    # Another replica, without pub/sub, with version 1 in its cache.
+    other = await make_kms(rotate_interval=timedelta(0))
+    assert await decrypts(other, old_sample, first) == "ok"
+    await kms.admin.rotate(USERS_KEY, "second version")
+    users |= {await insert_user(db, kms, i): i for i in range(8, 12)}
+    await kms.admin.rotate(USERS_KEY, "third version")
     hashes_before = await db.fetch("SELECT id, email_hash FROM users ORDER BY id")
+    assert await kms.admin.users_pending() == 12
 
-    # Nothing is expired yet: re-encryption runs, but no key may be destroyed.
-    report = await manager.maintenance(batch_size=5)
-    assert (report.records_reencrypted, report.remaining, report.keys_destroyed, report.done) == (5, 7, 0, False)
+    # Nothing is expired yet: re-encryption runs, nothing is scheduled while rows still need old versions.
+    report = await kms.admin.maintenance([USERS_KEY], batch_size=5)
+    assert (report.records_reencrypted, report.remaining, report.done) == (5, 7, False)
+    assert (report.keys_destroyed, report.destruction_scheduled) == (0, 0)
 
-    await db.execute("UPDATE kms_data_keys SET expires_at = now() - interval '1 second' WHERE version < 3")
-    dry = await manager.maintenance(dry_run=True)
+    await db.execute(
+        "UPDATE kms_data_keys SET expires_at = now() - interval '1 second' WHERE key_name = $1 AND version < 3",
+        USERS_KEY,
+    )
+    dry = await kms.admin.maintenance([USERS_KEY], dry_run=True)
     assert (dry.expired_marked, dry.records_reencrypted, dry.remaining) == (2, 0, 7)
-    assert dry.keys_destroyed == 0  # key 1 and 2 are still referenced by the remaining rows
+    assert (dry.keys_destroyed, dry.destruction_scheduled) == (0, 0)
     assert {r["status"] for r in (await key_rows(db)).values() if r["version"] < 3} == {"inactive"}
 
     progress: list[MaintenanceProgress] = []
-    report = await manager.maintenance(batch_size=4, progress=progress.append)
+    report = await kms.admin.maintenance([USERS_KEY], batch_size=4, progress=progress.append)
     assert (report.expired_marked, report.records_reencrypted, report.remaining) == (2, 4, 3)
-    # Rows 1-8 (key 1) are all re-encrypted now, rows 9-12 (key 2) not yet: only key 1 goes.
-    assert report.keys_destroyed == 1 and progress[-1].reencrypted == 4
-    keys = await key_rows(db)
-    assert keys[1]["status"] == "revoked" and keys[1]["encrypted_key"] is None
-    assert keys[2]["status"] == "expired" and keys[2]["encrypted_key"] is not None
+    assert (report.keys_destroyed, report.destruction_scheduled) == (0, 0) and progress[-1].reencrypted == 4
+    assert {r["status"] for r in (await key_rows(db)).values() if r["version"] < 3} == {"expired"}
 
-    report = await manager.maintenance(batch_size=100)
-    assert (report.records_reencrypted, report.remaining, report.keys_destroyed, report.done) == (3, 0, 1, True)
+    report = await kms.admin.maintenance([USERS_KEY], batch_size=100)
+    assert (report.records_reencrypted, report.remaining, report.done) == (3, 0, True)
+    # Every row is on version 3 now: versions 1 and 2 are scheduled for destruction, not destroyed.
+    assert (report.keys_destroyed, report.destruction_scheduled) == (0, 2)
+    keys = await key_rows(db)
+    for version in (1, 2):
+        assert keys[version]["status"] == "pending_destruction" and keys[version]["encrypted_key"] is not None
+        assert keys[version]["destroy_after"] - clock() > WAIT - timedelta(minutes=1)
+    await assert_rows(db, kms, 3, users)
+    assert await decrypts(kms, old_sample, first) == "KEY_PENDING_DESTRUCTION"
+    # The other replica refuses its cached version 1 within its re-check interval.
+    await eventually(lambda: decrypts(other, old_sample, first), "KEY_PENDING_DESTRUCTION", within=1.0)
+
+    assert (await kms.admin.maintenance([USERS_KEY])).keys_destroyed == 0  # the waiting period is not over
+    clock.advance(WAIT + timedelta(seconds=1))
+    report = await kms.admin.maintenance([USERS_KEY])
+    assert (report.keys_destroyed, report.destruction_scheduled, report.done) == (2, 0, True)
     keys = await key_rows(db)
     for version in (1, 2):
         assert keys[version]["status"] == "revoked"
         assert keys[version]["encrypted_key"] is None and keys[version]["destroyed_at"] is not None
     assert keys[3]["status"] == "active" and keys[3]["encrypted_key"] is not None
-    await assert_rows(db, manager, 3, users)
+    await assert_rows(db, kms, 3, users)
     assert await db.fetch("SELECT id, email_hash FROM users ORDER BY id") == hashes_before
-    with pytest.raises(NotFound) as exc:
-        await manager.crypto.decrypt(pii.EMAIL, old_sample, pii.user_context(min(users)))
-    assert exc.value.reason == "KEY_NOT_FOUND"
+    assert await decrypts(kms, old_sample, first) == "KEY_NOT_FOUND"
+    await eventually(lambda: decrypts(other, old_sample, first), "KEY_NOT_FOUND", within=1.0)
 
-    # The other replica drops its cached copy of key 1 within its re-check interval.
-    async def other_decrypts_old_value() -> bool:
-        try:
-            await other.crypto.decrypt(pii.EMAIL, old_sample, pii.user_context(min(users)))
-        except NotFound:
-            return False
-        return True
-
-    await eventually(other_decrypts_old_value, False, within=1.0)
-
-    again = await manager.maintenance()
+    again = await kms.admin.maintenance([USERS_KEY])
     assert (again.records_reencrypted, again.keys_destroyed, again.remaining, again.done) == (0, 0, 0, True)
-    audit = await db.fetch("SELECT event, outcome, details FROM audit_events WHERE event LIKE 'kms.%' ORDER BY id")
+    # `default` was never touched by any of it.
+    assert await db.fetchval("SELECT count(*) FROM kms_data_keys WHERE key_name = $1", DEFAULT_KEY) == 1
+    audit = await db.fetch("SELECT event, details FROM audit_events WHERE event LIKE 'kms.%' ORDER BY id")
     events = [r["event"] for r in audit]
-    assert events.count("kms.key_destroy") == 2 and events.count("kms.maintenance") == 5
+    assert events.count("kms.key_destroy") == 2 and events.count("kms.key_destroy_schedule") == 2
+    assert events.count("kms.maintenance") == 7
 
 
-async def test_undecryptable_row_keeps_its_key(make_manager: MakeManager, db: asyncpg.Pool) -> None:
-    manager = await make_manager(destroy_grace=timedelta(0))
-    good = await insert_user(db, manager, 1)
-    bad = await insert_user(db, manager, 2)
+async def test_undecryptable_row_keeps_its_version(make_kms: MakeKms, db: asyncpg.Pool) -> None:
+    clock = FakeClock()
+    kms = await make_kms(clock=clock, rotate_interval=timedelta(0))
+    good = await insert_user(db, kms, 1)
+    bad = await insert_user(db, kms, 2)
     # Bind bad's email to another row: it can no longer be decrypted in place.
     await db.execute(
         "UPDATE users SET email_encrypted = (SELECT email_encrypted FROM users WHERE id = $1) WHERE id = $2", good, bad
     )
-    await manager.rotate("second key")
-    await db.execute("UPDATE kms_data_keys SET expires_at = now() - interval '1 second' WHERE version = 1")
-    report = await manager.maintenance()
-    assert (report.records_reencrypted, report.records_failed, report.remaining) == (1, 1, 1)
-    assert report.keys_destroyed == 0 and not report.done
+    await kms.admin.rotate(USERS_KEY, "second version")
+    await db.execute(
+        "UPDATE kms_data_keys SET expires_at = now() - interval '1 second' WHERE key_name = $1 AND version = 1",
+        USERS_KEY,
+    )
+    for moved in (1, 0):  # the good row moves on the first run; the bad one never does
+        report = await kms.admin.maintenance([USERS_KEY])
+        assert (report.records_reencrypted, report.records_failed, report.remaining) == (moved, 1, 1)
+        assert (report.keys_destroyed, report.destruction_scheduled, report.done) == (0, 0, False)
+        clock.advance(WAIT * 2)
     assert (await key_rows(db))[1]["encrypted_key"] is not None
+    assert (await key_rows(db))[1]["status"] == "expired"
 
 
 class InterferingCipher:
-    """Decrypts through the real cipher, but changes the row in the database in between (a user edit)."""
+    """The real users' cipher, but the row changes in the database in between (a user edit)."""
 
-    def __init__(self, manager: KMSManager, db: asyncpg.Pool, user_id: int) -> None:
-        self.manager, self.db, self.user_id, self.done = manager, db, user_id, False
+    def __init__(self, kms: KmsStack, db: asyncpg.Pool, user_id: int) -> None:
+        self.kms, self.db, self.user_id, self.done = kms, db, user_id, False
 
     async def decrypt(self, field: str, ciphertext: bytes, context: Mapping[str, str]) -> bytes:
         if not self.done:
             self.done = True
-            fresh = await self.manager.crypto.encrypt(pii.EMAIL, b"changed@example.com", pii.user_context(self.user_id))
+            fresh = await self.kms.users.encrypt(pii.EMAIL, b"changed@example.com", pii.user_context(self.user_id))
             await self.db.execute(
                 "UPDATE users SET email_encrypted = $2, pii_key_version = $3 WHERE id = $1",
                 self.user_id,
                 fresh.ciphertext,
                 fresh.key_version,
             )
-        return await self.manager.crypto.decrypt(field, ciphertext, context)
+        return await self.kms.users.decrypt(field, ciphertext, context)
 
     async def encrypt(self, field: str, plaintext: bytes, context: Mapping[str, str]) -> pii.Sealed:
-        return await self.manager.crypto.encrypt(field, plaintext, context)
+        return await self.kms.users.encrypt(field, plaintext, context)
+
+    def is_current(self, ciphertext: bytes, active_version: int) -> bool:
+        return self.kms.users.is_current(ciphertext, active_version)
 
     def blind_index(self, field: str, value: str) -> str:
-        return self.manager.crypto.blind_index(field, value)
+        return self.kms.users.blind_index(field, value)
 
 
-async def test_concurrent_user_update_is_not_overwritten(make_manager: MakeManager, db: asyncpg.Pool) -> None:
-    manager = await make_manager(targets=False)
-    user_id = await insert_user(db, manager, 5)
-    other_id = await insert_user(db, manager, 6)
-    await manager.rotate("second key")
-    target = UserPiiReencryptor(db)
-    batch = await target.reencrypt_batch(InterferingCipher(manager, db, user_id), 2, None, 10)
-    assert (batch.scanned, batch.reencrypted, batch.skipped, batch.failed, batch.cursor) == (2, 1, 1, 0, None)
+async def test_concurrent_user_update_is_not_overwritten(make_kms: MakeKms, db: asyncpg.Pool) -> None:
+    kms = await make_kms()
+    user_id = await insert_user(db, kms, 5)
+    other_id = await insert_user(db, kms, 6)
+    await kms.admin.rotate(USERS_KEY, "second version")
+    kms.admin._users_cipher = InterferingCipher(kms, db, user_id)  # type: ignore[assignment]
+    report = await kms.admin.maintenance([USERS_KEY])
+    # The edited row was skipped (the user's change wins), the other one moved; nothing is left to move.
+    assert (report.records_reencrypted, report.records_failed, report.remaining) == (1, 0, 0)
     row = await db.fetchrow("SELECT email_encrypted, pii_key_version FROM users WHERE id = $1", user_id)
-    assert row is not None
-    assert await manager.crypto.decrypt(pii.EMAIL, row["email_encrypted"], pii.user_context(user_id)) == (
-        b"changed@example.com"
+    assert row is not None and row["pii_key_version"] == 2
+    opened = await kms.users.decrypt(pii.EMAIL, row["email_encrypted"], pii.user_context(user_id))
+    assert opened == b"changed@example.com"
+    store = PgUsersPiiStore(db)
+    assert await store.versions_in_use() == {2}
+    assert await store.pending_count(2) == 0
+    other = await db.fetchrow("SELECT email_encrypted, pii_key_version FROM users WHERE id = $1", other_id)
+    assert other is not None and other["pii_key_version"] == 2
+    assert await kms.users.decrypt(pii.EMAIL, other["email_encrypted"], pii.user_context(other_id)) == (
+        b"user6@example.com"
     )
-    assert row["pii_key_version"] == 2
-    assert await target.versions_in_use() == {2}
-    assert await target.pending(2) == 0
-    assert other_id != user_id
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
+async def test_maintenance_of_a_callers_key_leaves_users_alone(
+    make_kms: MakeKms, db: asyncpg.Pool, dry_run: bool
+) -> None:
+    kms = await make_kms()
+    user_id = await insert_user(db, kms, 3)
+    await kms.admin.rotate(USERS_KEY, "second version")
+    report = await kms.admin.maintenance([DEFAULT_KEY], dry_run=dry_run)
+    assert (report.records_reencrypted, report.remaining, report.destruction_scheduled) == (0, 0, 0)
+    assert await db.fetchval("SELECT pii_key_version FROM users WHERE id = $1", user_id) == 1
