@@ -83,21 +83,49 @@ def test_kms_over_grpc_with_scoped_credentials(replicas: list[ServerProcess]) ->
         assert opened.plaintext == b"alice@example.com"
 
         expectations = [
-            (lambda: kms_a.Encrypt(kms_pb2.EncryptRequest(field="f", plaintext=b"x")), "UNAUTHENTICATED",
-             "CREDENTIALS_MISSING"),
-            (lambda: kms_a.Encrypt(kms_pb2.EncryptRequest(field="f", plaintext=b"x"), metadata=auth("akms_forged")),
-             "UNAUTHENTICATED", "CREDENTIALS_INVALID"),
-            (lambda: kms_a.Encrypt(kms_pb2.EncryptRequest(field="f", plaintext=b"x"), metadata=auth(decrypt_only)),
-             "PERMISSION_DENIED", "PERMISSION_DENIED"),
-            (lambda: kms_a.Decrypt(kms_pb2.DecryptRequest(ciphertext=sealed.ciphertext, field="phone", context=context),
-                                   metadata=auth(full)), "INVALID_ARGUMENT", "CIPHERTEXT_INVALID"),
-            (lambda: kms_a.Decrypt(kms_pb2.DecryptRequest(ciphertext=sealed.ciphertext[:-1] + b"\0", field="email",
-                                                          context=context), metadata=auth(full)),
-             "INVALID_ARGUMENT", "CIPHERTEXT_INVALID"),
-            (lambda: kms_a.GetDataKey(kms_pb2.GetDataKeyRequest(version=9999), metadata=auth(full)), "NOT_FOUND",
-             "KEY_NOT_FOUND"),
-            (lambda: kms_a.Encrypt(kms_pb2.EncryptRequest(field="f", plaintext=b"x" * (64 * 1024 + 1)),
-                                   metadata=auth(full)), "INVALID_ARGUMENT", "PLAINTEXT_TOO_LARGE"),
+            (
+                lambda: kms_a.Encrypt(kms_pb2.EncryptRequest(field="f", plaintext=b"x")),
+                "UNAUTHENTICATED",
+                "CREDENTIALS_MISSING",
+            ),
+            (
+                lambda: kms_a.Encrypt(kms_pb2.EncryptRequest(field="f", plaintext=b"x"), metadata=auth("akms_forged")),
+                "UNAUTHENTICATED",
+                "CREDENTIALS_INVALID",
+            ),
+            (
+                lambda: kms_a.Encrypt(kms_pb2.EncryptRequest(field="f", plaintext=b"x"), metadata=auth(decrypt_only)),
+                "PERMISSION_DENIED",
+                "PERMISSION_DENIED",
+            ),
+            (
+                lambda: kms_a.Decrypt(
+                    kms_pb2.DecryptRequest(ciphertext=sealed.ciphertext, field="phone", context=context),
+                    metadata=auth(full),
+                ),
+                "INVALID_ARGUMENT",
+                "CIPHERTEXT_INVALID",
+            ),
+            (
+                lambda: kms_a.Decrypt(
+                    kms_pb2.DecryptRequest(ciphertext=sealed.ciphertext[:-1] + b"\0", field="email", context=context),
+                    metadata=auth(full),
+                ),
+                "INVALID_ARGUMENT",
+                "CIPHERTEXT_INVALID",
+            ),
+            (
+                lambda: kms_a.GetDataKey(kms_pb2.GetDataKeyRequest(version=9999), metadata=auth(full)),
+                "NOT_FOUND",
+                "KEY_NOT_FOUND",
+            ),
+            (
+                lambda: kms_a.Encrypt(
+                    kms_pb2.EncryptRequest(field="f", plaintext=b"x" * (64 * 1024 + 1)), metadata=auth(full)
+                ),
+                "INVALID_ARGUMENT",
+                "PLAINTEXT_TOO_LARGE",
+            ),
         ]
         for call, code, why in expectations:
             with pytest.raises(grpc.RpcError) as caught:
@@ -146,11 +174,30 @@ def test_cli_rotation_status_revocation_and_exit_codes(server: ServerProcess) ->
     env = server.env
     token = create_credential(env, "svc-cli", "kms.encrypt,kms.admin")
     status = cli(env, "kms", "status")
-    assert status.returncode == 0 and "active version" in status.stdout
+    assert status.returncode == 0 and "key default: algorithm AES-256-GCM, active version" in status.stdout
     rotate = cli(env, "kms", "rotate", "--reason", "cli-test")
-    assert rotate.returncode == 0 and "active key is now version" in rotate.stdout
+    assert rotate.returncode == 0 and "key default: active version is now" in rotate.stdout
     maintenance = cli(env, "kms", "maintenance", "--dry-run")
-    assert maintenance.returncode == 0, maintenance.stderr
+    assert maintenance.returncode == 0 and "expired marked" in maintenance.stdout, maintenance.stderr
+    # A named key through its whole life on the CLI.
+    created = cli(env, "kms", "create", "cli.orders", "--description", "from the CLI")
+    assert created.returncode == 0 and "created key cli.orders (active version 1" in created.stdout, created.stderr
+    assert cli(env, "kms", "create", "cli.orders").returncode == 1
+    rotated = cli(env, "kms", "rotate", "--key", "cli.orders")
+    assert rotated.returncode == 0 and "key cli.orders: active version is now 2" in rotated.stdout
+    status = cli(env, "kms", "status", "--key", "cli.orders")
+    assert status.returncode == 0 and "key cli.orders: algorithm AES-256-GCM, active version 2" in status.stdout
+    scheduled = cli(env, "kms", "schedule-destroy", "--key", "cli.orders", "--version", "1", "--wait-days", "8")
+    assert scheduled.returncode == 0 and "key cli.orders version 1: destruction scheduled for" in scheduled.stdout
+    too_soon = cli(env, "kms", "schedule-destroy", "--key", "cli.orders", "--version", "2")
+    assert too_soon.returncode == 1 and "KEY_STATE_INVALID" in too_soon.stderr  # the active version
+    cancelled = cli(env, "kms", "cancel-destroy", "--key", "cli.orders", "--version", "1")
+    assert cancelled.returncode == 0 and "destruction cancelled, status inactive" in cancelled.stdout
+    maintained = cli(env, "kms", "maintenance", "--key", "cli.orders")
+    assert maintained.returncode == 0 and "versions destroyed 0" in maintained.stdout, maintained.stderr
+    for bad in (("kms", "status", "--key", "Not A Key"), ("kms", "create", "authkms.mine")):
+        refused = cli(env, *bad)
+        assert refused.returncode == 1 and "VALIDATION_ERROR" in refused.stderr, bad
     listed = cli(env, "credentials", "list")
     assert "svc-cli" in listed.stdout and token not in listed.stdout
     assert cli(env, "credentials", "revoke", "--name", "svc-cli").returncode == 0
