@@ -68,6 +68,8 @@ async def key_ring_resource(conf: Kms, repo: KeyRepo, events: KeyEvents, audit: 
             read_secret(conf.salt, conf.salt_file),
             conf.iterations,
             conf.key_length,
+            previous_seed=read_secret(conf.previous_seed, conf.previous_seed_file),
+            previous_salt=read_secret(conf.previous_salt, conf.previous_salt_file),
         ),
         KeyDefaults(conf.algorithm, conf.rotate_interval, conf.rotate_after_encryptions),
         events=events,

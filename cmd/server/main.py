@@ -1,7 +1,7 @@
 """authkms entry point: `python cmd/server/main.py [-conf configs] [--workers N] <command>`.
 
 Commands: serve (default), migrate up|down|version,
-kms create|rotate|status|maintenance|schedule-destroy|cancel-destroy, credentials create|revoke|list,
+kms create|rotate|status|maintenance|schedule-destroy|cancel-destroy|rekey, credentials create|revoke|list,
 users unlock. Every command exits non-zero with a one-line reason.
 """
 
@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     maintenance.add_argument("--key", action="append", help="only these keys (repeatable; default: every key)")
     maintenance.add_argument("--batch-size", type=int, default=0, help="records per batch (default: config)")
     maintenance.add_argument("--dry-run", action="store_true", help="report only")
+    rekey = kms.add_parser("rekey", help="re-wrap every data key under the current root key (root-key rotation)")
+    rekey.add_argument("--batch-size", type=int, default=0, help="versions per call (default: all)")
     for verb, text in (
         ("schedule-destroy", "schedule the destruction of a retired version"),
         ("cancel-destroy", "cancel a scheduled destruction"),
@@ -112,6 +114,12 @@ async def _kms(container: Any, args: argparse.Namespace) -> int:
         print(f"encryptions under active version: {status.active_encryption_count}")
         print("versions by status: " + ", ".join(f"{k}={v}" for k, v in sorted(status.counts.items())))
         print(f"users rows still to move onto the users' key: {await admin.users_pending()}")
+        print(
+            f"root key {status.root_key_fingerprint}; "
+            f"versions under the previous root key: {status.versions_under_previous_root}"
+        )
+    elif args.action == "rekey":
+        return await _rekey(admin, args)
     elif args.action == "schedule-destroy":
         key = await admin.schedule_destruction(args.key, args.version, args.wait_days * 86400)
         print(f"key {key.key_name} version {key.version}: destruction scheduled for {_when(key.destroy_after)}")
@@ -121,6 +129,33 @@ async def _kms(container: Any, args: argparse.Namespace) -> int:
     else:
         return await _maintenance(admin, args)
     return 0
+
+
+async def _rekey(admin: Any, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    total = rewrapped = 0
+    seconds = 0.0
+    with tqdm(unit="version", desc="re-wrapping", file=sys.stderr) as bar:
+
+        def progress(done: int, todo: int) -> None:
+            bar.total = todo
+            bar.n = done
+            bar.refresh()
+
+        while True:
+            report = await admin.rekey(args.batch_size, progress)
+            rewrapped += report.rewrapped
+            seconds += report.seconds
+            total += report.rewrapped
+            if report.remaining == 0 or report.rewrapped == 0:
+                break
+    rate = rewrapped / seconds if seconds > 0 else 0.0
+    print(
+        f"re-wrapped {rewrapped} versions in {seconds:.2f} s ({rate:.0f} versions/s); "
+        f"remaining under the previous root key: {report.remaining}"
+    )
+    return 0 if report.remaining == 0 else 1
 
 
 async def _maintenance(admin: Any, args: argparse.Namespace) -> int:

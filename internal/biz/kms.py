@@ -131,6 +131,7 @@ class DataKeyRecord:
     destroy_after: datetime | None = None
     destroyed_at: datetime | None = None
     metadata: Mapping[str, str] = field(default_factory=dict, compare=False)
+    root_fingerprint: str | None = None  # which root key wrapped it (None: not recorded yet)
 
     @property
     def retired_at(self) -> datetime | None:
@@ -149,6 +150,7 @@ class NewDataKey:
     key_hash: str = field(repr=False)
     lifetime: timedelta | None  # expires_at = created_at + lifetime (None: no expiry)
     metadata: Mapping[str, str] = field(default_factory=dict)
+    root_fingerprint: str | None = None
 
 
 # Builds the new version once the repository knows its number (the number is bound into the wrapping).
@@ -228,7 +230,29 @@ class KeyRepo(Protocol):
         """Number of versions by status."""
         ...
 
+    async def rewrap(self, record: DataKeyRecord, wrapped_key: bytes, key_hash: str, root_fingerprint: str) -> bool:
+        """Replace a version's wrapping, only if it still holds ``record.wrapped_key`` (compare and set)."""
+        ...
+
+    async def record_root_fingerprint(self, record: DataKeyRecord, root_fingerprint: str) -> None:
+        """Note which root key wraps a version whose fingerprint was not recorded yet."""
+        ...
+
+    async def service_secret(self) -> StoredSecret | None:
+        """The wrapped service secret, once a root-key rotation has stored it."""
+        ...
+
+    async def put_service_secret(self, secret: StoredSecret, expected: StoredSecret | None) -> bool:
+        """Store ``secret`` only if the stored one is still ``expected`` (None: none stored); True if stored."""
+        ...
+
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class StoredSecret:
+    wrapped: bytes = field(repr=False)
+    root_fingerprint: str
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from internal.biz.kms import (
     key_not_found,
 )
 from internal.biz.kms_cipher import UsersPiiCipher
-from internal.biz.kms_keyring import KeyRing
+from internal.biz.kms_keyring import KeyRing, RekeyReport
 from internal.pkg.kms.envelope import algorithm_for_new_key, is_legacy
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,8 @@ class KmsStatus:
     active_encryption_count: int
     counts: dict[str, int]
     storage_type: str
+    versions_under_previous_root: int
+    root_key_fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -381,12 +383,20 @@ class KeyAdmin:
             else 0,
             counts=counts,
             storage_type=self._repo.kind,
+            versions_under_previous_root=self._ring.under_previous_root(await self._repo.all_versions()),
+            root_key_fingerprint=self._ring.root_fingerprint,
         )
 
     async def users_pending(self) -> int:
         """Users rows with PII not yet under the users' key's active version (what maintenance still moves)."""
         active = await self._ring.load_active(USERS_KEY)
         return await self._users_pii.pending_count(active.version)
+
+    async def rekey(self, batch_size: int = 0, progress: Callable[[int, int], None] | None = None) -> RekeyReport:
+        """Re-wrap what is still under the previous root key under the current one (docs/operations.md)."""
+        if batch_size < 0 or batch_size > 100_000:
+            raise InvalidArgument("VALIDATION_ERROR", "batch_size must be between 0 (all) and 100000")
+        return await self._ring.rekey(batch_size, progress)
 
     # ---- destruction -------------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from internal.biz.kms import (
     NamedKey,
     NewDataKey,
     RotateOutcome,
+    StoredSecret,
     key_not_found,
     not_initialized,
     pending_destruction,
@@ -70,12 +71,34 @@ class RootKeyMismatch(Exception):
 
 @dataclass(frozen=True)
 class RootKeySource:
-    """How to derive the root key (configuration ``kms.seed``/``salt``/``iterations``/``key_length``)."""
+    """How to derive the root key (configuration ``kms.seed``/``salt``/``iterations``/``key_length``), and during a
+    root-key rotation the previous one (``kms.previous_seed``/``previous_salt``), which only unwraps."""
 
     seed: str = dataclasses.field(repr=False)
     salt: str = dataclasses.field(repr=False)
     iterations: int
     key_length: int
+    previous_seed: str = dataclasses.field(default="", repr=False)
+    previous_salt: str = dataclasses.field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class RekeyReport:
+    rewrapped: int  # versions now wrapped under the current root key
+    remaining: int  # versions still wrapped under another root key
+    secret_moved: bool  # the service secret was (re-)wrapped under the current root key
+    seconds: float
+
+
+class _Root:
+    """One root key and its wrapper."""
+
+    __slots__ = ("fingerprint", "key", "wrapper")
+
+    def __init__(self, key: RootKey) -> None:
+        self.key = key
+        self.wrapper = KeyWrapper(key)
+        self.fingerprint = key.fingerprint()
 
 
 class _CachedKey:
@@ -117,8 +140,8 @@ class KeyRing:
         self._root_source = root_source
         self._audit = audit
         self._recheck = max(recheck.total_seconds(), 0.05)
-        self._root: RootKey | None = None
-        self._wrapper: KeyWrapper | None = None
+        self._roots: list[_Root] = []  # the current root key first, then the previous one (rotation only)
+        self._index_root: RootKey | None = None  # the service secret: source of blind-index keys
         self._keys: dict[str, _CachedKey] = {}
         self._missing: dict[str, float] = {}  # names known not to exist, until the monotonic time given
         self._sealers: dict[str, Sealer] = {}  # per key name: the sealer of its active version
@@ -145,10 +168,16 @@ class KeyRing:
             return
         algorithm_for_new_key(self.defaults.algorithm)
         source = self._root_source
-        root = await derive_root_key_async(source.seed, source.salt, source.iterations, source.key_length)
-        self._root, self._wrapper = root, KeyWrapper(root)
+        sources = [(source.seed, source.salt)] + (
+            [(source.previous_seed, source.previous_salt)] if source.previous_seed else []
+        )
+        keys = await asyncio.gather(
+            *(derive_root_key_async(seed, salt, source.iterations, source.key_length) for seed, salt in sources)
+        )
+        self._roots = [_Root(key) for key in keys]
         try:
-            self._verify_all(await self.repo.all_versions())
+            await self._verify_all(await self.repo.all_versions())
+            self._index_root = await self._open_service_secret()
             for name in (DEFAULT_KEY, USERS_KEY):
                 await self.repo.create_key(KeySpec(name))
                 await self._ensure_active(name, "startup")
@@ -172,24 +201,60 @@ class KeyRing:
         if due:
             await self._rotate(entry, entry.active.version, due, trigger)
 
-    def _verify_all(self, records: Sequence[DataKeyRecord]) -> None:
-        assert self._wrapper is not None
+    def _opening(self, record: DataKeyRecord) -> tuple[_Root, bytes] | None:
+        """The root key that unwraps ``record`` (the one its fingerprint names first) and the material, or None."""
+        for root in sorted(self._roots, key=lambda r: r.fingerprint != record.root_fingerprint):
+            try:
+                return root, root.wrapper.unwrap(
+                    record.id, record.version, record.algorithm, record.wrapped_key, record.key_hash
+                )
+            except KeyUnwrapError:
+                continue
+        return None
+
+    async def _verify_all(self, records: Sequence[DataKeyRecord]) -> None:
+        """Prove a configured root key opens every stored version (noting which one, where not yet recorded)."""
         readable = [r for r in records if r.wrapped_key is not None]
         bad: list[str] = []
         for record in readable:
-            try:
-                self._wrapper.unwrap(record.id, record.version, record.algorithm, record.wrapped_key, record.key_hash)
-            except KeyUnwrapError:
+            opened = self._opening(record)
+            if opened is None:
                 bad.append(f"{record.key_name} v{record.version}")
+            elif record.root_fingerprint is None:
+                await self.repo.record_root_fingerprint(record, opened[0].fingerprint)
         if not bad:
             return
         shown = ", ".join(bad[:10]) + (", …" if len(bad) > 10 else "")
         detail = "" if len(bad) == len(readable) else " (or those rows were altered)"
+        hint = (
+            ""
+            if len(self._roots) > 1
+            else "; while rotating the root key, also configure kms.previous_seed and kms.previous_salt until "
+            "`kms rekey` reports nothing left under the previous root key"
+        )
         message = (
             f"root key does not match stored data keys (wrong kms.seed/kms.salt?){detail}: "
             f"{len(bad)} of {len(readable)} stored data keys fail to unwrap ({shown}); "
-            "refusing to start rather than create a key over unreadable ones"
+            f"refusing to start rather than create a key over unreadable ones{hint}"
         )
+        log.error("kms: %s", message)
+        raise RootKeyMismatch(message)
+
+    async def _open_service_secret(self) -> RootKey:
+        """The service secret, source of every blind-index key and long-term derived secret.
+
+        Until the root key is first rotated it is the root key itself (so nothing changes for a deployment that
+        never rotates); the first rekey stores the original root key's bytes wrapped under the new root key, so
+        blind indexes, and the hashes callers stored, survive every rotation."""
+        stored = await self.repo.service_secret()
+        if stored is None:
+            return self._roots[-1].key  # the original root key: the previous one while rotating
+        for root in sorted(self._roots, key=lambda r: r.fingerprint != stored.root_fingerprint):
+            try:
+                return RootKey(root.wrapper.unwrap_secret(stored.wrapped))
+            except KeyUnwrapError:
+                continue
+        message = "the stored service secret does not unwrap under kms.seed/kms.salt (nor the previous ones)"
         log.error("kms: %s", message)
         raise RootKeyMismatch(message)
 
@@ -212,10 +277,11 @@ class KeyRing:
 
     def _drop_material(self) -> None:
         self.drop_cache()
-        self._wrapper = None
-        if self._root is not None:
-            self._root.wipe()
-            self._root = None
+        for root in self._roots:
+            root.key.wipe()
+        if self._index_root is not None:
+            self._index_root.wipe()
+        self._roots, self._index_root = [], None
 
     def drop_cache(self) -> None:
         """Forget every unwrapped version, sealer and blind-index key; each is rebuilt on its next use."""
@@ -307,18 +373,18 @@ class KeyRing:
         slot = (name, field)
         index_key = self._index_keys.get(slot)
         if index_key is None:
-            if self._root is None:
+            if self._index_root is None:
                 raise not_initialized()
             if len(self._index_keys) >= MAX_CACHED_KEYS:
                 self._index_keys.clear()  # callers choose field names: keep this bounded
-            index_key = self._index_keys[slot] = self._root.blind_index_key(name, field)
+            index_key = self._index_keys[slot] = self._index_root.blind_index_key(name, field)
         return index_key
 
     def derive_secret(self, purpose: bytes) -> bytes:
         """A long-term secret for another component (e.g. captcha code hashing), the same on every replica."""
-        if self._root is None:
+        if self._index_root is None:
             raise not_initialized()
-        return self._root.derive(b"authkms/secret:" + purpose)
+        return self._index_root.derive(b"authkms/secret:" + purpose)
 
     async def _entry(self, name: str) -> _CachedKey:
         entry = self._keys.get(name)
@@ -356,14 +422,14 @@ class KeyRing:
     # ---- cache -----------------------------------------------------------------------------------
 
     def _unwrap(self, record: DataKeyRecord) -> DataKey:
-        if self._wrapper is None:
+        if not self._roots:
             raise not_initialized()
+        opened = self._opening(record)
         try:
-            material = self._wrapper.unwrap(
-                record.id, record.version, record.algorithm, record.wrapped_key, record.key_hash
-            )
-            return DataKey(record.key_name, record.version, Algorithm(record.algorithm), material)
-        except (KeyUnwrapError, ValueError):
+            if opened is None:
+                raise ValueError("no configured root key unwraps it")
+            return DataKey(record.key_name, record.version, Algorithm(record.algorithm), opened[1])
+        except ValueError:
             log.error(
                 "kms: stored data key does not unwrap",
                 extra={"key_name": record.key_name, "key_version": record.version},
@@ -497,9 +563,9 @@ class KeyRing:
 
     def _key_factory(self, policy: KeyPolicy, reason: str) -> Callable[[int], NewDataKey]:
         algorithm = algorithm_for_new_key(policy.algorithm)
-        wrapper = self._wrapper
-        if wrapper is None:
+        if not self._roots:
             raise not_initialized()
+        wrapper, fingerprint = self._roots[0].wrapper, self._roots[0].fingerprint  # new wraps: the current root
         lifetime = policy.rotate_interval if policy.rotate_interval > timedelta(0) else None
 
         def make_key(version: int) -> NewDataKey:
@@ -513,6 +579,7 @@ class KeyRing:
                 key_hash=wrapper.key_hash(material),
                 lifetime=lifetime,
                 metadata={ROTATION_REASON: reason[:MAX_REASON_CHARS]},
+                root_fingerprint=fingerprint,
             )
 
         return make_key
@@ -572,3 +639,65 @@ class KeyRing:
 
     async def audit(self, event: str, outcome: str, details: dict[str, str | int | bool]) -> None:
         await self._audit_safely(event, outcome, details)
+
+    # ---- root-key rotation -----------------------------------------------------------------------
+
+    @property
+    def root_fingerprint(self) -> str:
+        if not self._roots:
+            raise not_initialized()
+        return self._roots[0].fingerprint
+
+    def under_previous_root(self, records: Sequence[DataKeyRecord]) -> int:
+        """How many of ``records`` (with material) are not wrapped under the current root key."""
+        current = self.root_fingerprint
+        return sum(r.wrapped_key is not None and r.root_fingerprint != current for r in records)
+
+    async def rekey(self, limit: int = 0, progress: Callable[[int, int], None] | None = None) -> RekeyReport:
+        """Re-wrap up to ``limit`` versions (0: all) still under the previous root key, and the service secret,
+        under the current root key. Each version is replaced only if it still holds the wrapping that was read
+        (compare and set), so concurrent or interrupted runs never leave a version unreadable; call again until
+        nothing remains. The material, and so every ciphertext, stays the same."""
+        if not self._initialized:
+            raise not_initialized()
+        started = time.monotonic()
+        current = self._roots[0]
+        secret_moved = await self._move_service_secret(current)
+        records = [r for r in await self.repo.all_versions() if r.wrapped_key is not None]
+        todo = [r for r in records if r.root_fingerprint != current.fingerprint]
+        rewrapped = 0
+        for record in todo[:limit] if limit > 0 else todo:
+            opened = self._opening(record)
+            if opened is None:
+                raise RootKeyMismatch(
+                    f"{record.key_name} v{record.version} does not unwrap under a configured root key"
+                )
+            root, material = opened
+            if root is not current:
+                wrapped = current.wrapper.wrap(record.id, record.version, Algorithm(record.algorithm), material)
+                hashed = current.wrapper.key_hash(material)
+                rewrapped += await self.repo.rewrap(record, wrapped, hashed, current.fingerprint)
+            else:  # already under the current root, its fingerprint not yet recorded
+                await self.repo.record_root_fingerprint(record, current.fingerprint)
+            if progress is not None:
+                progress(rewrapped, len(todo))
+        remaining = self.under_previous_root(await self.repo.all_versions())
+        report = RekeyReport(rewrapped, remaining, secret_moved, time.monotonic() - started)
+        await self._audit_safely(
+            "kms.rekey",
+            "success",
+            {"rewrapped": rewrapped, "remaining": remaining, "secret_moved": secret_moved, "root": current.fingerprint},
+        )
+        log.info("kms rekey", extra={"rewrapped": rewrapped, "remaining": remaining})
+        return report
+
+    async def _move_service_secret(self, current: _Root) -> bool:
+        """Store the service secret wrapped under the current root key, if it is not already."""
+        stored = await self.repo.service_secret()
+        if stored is None and len(self._roots) == 1:
+            return False  # no rotation going on: the secret is still the root key itself
+        if stored is not None and stored.root_fingerprint == current.fingerprint:
+            return False
+        assert self._index_root is not None
+        secret = StoredSecret(current.wrapper.wrap_secret(self._index_root.material_to_wrap()), current.fingerprint)
+        return await self.repo.put_service_secret(secret, stored)

@@ -176,11 +176,17 @@ class Kms(_Section):
     seed_file: str = ""
     salt: str = "development-only-salt"
     salt_file: str = ""
+    # Root-key rotation only: the seed and salt being replaced; they unwrap, never wrap (see operations).
+    previous_seed: str = ""
+    previous_seed_file: str = ""
+    previous_salt: str = ""
+    previous_salt_file: str = ""
     iterations: int = Field(default=600_000, ge=10_000)
     key_length: Literal[16, 24, 32] = 32
     algorithm: Literal["AES-256-GCM", "ChaCha20-Poly1305", "SM4-GCM", "AES-256-CBC"] = "AES-256-GCM"
     rotate_interval: Duration = timedelta(days=30)
-    # Rotate after this many encryptions under one key (well below AES-GCM's ~2^32 random-nonce limit).
+    # Default for keys without their own policy: rotate after this many encryptions under one version (well
+    # below AES-GCM's ~2^32 random-nonce limit).
     rotate_after_encryptions: int = Field(default=1 << 30, ge=1)
     storage_type: Literal["database", "file"] = "database"
     storage_path: str = ".data/kms_keys.json"
@@ -196,6 +202,14 @@ class Kms(_Section):
         if value == "AES-256-CBC":
             raise ValueError("AES-256-CBC is unauthenticated and refused for new keys; use AES-256-GCM")
         return value
+
+    @model_validator(mode="after")
+    def _previous_root_key_complete(self) -> Kms:
+        has_seed = bool(self.previous_seed or self.previous_seed_file)
+        has_salt = bool(self.previous_salt or self.previous_salt_file)
+        if has_seed != has_salt:
+            raise ValueError("kms.previous_seed and kms.previous_salt: set both (a root-key rotation) or neither")
+        return self
 
 
 class Security(_Section):

@@ -27,12 +27,13 @@ from internal.biz.kms import (
     NamedKey,
     PolicyChange,
     RotateOutcome,
+    StoredSecret,
 )
 from internal.data.errors import translate_driver_errors
 
 _VERSION_COLUMNS = (
     "key_name, id, version, algorithm, encrypted_key, key_hash, status, encryption_count, created_at, updated_at, "
-    "expires_at, destroy_after, destroyed_at, metadata"
+    "expires_at, destroy_after, destroyed_at, metadata, root_fingerprint"
 )
 _KEY_COLUMNS = (
     "name, algorithm, rotate_interval, rotate_after_encryptions, destruction_wait, description, generation, "
@@ -60,6 +61,7 @@ def _version(row: Any) -> DataKeyRecord:
         destroy_after=row["destroy_after"],
         destroyed_at=row["destroyed_at"],
         metadata={str(k): str(v) for k, v in (metadata or {}).items()},
+        root_fingerprint=row["root_fingerprint"],
     )
 
 
@@ -180,8 +182,8 @@ class PgKeyRepo:
                 row = await conn.fetchrow(
                     f"""
                     INSERT INTO kms_data_keys (key_name, id, version, algorithm, encrypted_key, key_hash, status,
-                                               expires_at, metadata)
-                    VALUES ($1, $2::uuid, $3, $4, $5, $6, 'active', now() + $7::interval, $8::jsonb)
+                                               expires_at, metadata, root_fingerprint)
+                    VALUES ($1, $2::uuid, $3, $4, $5, $6, 'active', now() + $7::interval, $8::jsonb, $9)
                     RETURNING {_VERSION_COLUMNS}
                     """,
                     name,
@@ -192,6 +194,7 @@ class PgKeyRepo:
                     new.key_hash,
                     new.lifetime,
                     json.dumps(dict(new.metadata)),
+                    new.root_fingerprint,
                 )
                 await conn.execute(_BUMP, name)
                 return RotateOutcome(_version(row), created=True, previous_version=current_version)
@@ -323,6 +326,56 @@ class PgKeyRepo:
         counts = {s.value: 0 for s in KeyStatus}
         counts.update({r["status"]: int(r["n"]) for r in rows})
         return counts
+
+    @translate_driver_errors
+    async def rewrap(self, record: DataKeyRecord, wrapped_key: bytes, key_hash: str, root_fingerprint: str) -> bool:
+        result = await self._pool.execute(
+            """
+            UPDATE kms_data_keys SET encrypted_key = $4, key_hash = $5, root_fingerprint = $6
+             WHERE key_name = $1 AND version = $2 AND encrypted_key = $3
+            """,
+            record.key_name,
+            record.version,
+            record.wrapped_key,
+            wrapped_key,
+            key_hash,
+            root_fingerprint,
+        )
+        return result.endswith(" 1")
+
+    @translate_driver_errors
+    async def record_root_fingerprint(self, record: DataKeyRecord, root_fingerprint: str) -> None:
+        await self._pool.execute(
+            "UPDATE kms_data_keys SET root_fingerprint = $4 "
+            "WHERE key_name = $1 AND version = $2 AND encrypted_key = $3 AND root_fingerprint IS NULL",
+            record.key_name,
+            record.version,
+            record.wrapped_key,
+            root_fingerprint,
+        )
+
+    @translate_driver_errors
+    async def service_secret(self) -> StoredSecret | None:
+        row = await self._pool.fetchrow("SELECT wrapped, root_fingerprint FROM kms_service_secret WHERE id = 1")
+        return StoredSecret(bytes(row["wrapped"]), row["root_fingerprint"]) if row is not None else None
+
+    @translate_driver_errors
+    async def put_service_secret(self, secret: StoredSecret, expected: StoredSecret | None) -> bool:
+        if expected is None:
+            result = await self._pool.execute(
+                "INSERT INTO kms_service_secret (id, wrapped, root_fingerprint) VALUES (1, $1, $2) "
+                "ON CONFLICT (id) DO NOTHING",
+                secret.wrapped,
+                secret.root_fingerprint,
+            )
+        else:
+            result = await self._pool.execute(
+                "UPDATE kms_service_secret SET wrapped = $1, root_fingerprint = $2 WHERE id = 1 AND wrapped = $3",
+                secret.wrapped,
+                secret.root_fingerprint,
+                expected.wrapped,
+            )
+        return result.endswith(" 1")
 
     async def close(self) -> None:
         """The pool belongs to the application container; nothing to close here."""

@@ -40,6 +40,7 @@ from internal.biz.kms import (
     NamedKey,
     PolicyChange,
     RotateOutcome,
+    StoredSecret,
 )
 
 FILE_FORMAT = "authkms-kms-keys/2"
@@ -59,9 +60,15 @@ def _now() -> datetime:
 class KeySet:
     """The rules of the key tables over plain dicts; not thread-safe by itself."""
 
-    def __init__(self, keys: Mapping[str, NamedKey] | None = None, versions: list[DataKeyRecord] | None = None) -> None:
+    def __init__(
+        self,
+        keys: Mapping[str, NamedKey] | None = None,
+        versions: list[DataKeyRecord] | None = None,
+        secret: StoredSecret | None = None,
+    ) -> None:
         self.keys: dict[str, NamedKey] = dict(keys or {})
         self.versions: dict[tuple[str, int], DataKeyRecord] = {(r.key_name, r.version): r for r in versions or []}
+        self.secret = secret
 
     def _bump(self, name: str) -> None:
         key = self.keys[name]
@@ -137,6 +144,7 @@ class KeySet:
             updated_at=now,
             expires_at=now + new.lifetime if new.lifetime else None,
             metadata=dict(new.metadata),
+            root_fingerprint=new.root_fingerprint,
         )
         self.versions[(name, next_version)] = record
         self._bump(name)
@@ -198,6 +206,24 @@ class KeySet:
             counts[record.status.value] += 1
         return counts
 
+    def rewrap(self, record: DataKeyRecord, wrapped_key: bytes, key_hash: str, root_fingerprint: str) -> bool:
+        current = self.versions.get((record.key_name, record.version))
+        if current is None or current.wrapped_key != record.wrapped_key:
+            return False
+        self._update(current, wrapped_key=wrapped_key, key_hash=key_hash, root_fingerprint=root_fingerprint)
+        return True
+
+    def record_root_fingerprint(self, record: DataKeyRecord, root_fingerprint: str) -> None:
+        current = self.versions.get((record.key_name, record.version))
+        if current is not None and current.wrapped_key == record.wrapped_key and current.root_fingerprint is None:
+            self._update(current, root_fingerprint=root_fingerprint)
+
+    def put_service_secret(self, secret: StoredSecret, expected: StoredSecret | None) -> bool:
+        if self.secret != expected:
+            return False
+        self.secret = secret
+        return True
+
 
 class MemoryKeyRepo:
     """``KeyRepo`` in process memory: one process, nothing persisted (tests and tools)."""
@@ -257,6 +283,18 @@ class MemoryKeyRepo:
     async def statistics(self, name: str) -> dict[str, int]:
         return self.set.statistics(name)
 
+    async def rewrap(self, record: DataKeyRecord, wrapped_key: bytes, key_hash: str, root_fingerprint: str) -> bool:
+        return self.set.rewrap(record, wrapped_key, key_hash, root_fingerprint)
+
+    async def record_root_fingerprint(self, record: DataKeyRecord, root_fingerprint: str) -> None:
+        self.set.record_root_fingerprint(record, root_fingerprint)
+
+    async def service_secret(self) -> StoredSecret | None:
+        return self.set.secret
+
+    async def put_service_secret(self, secret: StoredSecret, expected: StoredSecret | None) -> bool:
+        return self.set.put_service_secret(secret, expected)
+
     async def close(self) -> None:
         return None
 
@@ -296,6 +334,7 @@ def _encode_version(record: DataKeyRecord) -> dict[str, Any]:
         "destroy_after": _time(record.destroy_after),
         "destroyed_at": _time(record.destroyed_at),
         "metadata": dict(record.metadata),
+        "root_fingerprint": record.root_fingerprint,
     }
 
 
@@ -319,6 +358,7 @@ def _decode_version(item: Mapping[str, Any]) -> DataKeyRecord:
         destroy_after=_parse_time(item.get("destroy_after")),
         destroyed_at=_parse_time(item.get("destroyed_at")),
         metadata={str(k): str(v) for k, v in (item.get("metadata") or {}).items()},
+        root_fingerprint=item.get("root_fingerprint"),
     )
 
 
@@ -354,11 +394,16 @@ def _decode_key(item: Mapping[str, Any]) -> NamedKey:
 
 
 def serialize(keys: KeySet) -> str:
-    document = {
+    document: dict[str, Any] = {
         "format": FILE_FORMAT,
         "keys": [_encode_key(keys.keys[n]) for n in sorted(keys.keys)],
         "versions": [_encode_version(keys.versions[k]) for k in sorted(keys.versions)],
     }
+    if keys.secret is not None:
+        document["service_secret"] = {
+            "wrapped": base64.b64encode(keys.secret.wrapped).decode(),
+            "root_fingerprint": keys.secret.root_fingerprint,
+        }
     return json.dumps(document, indent=1, sort_keys=True) + "\n"
 
 
@@ -374,7 +419,13 @@ def parse(text: str) -> KeySet:
     if data.get("format") != FILE_FORMAT or not isinstance(data.get("keys"), list):
         raise ValueError("not a key file")
     keys = {k.name: k for k in (_decode_key(item) for item in data["keys"])}
-    return _checked(KeySet(keys, [_decode_version(item) for item in data["versions"]]))
+    stored = data.get("service_secret")
+    secret = (
+        StoredSecret(base64.b64decode(stored["wrapped"], validate=True), str(stored["root_fingerprint"]))
+        if stored
+        else None
+    )
+    return _checked(KeySet(keys, [_decode_version(item) for item in data["versions"]], secret))
 
 
 def _checked(keys: KeySet) -> KeySet:
@@ -522,3 +573,15 @@ class FileKeyRepo(MemoryKeyRepo):
 
     async def statistics(self, name: str) -> dict[str, int]:
         return (await self._read()).statistics(name)
+
+    async def rewrap(self, record: DataKeyRecord, wrapped_key: bytes, key_hash: str, root_fingerprint: str) -> bool:
+        return await self._change(lambda keys: keys.rewrap(record, wrapped_key, key_hash, root_fingerprint))
+
+    async def record_root_fingerprint(self, record: DataKeyRecord, root_fingerprint: str) -> None:
+        await self._change(lambda keys: keys.record_root_fingerprint(record, root_fingerprint))
+
+    async def service_secret(self) -> StoredSecret | None:
+        return (await self._read()).secret
+
+    async def put_service_secret(self, secret: StoredSecret, expected: StoredSecret | None) -> bool:
+        return await self._change(lambda keys: keys.put_service_secret(secret, expected))

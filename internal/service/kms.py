@@ -187,6 +187,8 @@ class KMSService(kms_pb2_grpc.KMSServicer):
             counts=status.counts,
             storage_type=status.storage_type,
             key_name=status.key_name,
+            versions_under_previous_root=status.versions_under_previous_root,
+            root_key_fingerprint=status.root_key_fingerprint,
         )
 
     async def PerformMaintenance(
@@ -266,3 +268,9 @@ class KMSService(kms_pb2_grpc.KMSServicer):
         return kms_pb2.CancelKeyDestructionReply(
             key=key_info(await self._admin.cancel_destruction(key_name, request.version))
         )
+
+    async def Rekey(self, request: kms_pb2.RekeyRequest, context: grpc.aio.ServicerContext) -> kms_pb2.RekeyReply:
+        """Re-wrap data keys still under the previous root key under the current one; resumable."""
+        await self._credential(context, "Rekey", None, ADMIN)
+        report = await self._admin.rekey(request.batch_size)
+        return kms_pb2.RekeyReply(rewrapped=report.rewrapped, remaining=report.remaining, done=report.remaining == 0)

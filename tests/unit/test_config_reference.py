@@ -89,7 +89,7 @@ def test_defaults_types_and_descriptions() -> None:
 
 def test_comments_are_read_from_the_source() -> None:
     comments = reference.field_comments(Kms)
-    assert comments["rotate_after_encryptions"].startswith("Rotate after this many encryptions")
+    assert comments["rotate_after_encryptions"].startswith("Default for keys without their own policy")
     assert "seed" not in comments
 
 

@@ -21,6 +21,7 @@ from internal.pkg.kms.rootkey import RootKey
 
 WRAP_FORMAT = 1
 _WRAP_AD_DOMAIN = b"authkms/kms/wrapped-data-key/v1"
+_SECRET_AD = b"authkms/kms/wrapped-service-secret/v1"
 
 
 class KeyUnwrapError(Exception):
@@ -70,3 +71,16 @@ class KeyWrapper:
         if len(material) != DATA_KEY_SIZE or not hmac.compare_digest(self.key_hash(material), key_hash.strip()):
             raise KeyUnwrapError(f"data key version {version} fails its key_hash check")
         return material
+
+    def wrap_secret(self, secret: bytes) -> bytes:
+        """Wrap a long-term secret that is not a data key (the service secret), under its own associated data."""
+        nonce = os.urandom(NONCE_SIZE)
+        return bytes([WRAP_FORMAT]) + nonce + self._aead.encrypt(nonce, secret, _SECRET_AD)
+
+    def unwrap_secret(self, wrapped: bytes) -> bytes:
+        if len(wrapped) < 1 + NONCE_SIZE + 16 or wrapped[0] != WRAP_FORMAT:
+            raise KeyUnwrapError("the stored service secret is not readable")
+        try:
+            return self._aead.decrypt(wrapped[1 : 1 + NONCE_SIZE], wrapped[1 + NONCE_SIZE :], _SECRET_AD)
+        except (InvalidTag, ValueError):
+            raise KeyUnwrapError("the stored service secret does not unwrap under this root key") from None

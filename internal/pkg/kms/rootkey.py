@@ -22,6 +22,7 @@ MIN_SALT_BYTES = 8
 KEY_LENGTHS = (16, 24, 32)
 
 WRAP_KEY_INFO = b"authkms/kms/wrap-data-key/v1"
+FINGERPRINT_INFO = b"authkms/kms/root-key-fingerprint/v1"
 VERIFY_KEY_INFO = b"authkms/kms/data-key-hash/v1"
 # Before named keys there was one blind-index key per field; ``default`` keeps it, so hashes callers stored
 # stay valid. Every other named key's info names the key (length-prefixed, under its own label), so no two
@@ -85,6 +86,16 @@ class RootKey:
 
     def wrap_key(self) -> bytes:
         return self.derive(WRAP_KEY_INFO)
+
+    def fingerprint(self) -> str:
+        """A non-secret name for this root key (16 hex chars of an HKDF output): which root wrapped a stored key."""
+        return self.derive(FINGERPRINT_INFO, 8).hex()
+
+    def material_to_wrap(self) -> bytes:
+        """The key bytes, only to be wrapped under another root key (the service secret; see ``internal.biz``)."""
+        if self.wiped:
+            raise RuntimeError("root key was wiped")
+        return bytes(self._key)
 
     def verification_key(self) -> bytes:
         return self.derive(VERIFY_KEY_INFO)

@@ -108,6 +108,8 @@ def build_kms(
     users_pii: UsersPiiStore | None = None,
     clock: FakeClock | None = None,
     algorithm: str | None = None,
+    previous_seed: str = "",
+    previous_salt: str = "",
 ) -> KmsStack:
     """The key ring, ciphers and admin exactly as ``internal.container`` wires them (not opened yet)."""
     conf = config or kms_config()
@@ -116,7 +118,7 @@ def build_kms(
     audit = audit or FakeAudit()
     ring = KeyRing(
         repo,
-        RootKeySource(seed, salt, conf.iterations, conf.key_length),
+        RootKeySource(seed, salt, conf.iterations, conf.key_length, previous_seed, previous_salt),
         KeyDefaults(algorithm or conf.algorithm, conf.rotate_interval, conf.rotate_after_encryptions),
         events=events,
         audit=audit,

@@ -365,11 +365,13 @@ async def test_a_users_version_a_row_needs_again_is_not_destroyed(make_kms: Make
 
 
 async def test_close_drops_key_material(kms: KmsStack) -> None:
-    root = kms.ring._root
+    roots = [r.key for r in kms.ring._roots]
     await kms.cipher.encrypt(DEFAULT_KEY, "f", b"v", {})
+    kms.cipher.blind_index(DEFAULT_KEY, "email", "a@b.example")
     await kms.ring.close()
-    assert kms.ring._keys == {} and kms.ring._root is None and kms.ring._wrapper is None
-    assert root is not None and root.wiped
+    assert kms.ring._keys == {} and kms.ring._roots == [] and kms.ring._index_root is None
+    assert kms.ring._sealers == {} and kms.ring._index_keys == {}
+    assert roots and all(root.wiped for root in roots)
 
 
 async def test_storage_outage_neither_stops_encryption_nor_hammers_storage(make_kms: MakeKms) -> None:

@@ -258,7 +258,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self, key_name: _Optional[str] = ...) -> None: ...
 
 class GetStatusReply(_message.Message):
-    __slots__ = ("initialized", "algorithm", "rotate_interval_seconds", "active_version", "active_expires_at", "active_created_at", "active_encryption_count", "counts", "storage_type", "key_name")
+    __slots__ = ("initialized", "algorithm", "rotate_interval_seconds", "active_version", "active_expires_at", "active_created_at", "active_encryption_count", "counts", "storage_type", "key_name", "versions_under_previous_root", "root_key_fingerprint")
     class CountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -276,6 +276,8 @@ class GetStatusReply(_message.Message):
     COUNTS_FIELD_NUMBER: _ClassVar[int]
     STORAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
     KEY_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_UNDER_PREVIOUS_ROOT_FIELD_NUMBER: _ClassVar[int]
+    ROOT_KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     initialized: bool
     algorithm: str
     rotate_interval_seconds: int
@@ -286,7 +288,9 @@ class GetStatusReply(_message.Message):
     counts: _containers.ScalarMap[str, int]
     storage_type: str
     key_name: str
-    def __init__(self, initialized: _Optional[bool] = ..., algorithm: _Optional[str] = ..., rotate_interval_seconds: _Optional[int] = ..., active_version: _Optional[int] = ..., active_expires_at: _Optional[int] = ..., active_created_at: _Optional[int] = ..., active_encryption_count: _Optional[int] = ..., counts: _Optional[_Mapping[str, int]] = ..., storage_type: _Optional[str] = ..., key_name: _Optional[str] = ...) -> None: ...
+    versions_under_previous_root: int
+    root_key_fingerprint: str
+    def __init__(self, initialized: _Optional[bool] = ..., algorithm: _Optional[str] = ..., rotate_interval_seconds: _Optional[int] = ..., active_version: _Optional[int] = ..., active_expires_at: _Optional[int] = ..., active_created_at: _Optional[int] = ..., active_encryption_count: _Optional[int] = ..., counts: _Optional[_Mapping[str, int]] = ..., storage_type: _Optional[str] = ..., key_name: _Optional[str] = ..., versions_under_previous_root: _Optional[int] = ..., root_key_fingerprint: _Optional[str] = ...) -> None: ...
 
 class PerformMaintenanceRequest(_message.Message):
     __slots__ = ("dry_run", "batch_size", "key_name")
@@ -459,3 +463,19 @@ class CancelKeyDestructionReply(_message.Message):
     KEY_FIELD_NUMBER: _ClassVar[int]
     key: DataKeyInfo
     def __init__(self, key: _Optional[_Union[DataKeyInfo, _Mapping]] = ...) -> None: ...
+
+class RekeyRequest(_message.Message):
+    __slots__ = ("batch_size",)
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    batch_size: int
+    def __init__(self, batch_size: _Optional[int] = ...) -> None: ...
+
+class RekeyReply(_message.Message):
+    __slots__ = ("rewrapped", "remaining", "done")
+    REWRAPPED_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    rewrapped: int
+    remaining: int
+    done: bool
+    def __init__(self, rewrapped: _Optional[int] = ..., remaining: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...

@@ -125,6 +125,11 @@ class KMSStub:
                 request_serializer=kms_dot_v1_dot_kms__pb2.CancelKeyDestructionRequest.SerializeToString,
                 response_deserializer=kms_dot_v1_dot_kms__pb2.CancelKeyDestructionReply.FromString,
                 _registered_method=True)
+        self.Rekey = channel.unary_unary(
+                '/kms.v1.KMS/Rekey',
+                request_serializer=kms_dot_v1_dot_kms__pb2.RekeyRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.RekeyReply.FromString,
+                _registered_method=True)
 
 
 class KMSServicer:
@@ -267,6 +272,16 @@ class KMSServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rekey(self, request, context):
+        """Re-wraps every data-key version of every named key (and the service
+        secret) still under the previous root key (kms.previous_seed/salt) under
+        the current one; the data keys themselves, and so every ciphertext, stay
+        the same. Resumable: call again until `done`. Admin (service-wide).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KMSServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -359,6 +374,11 @@ def add_KMSServicer_to_server(servicer, server):
                     servicer.CancelKeyDestruction,
                     request_deserializer=kms_dot_v1_dot_kms__pb2.CancelKeyDestructionRequest.FromString,
                     response_serializer=kms_dot_v1_dot_kms__pb2.CancelKeyDestructionReply.SerializeToString,
+            ),
+            'Rekey': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rekey,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.RekeyRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.RekeyReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -848,6 +868,33 @@ class KMS:
             '/kms.v1.KMS/CancelKeyDestruction',
             kms_dot_v1_dot_kms__pb2.CancelKeyDestructionRequest.SerializeToString,
             kms_dot_v1_dot_kms__pb2.CancelKeyDestructionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rekey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.KMS/Rekey',
+            kms_dot_v1_dot_kms__pb2.RekeyRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.RekeyReply.FromString,
             options,
             channel_credentials,
             insecure,
