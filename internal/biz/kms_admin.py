@@ -20,6 +20,7 @@ from typing import Generic, Protocol, TypeVar
 from internal.biz import pii
 from internal.biz.errors import Conflict, DomainError, FailedPrecondition, InvalidArgument
 from internal.biz.kms import (
+    KEY_NAME_PATTERN,
     MAX_DESCRIPTION_CHARS,
     MAX_DESTRUCTION_WAIT,
     MAX_REASON_CHARS,
@@ -184,14 +185,14 @@ def _text(value: str, name: str, limit: int) -> str:
 def _duration(seconds: int, name: str, minimum: timedelta, maximum: timedelta) -> timedelta | None:
     if seconds == 0:
         return None
-    value = timedelta(seconds=seconds)
-    if not minimum <= value <= maximum:
+    # Compared as numbers first: an int64 from the wire can be far beyond what timedelta holds.
+    if not minimum.total_seconds() <= seconds <= maximum.total_seconds():
         raise InvalidArgument(
             "VALIDATION_ERROR",
             f"{name} must be 0 (default) or between {int(minimum.total_seconds())} and "
             f"{int(maximum.total_seconds())} seconds",
         )
-    return value
+    return timedelta(seconds=seconds)
 
 
 def _rotate_after(value: int) -> int | None:
@@ -205,7 +206,8 @@ def _rotate_after(value: int) -> int | None:
 
 
 def parse_page_token(token: str) -> str:
-    if len(token) > 64:
+    """A ListKeys page token: empty, or the key name the previous page ended with."""
+    if token and not KEY_NAME_PATTERN.fullmatch(token):
         raise InvalidArgument("VALIDATION_ERROR", "invalid page_token")
     return token
 

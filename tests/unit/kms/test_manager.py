@@ -409,3 +409,27 @@ async def test_a_dry_run_reports_what_maintenance_would_do_and_changes_nothing(m
     ]
     report = await kms.admin.maintenance(["orders"])
     assert report.rotated and report.expired_marked == 3  # 1, 2 and the version 3 it just rotated away from
+
+
+async def test_wire_sized_numbers_and_foreign_page_tokens_are_validation_errors(kms: KmsStack) -> None:
+    """int64 seconds beyond what a timedelta holds, and page tokens that are no key name (a NUL cannot even reach
+    PostgreSQL), are the caller's mistakes: VALIDATION_ERROR, never INTERNAL."""
+    admin = kms.admin
+    huge = 2**63 - 1
+    await admin.rotate(DEFAULT_KEY)
+    for call in (
+        admin.create_key("wire.huge", rotate_interval_seconds=huge),
+        admin.create_key("wire.huge", destruction_wait_seconds=-huge),
+        admin.update_key(DEFAULT_KEY, rotate_interval_seconds=huge),
+        admin.update_key(DEFAULT_KEY, destruction_wait_seconds=huge),
+        admin.schedule_destruction(DEFAULT_KEY, 1, waiting_period_seconds=huge),
+        admin.schedule_destruction(DEFAULT_KEY, 1, waiting_period_seconds=-huge),
+        admin.list_keys(10, "a\x00", lambda _: True),
+        admin.list_keys(10, "Not a key", lambda _: True),
+        admin.list_keys(10, "x" * 65, lambda _: True),
+    ):
+        with pytest.raises(InvalidArgument) as exc:
+            await call
+        assert exc.value.reason == "VALIDATION_ERROR"
+    assert (await admin.list_keys(10, DEFAULT_KEY, lambda _: True)).items == []  # `default` sorts last
+    assert (await admin.get_key(DEFAULT_KEY)).policy.destruction_wait == timedelta(days=30)  # nothing changed
