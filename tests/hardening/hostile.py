@@ -40,17 +40,24 @@ ALLOWED: dict[str, set[str]] = {
     "IntrospectToken": {"OK"},
     "GetProfile": {"OK", "UNAUTHENTICATED", "NOT_FOUND"},
     "Encrypt": {"OK", *_KMS_AUTH},
-    "Decrypt": {"OK", "NOT_FOUND", *_KMS_AUTH},
+    "Decrypt": {"OK", "NOT_FOUND", "FAILED_PRECONDITION", *_KMS_AUTH},  # FAILED_PRECONDITION: pending destruction
     "EncryptBatch": {"OK", *_KMS_AUTH},
     "DecryptBatch": {"OK", *_KMS_AUTH},
     "HashField": {"OK", *_KMS_AUTH},
-    "Rewrap": {"OK", "NOT_FOUND", *_KMS_AUTH},
+    "Rewrap": {"OK", "NOT_FOUND", "FAILED_PRECONDITION", *_KMS_AUTH},
     "RotateDataKey": {"OK", "ABORTED", *_KMS_AUTH},
     "GetActiveDataKey": {"OK", *_KMS_AUTH},
     "GetDataKey": {"OK", "NOT_FOUND", *_KMS_AUTH},
     "ListDataKeys": {"OK", *_KMS_AUTH},
     "GetStatus": {"OK", *_KMS_AUTH},
     "PerformMaintenance": {"OK", *_KMS_AUTH},
+    "CreateKey": {"OK", "ALREADY_EXISTS", *_KMS_AUTH},
+    "GetKey": {"OK", "NOT_FOUND", *_KMS_AUTH},
+    "ListKeys": {"OK", *_KMS_AUTH},
+    "UpdateKey": {"OK", "NOT_FOUND", *_KMS_AUTH},
+    "ScheduleKeyDestruction": {"OK", "NOT_FOUND", "FAILED_PRECONDITION", *_KMS_AUTH},
+    "CancelKeyDestruction": {"OK", "NOT_FOUND", "FAILED_PRECONDITION", *_KMS_AUTH},
+    "Rekey": {"OK", *_KMS_AUTH},
 }
 # Statuses a batch item may carry.
 ITEM_ALLOWED = {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION"}

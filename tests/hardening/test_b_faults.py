@@ -17,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
+from internal.biz.kms import USERS_KEY
 from internal.data.migrate import migrate_up
 from internal.pkg.embedded import EmbeddedPostgres
 from tests.conftest import _with_database
@@ -35,6 +36,7 @@ from tests.hardening.conftest import _admin
 from tests.hardening.invariants import check_invariants
 from tests.hardening.load import Event, LoadOutcome, run_load
 from tests.hardening.summary import SUMMARY
+from tests.hardening.users_pii import all_pii_decrypts, seed_users, seeded_emails, users_key_version
 from tests.hardening.workload import ATTEMPT_DEADLINE
 
 # Errors a healthy service gives this workload on purpose (deliberate reuse and wrong passwords).
@@ -135,7 +137,7 @@ def test_redis_stopped_and_restarted_during_load(
 def test_sigkill_cli_in_the_middle_of_key_rotation(cluster: Cluster, hardening_database: str, credential: str) -> None:
     env = cluster.cli_env()
     # Time one undisturbed run: when its transaction commits (a new row appears) and when it exits.
-    count_q = "SELECT count(*) FROM kms_data_keys"
+    count_q = "SELECT count(*) FROM kms_data_keys WHERE key_name = 'default'"
     keys = sql(hardening_database, count_q.replace("count(*)", "count(*) AS n"))[0]["n"]
     began = time.monotonic()
     first = cli_popen(env, "kms", "rotate", "--reason", "timing")
@@ -151,16 +153,16 @@ def test_sigkill_cli_in_the_middle_of_key_rotation(cluster: Cluster, hardening_d
     before_after: Counter[str] = Counter()
     kills = 10
     for i in range(kills):
-        versions_before = sql(hardening_database, "SELECT count(*) AS n FROM kms_data_keys")[0]["n"]
+        versions_before = sql(hardening_database, count_q.replace("count(*)", "count(*) AS n"))[0]["n"]
         proc = cli_popen(env, "kms", "rotate", "--reason", f"kill-{i}")
         # Around the commit: while the process starts, derives the root key, and inside the transaction.
         time.sleep(max(0.05, rng.uniform(commit_at - 0.3, commit_at + 0.05)))
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
-        versions_after = sql(hardening_database, "SELECT count(*) AS n FROM kms_data_keys")[0]["n"]
+        versions_after = sql(hardening_database, count_q.replace("count(*)", "count(*) AS n"))[0]["n"]
         before_after["committed" if versions_after > versions_before else "killed before commit"] += 1
-        active = sql(hardening_database, "SELECT version FROM kms_data_keys WHERE status = 'active'")
-        assert len(active) == 1, f"after kill {i}: {len(active)} active keys"
+        active = sql(hardening_database, "SELECT key_name FROM kms_data_keys WHERE status = 'active'")
+        assert sorted(r["key_name"] for r in active) == ["authkms.users", "default"], f"after kill {i}: {active}"
         plaintext = f"value-{i}".encode()
         reply = kms.Encrypt(kms_pb2.EncryptRequest(field="f", plaintext=plaintext), metadata=md, timeout=10)
         sealed.append((plaintext, reply.ciphertext))
@@ -168,7 +170,10 @@ def test_sigkill_cli_in_the_middle_of_key_rotation(cluster: Cluster, hardening_d
     final = cli_popen(env, "kms", "rotate", "--reason", "after kills")
     _, err = final.communicate(timeout=60)
     assert final.returncode == 0, err
-    rows = sql(hardening_database, "SELECT version, status, encrypted_key IS NULL AS gone FROM kms_data_keys")
+    rows = sql(
+        hardening_database,
+        "SELECT version, status, encrypted_key IS NULL AS gone FROM kms_data_keys WHERE key_name = 'default'",
+    )
     versions = sorted(r["version"] for r in rows)
     assert versions == list(range(1, len(versions) + 1)), "key versions have gaps or duplicates"
     assert sum(r["status"] == "active" for r in rows) == 1
@@ -177,9 +182,12 @@ def test_sigkill_cli_in_the_middle_of_key_rotation(cluster: Cluster, hardening_d
         ch, stub, _ = _kms(target, credential)
         with ch:
             for plaintext, ciphertext in sealed:
-                assert stub.Decrypt(
-                    kms_pb2.DecryptRequest(ciphertext=ciphertext, field="f"), metadata=md, timeout=10
-                ).plaintext == plaintext
+                assert (
+                    stub.Decrypt(
+                        kms_pb2.DecryptRequest(ciphertext=ciphertext, field="f"), metadata=md, timeout=10
+                    ).plaintext
+                    == plaintext
+                )
     channel.close()
     SUMMARY.faults.append(
         f"`kms rotate` CLI SIGKILLed {kills}x at random moments up to its commit ({commit_at:.2f} s of a "
@@ -191,117 +199,46 @@ def test_sigkill_cli_in_the_middle_of_key_rotation(cluster: Cluster, hardening_d
     SUMMARY.invariants["ciphertexts decrypted to their plaintext"] += len(sealed) * len(cluster.targets)
 
 
-def _seed_users(database_url: str, stub: kms_pb2_grpc.KMSStub, md: tuple[tuple[str, str]], n: int) -> list[int]:
-    """n users whose email is sealed (through the KMS, bound to the row) under the current active key."""
-    ids = [r["id"] for r in sql(database_url, "SELECT nextval('users_id_seq') AS id FROM generate_series(1, $1)", n)]
-    rows = []
-    for start in range(0, n, 500):
-        chunk = ids[start : start + 500]
-        reply = stub.EncryptBatch(
-            kms_pb2.EncryptBatchRequest(
-                items=[
-                    kms_pb2.EncryptItem(
-                        field="email", plaintext=f"seed{i}@example.com".encode(),
-                        context={"table": "users", "user_id": str(i)},
-                    )
-                    for i in chunk
-                ]
-            ),
-            metadata=md,
-            timeout=30,
-        )
-        for i, result in zip(chunk, reply.results, strict=True):
-            assert result.status.code == 0
-            rows.append((i, f"seed_{i}", "x", result.ciphertext, uuid.uuid4().hex * 2, result.key_version))
-
-    async def insert() -> None:
-        import asyncpg
-
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.executemany(
-                "INSERT INTO users (id, username, password, email_encrypted, email_hash, pii_key_version) "
-                "VALUES ($1, $2, $3, $4, $5, $6)",
-                rows,
-            )
-        finally:
-            await conn.close()
-
-    asyncio.run(insert())
-    return ids
-
-
-def _all_pii_decrypts(database_url: str, stub: kms_pb2_grpc.KMSStub, md: tuple[tuple[str, str]]) -> tuple[int, int]:
-    """(values that decrypt, values stored) over every users row's email and phone."""
-    rows = sql(database_url, "SELECT id, email_encrypted, phone_encrypted FROM users ORDER BY id")
-    items = [
-        (field, bytes(row[column]), str(row["id"]))
-        for row in rows
-        for field, column in (("email", "email_encrypted"), ("phone", "phone_encrypted"))
-        if row[column] is not None
-    ]
-    good = 0
-    for start in range(0, len(items), 500):
-        chunk = items[start : start + 500]
-        reply = stub.DecryptBatch(
-            kms_pb2.DecryptBatchRequest(
-                items=[
-                    kms_pb2.DecryptItem(ciphertext=ct, field=f, context={"table": "users", "user_id": uid})
-                    for f, ct, uid in chunk
-                ]
-            ),
-            metadata=md,
-            timeout=30,
-        )
-        good += sum(r.status.code == 0 for r in reply.results)
-    return good, len(items)
-
-
 def test_sigkill_cli_in_the_middle_of_maintenance(cluster: Cluster, hardening_database: str, credential: str) -> None:
-    channel, kms, md = _kms(cluster.targets[0], credential)
-    seeded = _seed_users(hardening_database, kms, md, 2000)
-    new = kms.RotateDataKey(kms_pb2.RotateDataKeyRequest(reason="before maintenance"), metadata=md, timeout=10)
-    active = new.key.version
+    """Users' PII lives under the reserved users' key: rotate that key, then move 2000 rows onto it with the CLI."""
+    env = cluster.cli_env()
+    seeded = seed_users(hardening_database, env, 2000)
+    rotated = cli_popen(env, "kms", "rotate", "--key", USERS_KEY, "--reason", "before maintenance")
+    out, err = rotated.communicate(timeout=60)
+    assert rotated.returncode == 0, err
+    active = users_key_version(hardening_database, env)
+    assert f"key {USERS_KEY}: active version is now {active}" in out, out
     pending_q = f"SELECT count(*) FROM users WHERE pii_key_version < {active}"
     pending_before = sql(hardening_database, pending_q.replace("count(*)", "count(*) AS n"))[0]["n"]
+    assert pending_before >= len(seeded)
     keys_before = sql(hardening_database, "SELECT count(*) AS n FROM kms_data_keys WHERE encrypted_key IS NOT NULL")
 
-    proc = cli_popen(cluster.cli_env(), "kms", "maintenance", "--batch-size", "20")
+    proc = cli_popen(env, "kms", "maintenance", "--batch-size", "20")
     done_q = f"SELECT count(*) FROM users WHERE pii_key_version = {active}"
     assert sql_poll(hardening_database, done_q, lambda n: n >= 1, timeout=60, interval=0.005), "no batch committed"
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     at_kill = sql(hardening_database, done_q.replace("count(*)", "count(*) AS n"))[0]["n"]
     assert 0 < at_kill < pending_before, "maintenance was not interrupted in the middle"
-    good_mid, total_mid = _all_pii_decrypts(hardening_database, kms, md)
+    good_mid, total_mid = all_pii_decrypts(hardening_database, env)
     assert good_mid == total_mid, f"after the kill {total_mid - good_mid} stored values do not decrypt"
 
-    again = cli_popen(cluster.cli_env(), "kms", "maintenance", "--batch-size", "500")
+    again = cli_popen(env, "kms", "maintenance", "--batch-size", "500")
     out, err = again.communicate(timeout=120)
     assert again.returncode == 0, err
     assert "remaining 0" in out, out
     remaining = sql(hardening_database, pending_q.replace("count(*)", "count(*) AS n"))[0]["n"]
     assert remaining == 0
-    good, total = _all_pii_decrypts(hardening_database, kms, md)
+    good, total = all_pii_decrypts(hardening_database, env)
     assert good == total, f"{total - good} of {total} stored values do not decrypt after maintenance"
-    emails = sql(hardening_database, "SELECT id, email_encrypted FROM users WHERE id = ANY($1::bigint[])", seeded)
-    for row in emails[:200]:
-        opened = kms.Decrypt(
-            kms_pb2.DecryptRequest(
-                ciphertext=bytes(row["email_encrypted"]), field="email",
-                context={"table": "users", "user_id": str(row["id"])},
-            ),
-            metadata=md,
-            timeout=10,
-        )
-        assert opened.plaintext == f"seed{row['id']}@example.com".encode() and opened.key_version == active
+    assert seeded_emails(hardening_database, env, seeded, active) == len(seeded)
+    # Versions no row needs are only scheduled for destruction: no key lost its material.
     keys_after = sql(hardening_database, "SELECT count(*) AS n FROM kms_data_keys WHERE encrypted_key IS NOT NULL")
     assert keys_after[0]["n"] >= keys_before[0]["n"], "a data key lost its material"
-    channel.close()
     SUMMARY.faults.append(
-        f"`kms maintenance` CLI SIGKILLed after {at_kill} of {pending_before} users were re-encrypted "
-        f"(batches of 20): every stored value still decrypted; the second run completed (remaining 0), "
-        f"{total} stored PII values decrypt, no key lost its material"
+        f"`kms maintenance` CLI SIGKILLed after {at_kill} of {pending_before} users were re-encrypted onto the "
+        f"users' key version {active} (batches of 20): every stored value still decrypted; the second run "
+        f"completed (remaining 0), {total} stored PII values decrypt, no key lost its material"
     )
     SUMMARY.invariants["stored PII values decrypting after maintenance kill"] += total + total_mid
 
@@ -361,9 +298,7 @@ def test_postgres_restarted_during_load(pg_cluster: tuple[Cluster, EmbeddedPostg
         "AND t.used_at IS NOT NULL)",
     )[0]["n"]
     families = sql(url, "SELECT count(*) AS n FROM refresh_token_families")[0]["n"]
-    channel, kms, md = _kms(group.targets[0], credential)
-    with channel:
-        good, total = _all_pii_decrypts(url, kms, md)
+    good, total = all_pii_decrypts(url, group.cli_env())
     SUMMARY.load.append("during PostgreSQL restart: " + outcome.describe())
     SUMMARY.faults.append(
         f"PostgreSQL (private cluster) stopped for {marks['started'] - marks['stopped']:.1f} s under load and "
