@@ -113,7 +113,7 @@ def check_invariants(
     report.check(len(set(outcome.rotations)) == len(outcome.rotations), "two rotations returned the same key")
     missing = sql(database_url, "SELECT count(*) AS n FROM kms_data_keys WHERE encrypted_key IS NULL")[0]["n"]
     report.check(missing == 0, f"{missing} data keys lost their material")
-    report.counts["'exactly one active key' checks"] += 1
+    report.counts["'exactly one active version per key' checks"] += 1
     report.counts["key rotations under load"] += len(outcome.rotations)
 
     # 4. No refresh token accepted twice; every deliberate reuse revoked its family.
@@ -191,7 +191,8 @@ def check_invariants(
     verdict = "OK" if not report.problems else f"{len(report.problems)} PROBLEM(S)"
     SUMMARY.invariant_runs.append(
         f"after {phase}: {verdict} — {logins['OK']} users log in, {len(items) - lost}/{len(items)} ciphertexts "
-        f"decrypt, {len(active)} active key, {len(accepted)} refresh tokens once, {still_revoked} revoked stay revoked"
+        f"decrypt, one active version of each of {len(active)} keys, {len(accepted)} refresh tokens once, "
+        f"{still_revoked} revoked stay revoked"
     )
     if report.problems:
         SUMMARY.failures += [f"{phase}: {p}" for p in report.problems]
