@@ -167,7 +167,8 @@ def test_a_kms_credential_cannot_forge_a_users_row(module_server: ServerProcess)
             stub = auth_pb2_grpc.AuthStub(channel)
             with pytest.raises(grpc.RpcError) as caught:
                 stub.GetProfile(auth_pb2.GetProfileRequest(), metadata=auth(bob_token), timeout=TIMEOUT)
-        assert reason(caught.value) == "CIPHERTEXT_INVALID"
+        # Refused either way: no version of the users' key has that number, or it has and the AD differs.
+        assert reason(caught.value) in {"CIPHERTEXT_INVALID", "KEY_NOT_FOUND"}
         assert "evil" not in str(caught.value.details())
     finally:  # leave no corrupt row behind for other tests' maintenance runs
         query(module_server.env["DATABASE_URL"], update, bob_id, original)
