@@ -12,7 +12,6 @@ ALTER TABLE kms_data_keys DROP CONSTRAINT kms_data_keys_status_check;
 ALTER TABLE kms_data_keys ALTER COLUMN status TYPE VARCHAR(16);
 ALTER TABLE kms_data_keys ADD CONSTRAINT kms_data_keys_status_check
     CHECK (status IN ('active', 'inactive', 'expired', 'revoked'));
-ALTER TABLE kms_data_keys ALTER COLUMN status TYPE VARCHAR(16);
 DROP INDEX kms_data_keys_status_idx;
 CREATE INDEX kms_data_keys_status_idx ON kms_data_keys (status, version);
 DROP INDEX kms_data_keys_one_active;

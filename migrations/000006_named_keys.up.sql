@@ -35,7 +35,6 @@ DROP INDEX kms_data_keys_status_idx;
 CREATE INDEX kms_data_keys_status_idx ON kms_data_keys (key_name, status, version);
 
 ALTER TABLE kms_data_keys DROP CONSTRAINT kms_data_keys_status_check;
-ALTER TABLE kms_data_keys ALTER COLUMN status TYPE VARCHAR(24);
 ALTER TABLE kms_data_keys ADD CONSTRAINT kms_data_keys_status_check
     CHECK (status IN ('active', 'inactive', 'expired', 'pending_destruction', 'revoked'));
 ALTER TABLE kms_data_keys ADD CONSTRAINT kms_data_keys_pending_has_date
