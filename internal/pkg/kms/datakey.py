@@ -1,7 +1,9 @@
 """Data-key wrapping under the root key (SECURITY.md item 4).
 
 A wrapped key is ``0x01 | nonce(12) | AES-256-GCM(wrap key, material, AD)`` where the AD names the key's
-id, version and algorithm: a wrapped key copied into another row (or relabelled) no longer unwraps.
+id (a UUID), version and algorithm: a wrapped key copied into another row, or given another version or
+algorithm, no longer unwraps. The key name is not in it (the format predates named keys); moving a row to
+another name gains nothing, since every envelope's associated data names its key.
 ``key_hash`` = HMAC-SHA256(verification key, material) lets start-up prove that the configured root key
 is the one that wrapped every stored key, with a message that names the likely cause.
 """
