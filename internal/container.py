@@ -23,7 +23,8 @@ from internal.biz.kms import KeyDefaults, KeyEvents, KeyRepo, NoKeyEvents
 from internal.biz.kms_admin import KeyAdmin
 from internal.biz.kms_cipher import KmsCipher, UsersPiiCipher
 from internal.biz.kms_keyring import KeyRing, RootKeySource
-from internal.biz.password import Argon2Params, Argon2PasswordHasher, Lockout, LockoutPolicy
+from internal.biz.lockout import Lockout, LockoutPolicy
+from internal.biz.password import Argon2PasswordHasher
 from internal.biz.token import TokenPolicy, TokenUsecase
 from internal.biz.totp import TotpUsecase
 from internal.biz.user import UserUsecase
@@ -140,7 +141,7 @@ class Biz(containers.DeclarativeContainer):
     key_admin = providers.Singleton(
         KeyAdmin, key_ring, cipher, data.users_pii, config.provided.kms.maintenance_batch_size
     )
-    hasher = providers.Singleton(Argon2PasswordHasher, providers.Callable(Argon2Params.from_conf, config.provided.auth))
+    hasher = providers.Singleton(Argon2PasswordHasher.from_conf, config.provided.auth)
     lockout = providers.Singleton(
         Lockout, data.login_guard, providers.Callable(LockoutPolicy.from_conf, config.provided.auth)
     )
@@ -174,7 +175,7 @@ class Biz(containers.DeclarativeContainer):
         providers.Callable(AuthPolicy.from_conf, config.provided.auth),
     )
     totp = providers.Singleton(
-        TotpUsecase, data.users, cipher, hasher, lockout, data.audit, config.provided.auth.totp_issuer
+        TotpUsecase, data.users, cipher, hasher, lockout, tokens, data.audit, config.provided.auth.totp_issuer
     )
     users = providers.Singleton(UserUsecase, data.users, cipher)
     credentials = providers.Singleton(CredentialUsecase, data.credentials, data.audit)

@@ -2,7 +2,7 @@
 
 Commands: serve (default), migrate up|down|version,
 kms create|rotate|status|maintenance|schedule-destroy|cancel-destroy|rekey, credentials create|revoke|list,
-users unlock. Every command exits non-zero with a one-line reason.
+users lock|unlock. Every command exits non-zero with a one-line reason.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from internal.conf.config import Bootstrap, ConfigError, load_config
@@ -77,8 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     creds.add_parser("list", help="list credentials (never tokens)")
 
     users = commands.add_parser("users", help="user accounts").add_subparsers(dest="action", required=True)
-    unlock = users.add_parser("unlock", help="clear a user's login lock")
+    unlock = users.add_parser("unlock", help="clear a user's login lock and failure count")
     unlock.add_argument("username")
+    lock = users.add_parser("lock", help="hard-lock a user's logins (auth.lock_duration unless --minutes)")
+    lock.add_argument("username")
+    lock.add_argument("--minutes", type=float, default=None, help="lock duration in minutes")
     return parser
 
 
@@ -202,7 +205,15 @@ async def _credentials(container: Any, args: argparse.Namespace) -> int:
 
 
 async def _users(container: Any, args: argparse.Namespace) -> int:
-    await (await container.biz.auth()).unlock(args.username)
+    auth = await container.biz.auth()
+    if args.action == "lock":
+        if args.minutes is not None and args.minutes <= 0:
+            raise SystemExit("--minutes must be positive")
+        seconds = args.minutes * 60 if args.minutes is not None else None
+        unlock_at = await auth.lock(args.username, seconds)
+        print(f"locked {args.username} until {datetime.fromtimestamp(unlock_at, UTC).isoformat(timespec='seconds')}")
+        return 0
+    await auth.unlock(args.username)
     print(f"unlocked {args.username}")
     return 0
 

@@ -1,9 +1,14 @@
-"""Registration, login and lock status (SECURITY.md items 7-9, 11, 17).
+"""Registration, login and lock status (SECURITY.md items 7-9, 11, 17, 21, 23, 24).
 
 Login is built so that an observer learns nothing about which accounts exist: an unknown identifier,
-a malformed one and a wrong password all answer ``INVALID_CREDENTIALS`` after one Argon2 verification
+a malformed one and a wrong password all answer ``INVALID_CREDENTIALS`` after one password verification
 (against a dummy hash when there is no user), and failures of unknown identifiers are counted and
-locked exactly like real accounts.
+throttled exactly like real accounts (see ``internal.biz.lockout`` for the counting rules).
+
+Registration proves ownership: with captchas on (always, in production), the captcha must be a code
+sent to the email being registered, and a second one sent to the phone when one is given. An image
+captcha proves nothing about an address, so it cannot register one: otherwise anyone could register a
+victim's address first and keep its owner out (account pre-hijacking).
 """
 
 from __future__ import annotations
@@ -18,25 +23,26 @@ from typing import TYPE_CHECKING, Protocol
 
 from internal.biz import pii
 from internal.biz.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unauthenticated
-from internal.biz.password import (
-    Lockout,
-    PasswordHasher,
-    account_locked,
-    check_password_policy,
-    user_account,
-)
-from internal.biz.token import AuditLog, Caller, TokenPair, TokenUsecase
-from internal.biz.totp import TotpVerifier, check_code_shape
-from internal.biz.user import (
-    USERNAME_PATTERN,
-    NewUser,
-    User,
-    UserRepo,
+from internal.biz.identifiers import (
+    email_key,
     normalize_email,
     normalize_phone,
-    validate_name,
-    validate_username,
+    normalize_username,
+    username_key,
 )
+from internal.biz.lockout import (
+    AttemptKey,
+    Lockout,
+    account_locked,
+    client_network,
+    source_key,
+    throttled,
+    user_account,
+)
+from internal.biz.password import PasswordHasher, check_password_policy, normalize_password
+from internal.biz.token import AuditLog, Caller, TokenPair, TokenUsecase
+from internal.biz.totp import TotpVerifier, check_code_shape
+from internal.biz.user import EMAIL_KEY_INDEX, NewUser, User, UserRepo, validate_name
 
 if TYPE_CHECKING:
     from internal.conf.config import Auth
@@ -64,8 +70,13 @@ class CaptchaChecker(Protocol):
     @property
     def enabled(self) -> bool: ...
 
-    async def consume(self, captcha_id: str, code: str, allowed_targets: Collection[str] = ()) -> None:
-        """Single use; raises InvalidArgument CAPTCHA_REQUIRED / CAPTCHA_EXPIRED / CAPTCHA_INVALID."""
+    async def consume(
+        self, captcha_id: str, code: str, allowed_targets: Collection[str] = (), *, require_target: bool = False
+    ) -> None:
+        """Single use; raises InvalidArgument CAPTCHA_REQUIRED / CAPTCHA_EXPIRED / CAPTCHA_INVALID.
+
+        ``require_target``: only a code sent to one of ``allowed_targets`` passes (no image captcha).
+        """
         ...
 
 
@@ -98,6 +109,8 @@ class Registration:
     name: str = ""
     captcha_id: str = ""
     captcha_code: str = ""
+    phone_captcha_id: str = ""
+    phone_captcha_code: str = ""
 
 
 @dataclass(frozen=True)
@@ -119,10 +132,11 @@ class LockStatus:
 
 @dataclass(frozen=True)
 class _Identity:
-    """A login identifier resolved to a user (or not) and the key its failures are counted under."""
+    """A login identifier resolved to a user (or not), its account counter and its canonical key."""
 
     user: User | None
     account: str
+    key: str
 
 
 class AuthUsecase:
@@ -156,18 +170,23 @@ class AuthUsecase:
         """Create an account; returns its id.
 
         A taken username, email or phone answers ``USER_EXISTS`` without naming the field: the
-        unique indexes decide (also under concurrent registrations). Naming the field would turn
+        unique indexes decide (also under concurrent registrations), and they hold the confusable keys
+        too, so ``аlice`` (Cyrillic а) cannot sit beside ``alice``. Naming the field would turn
         registration into a precise "is this email registered?" oracle; registration is captcha-
         and rate-limited, which is what actually slows enumeration down.
         """
-        username = validate_username(reg.username)
+        username = normalize_username(reg.username)
         email = normalize_email(reg.email)
         phone = normalize_phone(reg.phone) if reg.phone.strip() else ""
         name = validate_name(reg.name) if reg.name.strip() else ""
-        check_password_policy(reg.password, self._policy.password_max_length)
-        await self._throttle(f"register:{client_addr}")
+        check_password_policy(reg.password, self._policy.password_max_length, username=username, email=email)
+        await self._throttle(f"register:{client_network(client_addr)}")
         if self._captcha.enabled:
-            await self._captcha.consume(reg.captcha_id, reg.captcha_code, [t for t in (email, phone) if t])
+            await self._captcha.consume(reg.captcha_id, reg.captcha_code, [email], require_target=True)
+            if phone:
+                await self._captcha.consume(
+                    reg.phone_captcha_id, reg.phone_captcha_code, [phone], require_target=True
+                )
 
         password_hash = await self._hasher.hash(reg.password)
         user_id = await self._users.next_id()
@@ -184,9 +203,11 @@ class AuthUsecase:
         new_user = NewUser(
             id=user_id,
             username=username,
+            username_key=username_key(username),
             password_hash=password_hash,
             email_encrypted=email_sealed.ciphertext,
             email_hash=self._cipher.blind_index(pii.EMAIL, email),
+            email_key_hash=self._cipher.blind_index(EMAIL_KEY_INDEX, email_key(email)),
             phone_encrypted=phone_sealed.ciphertext if phone_sealed else None,
             phone_hash=self._cipher.blind_index(pii.PHONE, phone) if phone else None,
             name_encrypted=name_sealed.ciphertext if name_sealed else None,
@@ -207,31 +228,38 @@ class AuthUsecase:
         identifier = attempt.identifier.strip()
         if not identifier or len(identifier) > MAX_IDENTIFIER_CHARS:
             raise InvalidArgument("VALIDATION_ERROR", "username, email or phone is required", {"field": "username"})
-        await self._throttle(f"login:{client_addr}")
+        await self._throttle(f"login:{client_network(client_addr)}")
         field, normalized = self._classify(identifier)
         if self._captcha.enabled:
             # sms/email codes are bound to the address they were sent to.
             targets = [normalized] if normalized and field != "username" else []
             await self._captcha.consume(attempt.captcha_id, attempt.captcha_code, targets)
         identity = await self._resolve(identifier, field, normalized)
-        account, user = identity.account, identity.user
+        user = identity.user
+        key = AttemptKey(identity.account, source_key(identity.key, client_addr))
 
         try:
-            await self._lockout.begin(account)
-        except PermissionDenied:
-            await self._audit_failure(user, "ACCOUNT_LOCKED", client_addr)
+            decision = await self._lockout.begin(key)
+        except ResourceExhausted:
+            await self._audit_failure(user, "RATE_LIMITED", client_addr)
             raise
         if not await self._password_matches(user, attempt.password) or user is None:
-            await self._login_failed(account, user, "INVALID_CREDENTIALS", client_addr)
+            await self._login_failed(key, user, "INVALID_CREDENTIALS", client_addr)
             raise Unauthenticated("INVALID_CREDENTIALS", "invalid credentials")
+        if decision.locked_until:
+            # Only someone who just proved the password learns of the lock (it would link identifiers).
+            await self._lockout.give_back(key)
+            await self._audit_failure(user, "ACCOUNT_LOCKED", client_addr)
+            raise account_locked(decision.locked_until)
         if user.totp_enabled:
-            await self._second_factor(user, account, attempt.totp_code, client_addr)
+            await self._second_factor(user, key, attempt.totp_code, client_addr)
 
-        if self._hasher.needs_rehash(user.password_hash):
+        if self._hasher.needs_rehash(user.password_hash) or normalize_password(attempt.password) != attempt.password:
+            # New parameters, a bcrypt import, or a hash made before passwords were normalised.
             await self._users.update_password(user.id, await self._hasher.hash(attempt.password))
         # Independent writes (Redis counter reset, PostgreSQL session), so in parallel: Login's latency
         # is the password check plus as few round trips as possible.
-        pair, _ = await asyncio.gather(self._tokens.issue(user.id, user.username), self._lockout.succeeded(account))
+        pair, _ = await asyncio.gather(self._tokens.issue(user.id, user.username), self._lockout.succeeded(key))
         await self._audit.record(
             "auth.login", "success", actor=str(user.id), subject=str(user.id), details={"client": client_addr}
         )
@@ -239,8 +267,7 @@ class AuthUsecase:
 
     async def lock_status(self, caller: Caller, username: str) -> LockStatus:
         """Lock state of ``username``; a user may ask only about their own account."""
-        validate_username(username)
-        user = await self._users.find_by_username(username)
+        user = await self._users.find_by_username(normalize_username(username))
         if user is None:
             if caller.is_admin:
                 raise NotFound("USER_NOT_FOUND", "user not found")
@@ -253,25 +280,34 @@ class AuthUsecase:
             locked=state.locked,
             unlock_time=math.ceil(state.unlock_at) if state.locked else 0,
             failed_attempts=state.failed_attempts,
-            max_attempts=self._lockout.policy.max_attempts,
+            max_attempts=self._lockout.policy.hard_lock_attempts,
         )
 
     async def unlock(self, username: str) -> None:
         """Operator action: clear an account's failure counter and lock."""
-        user = await self._users.find_by_username(username)
+        user = await self._operator_target(username)
+        await self._lockout.unlock(user_account(user.id))
+        await self._audit.record("account.unlock", "success", actor="operator", subject=str(user.id))
+
+    async def lock(self, username: str, seconds: float | None = None) -> float:
+        """Operator action: hard-lock an account (``auth.lock_duration`` unless given); returns the unlock time."""
+        user = await self._operator_target(username)
+        unlock_at = await self._lockout.lock(user_account(user.id), seconds)
+        await self._audit.record("account.lock", "success", actor="operator", subject=str(user.id))
+        return unlock_at
+
+    async def _operator_target(self, username: str) -> User:
+        user = await self._users.find_by_username(normalize_username(username))
         if user is None:
             raise NotFound("USER_NOT_FOUND", "user not found")
-        await self._lockout.succeeded(user_account(user.id))
-        await self._audit.record("account.unlock", "success", actor="operator", subject=str(user.id))
+        return user
 
     async def _throttle(self, bucket: str) -> None:
         verdict = await self._limiter.hit(
             bucket, self._policy.client_rate_limit, self._policy.client_rate_window_seconds
         )
         if not verdict.allowed:
-            raise ResourceExhausted(
-                "RATE_LIMITED", "too many requests; retry later", {"retry_after": str(math.ceil(verdict.retry_after))}
-            )
+            raise throttled(verdict.retry_after)
 
     def _classify(self, identifier: str) -> tuple[str, str | None]:
         """Detect the identifier by shape: "@" → email, leading "+" → phone, else username.
@@ -279,36 +315,39 @@ class AuthUsecase:
         Returns the field and the normalized value, or None when it is malformed (then it is treated
         as an unknown user: same error, same cost).
         """
-        if "@" in identifier or identifier.startswith("+"):
-            field, normalize = (pii.EMAIL, normalize_email) if "@" in identifier else (pii.PHONE, normalize_phone)
-            try:
-                return field, normalize(identifier)
-            except InvalidArgument:
-                return field, None
-        return "username", identifier if USERNAME_PATTERN.fullmatch(identifier) else None
+        kind = pii.EMAIL if "@" in identifier else pii.PHONE if identifier.startswith("+") else "username"
+        normalize = {pii.EMAIL: normalize_email, pii.PHONE: normalize_phone, "username": normalize_username}[kind]
+        try:
+            return kind, normalize(identifier)
+        except InvalidArgument:
+            return kind, None
 
     def _earlier_hashes(self, *values: tuple[str, str]) -> tuple[str, ...]:
         """Blind indexes rows stored before the users' key may hold for these values (they block them too)."""
         return tuple(h for field, value in values if value for h in self._cipher.lookup_hashes(field, value)[1:])
 
     async def _resolve(self, identifier: str, field: str, normalized: str | None) -> _Identity:
-        """The user behind an identifier and the key its failures are counted under.
+        """The user behind an identifier, its account counter and its canonical key.
 
-        Failures of an unknown identifier are counted under a key derived from it; for emails and
-        phones that is the keyed blind index, so Redis never holds them in readable or reversible form.
+        The canonical key of an email or phone is its keyed blind index, so Redis never holds them in
+        readable or reversible form; a username's is its confusable key.
         """
-        unknown_key = "unknown:" + hashlib.sha256(identifier.lower().encode()).hexdigest()
         user: User | None = None
-        if normalized is not None and field == "username":
+        if normalized is None:
+            key = "raw:" + identifier.casefold()
+        elif field == "username":
+            key = "username:" + username_key(normalized)
             user = await self._users.find_by_username(normalized)
-        elif normalized is not None:
+        else:
             hashes = self._cipher.lookup_hashes(field, normalized)
-            unknown_key = f"unknown:{field}:{hashes[0]}"
+            key = f"{field}:{hashes[0]}"
             if field == pii.EMAIL:
                 user = await self._users.find_by_email_hash(*hashes)
             else:
                 user = await self._users.find_by_phone_hash(*hashes)
-        return _Identity(user, user_account(user.id) if user is not None else unknown_key)
+        if user is not None:
+            return _Identity(user, user_account(user.id), key)
+        return _Identity(None, "unknown:" + hashlib.sha256(key.encode()).hexdigest(), key)
 
     async def _password_matches(self, user: User | None, password: str) -> bool:
         if len(password) > self._policy.password_max_length or not password:
@@ -320,10 +359,10 @@ class AuthUsecase:
             return False
         return await self._hasher.verify(password, user.password_hash)
 
-    async def _second_factor(self, user: User, account: str, code: str, client_addr: str) -> None:
+    async def _second_factor(self, user: User, key: AttemptKey, code: str, client_addr: str) -> None:
         if not code.strip():
             # The password was right: this attempt proved nothing wrong, so it does not count.
-            await self._lockout.give_back(account)
+            await self._lockout.give_back(key)
             await self._audit_failure(user, "TOTP_REQUIRED", client_addr)
             raise Unauthenticated("TOTP_REQUIRED", "a TOTP code is required")
         try:
@@ -331,16 +370,15 @@ class AuthUsecase:
         except InvalidArgument:
             ok = False
         if not ok:
-            await self._login_failed(account, user, "TOTP_INVALID", client_addr)
+            await self._login_failed(key, user, "TOTP_INVALID", client_addr)
             raise Unauthenticated("TOTP_INVALID", "TOTP code is invalid")
 
-    async def _login_failed(self, account: str, user: User | None, reason: str, client_addr: str) -> None:
-        unlock_at = await self._lockout.failed(account)
+    async def _login_failed(self, key: AttemptKey, user: User | None, reason: str, client_addr: str) -> None:
+        unlock_at = await self._lockout.failed(key)
         await self._audit_failure(user, reason, client_addr)
         if unlock_at:
             subject = str(user.id) if user is not None else None
             await self._audit.record("auth.lockout", "success", subject=subject, details={"client": client_addr})
-            raise account_locked(unlock_at)
 
     async def _audit_failure(self, user: User | None, reason: str, client_addr: str) -> None:
         subject = str(user.id) if user is not None else None

@@ -12,7 +12,7 @@ Security properties (SECURITY.md item 10):
   code is accepted only together with that target;
 * every check-and-set runs as one Redis Lua script, so a code is single-use across replicas and the
   per-code attempt limit cannot be raced;
-* sends are rate-limited per target and per client address, image captchas per client address.
+* sends are rate-limited per target and per client network, image captchas per client network.
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol
 
-import phonenumbers
-from email_validator import EmailNotValidError, validate_email
-
 from internal.biz.errors import InvalidArgument, ResourceExhausted
+from internal.biz.identifiers import normalize_email, normalize_phone
+from internal.biz.lockout import client_network
 from internal.biz.masking import mask_email, mask_phone
 
 if TYPE_CHECKING:
@@ -52,8 +51,6 @@ PURPOSE_VERIFICATION = "verification"
 
 _ID_BYTES = 24  # 192 bits, 32 URL-safe characters
 _ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,64}")
-_MAX_EMAIL_CHARS = 254
-_MAX_PHONE_CHARS = 32
 _MIN_CODE_KEY_BYTES = 16
 
 
@@ -137,9 +134,17 @@ class CaptchaStore(Protocol):
         ...
 
     async def consume(
-        self, captcha_id: str, code_hash: str, target_digests: Collection[str], max_attempts: int
+        self,
+        captcha_id: str,
+        code_hash: str,
+        target_digests: Collection[str],
+        max_attempts: int,
+        require_target: bool = False,
     ) -> CaptchaCheck:
-        """Compare, check the target (not for image captchas), delete on success, count failures."""
+        """Compare, check the target, delete on success, count failures.
+
+        Image captchas have no target: they pass the target check unless ``require_target``.
+        """
         ...
 
     async def delete(self, captcha_id: str) -> None: ...
@@ -171,31 +176,6 @@ class RateLimiter(Protocol):
 
 # ---------------------------------------------------------------------------------------------------
 # Pure helpers
-
-
-def normalize_email(value: str) -> str:
-    """Trimmed, lower-cased, syntactically valid address (no DNS lookups) or VALIDATION_ERROR."""
-    text = value.strip()
-    if not text or len(text) > _MAX_EMAIL_CHARS:
-        raise InvalidArgument("VALIDATION_ERROR", "a valid email address is required")
-    try:
-        return validate_email(text, check_deliverability=False).normalized.lower()
-    except EmailNotValidError:
-        raise InvalidArgument("VALIDATION_ERROR", "a valid email address is required") from None
-
-
-def normalize_phone(value: str) -> str:
-    """A valid international number in E.164 form (``+8613812345678``) or VALIDATION_ERROR."""
-    text = value.strip()
-    if not text.startswith("+") or len(text) > _MAX_PHONE_CHARS:
-        raise InvalidArgument("VALIDATION_ERROR", "a phone number in international format is required")
-    try:
-        number = phonenumbers.parse(text, None)
-    except phonenumbers.NumberParseException:
-        number = None
-    if number is None or not phonenumbers.is_valid_number(number):
-        raise InvalidArgument("VALIDATION_ERROR", "a phone number in international format is required")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def derive_code_key(secret: bytes) -> bytes:
@@ -246,7 +226,7 @@ class CaptchaUsecase:
         """
         if captcha_type not in CAPTCHA_TYPES:
             raise InvalidArgument("VALIDATION_ERROR", "captcha_type must be one of: image, sms, email")
-        client = client_addr or "unknown"
+        client = client_network(client_addr)  # per IPv4 /24 or IPv6 /64, not per address
         if captcha_type == IMAGE:
             await self._throttle(f"captcha:image:client:{client}", self._settings.image_limit_per_client)
             return await self._issue_image()
@@ -269,11 +249,14 @@ class CaptchaUsecase:
         result = await self._store.check(captcha_id, self._code_hash(captcha_id, code), self._settings.max_attempts)
         return result is CaptchaCheck.OK
 
-    async def consume(self, captcha_id: str, code: str, allowed_targets: Collection[str] = ()) -> None:
+    async def consume(
+        self, captcha_id: str, code: str, allowed_targets: Collection[str] = (), *, require_target: bool = False
+    ) -> None:
         """Accept the captcha once, atomically across replicas, or raise InvalidArgument.
 
         ``allowed_targets``: the email and/or phone the caller registers or logs in with; an sms/email
-        code is accepted only if it was sent to one of them. Image captchas ignore targets.
+        code is accepted only if it was sent to one of them. Image captchas ignore targets, unless
+        ``require_target``: then only a code sent to one of the targets passes (proof of ownership).
         Reasons: CAPTCHA_REQUIRED (no id or code), CAPTCHA_EXPIRED (unknown or expired id),
         CAPTCHA_INVALID (wrong code, attempts used up, or another target).
         """
@@ -284,7 +267,7 @@ class CaptchaUsecase:
             raise InvalidArgument("CAPTCHA_EXPIRED", "the captcha has expired; request a new one")
         digests = {self._target_digest(t) for t in self._normalize_targets(allowed_targets)}
         result = await self._store.consume(
-            captcha_id, self._code_hash(captcha_id, code), digests, self._settings.max_attempts
+            captcha_id, self._code_hash(captcha_id, code), digests, self._settings.max_attempts, require_target
         )
         if result is CaptchaCheck.OK:
             return

@@ -1,45 +1,87 @@
-"""Password policy and Argon2id hashing (SECURITY.md item 7).
+"""Password policy (NIST SP 800-63B, ASVS 6.2) and hashing: Argon2id, plus the Go service's bcrypt hashes.
 
-Hashes are PHC strings (``$argon2id$v=19$m=…,t=…,p=…$salt$hash``) so the parameters travel with each
-hash and a login can tell when a stored hash was made with older parameters and must be redone.
-Argon2 is CPU- and memory-heavy (tens of milliseconds), so it always runs in a worker thread.
+* Policy: length only (8 up to ``auth.password_max_length``), no composition rules, so passphrases pass;
+  refused when on a common-password list (the ``zxcvbn`` package's list of the most frequent leaked
+  passwords) or when it contains the username or the email's local part.
+* Every password is normalised before it is hashed or verified (:func:`normalize_password`), so "café"
+  typed as NFC or NFD is one password. Hashes stored before normalisation was introduced still verify:
+  when the normalised form does not match, the password as typed is tried too, and the login rehashes.
+* Hashes are PHC strings (``$argon2id$v=19$m=…,t=…,p=…$salt$hash``), so the parameters travel with each
+  hash and a login can tell when a stored hash must be redone. Argon2 and bcrypt are CPU- and
+  memory-heavy (tens of milliseconds), so they always run in a worker thread.
+* ``auth.legacy_bcrypt``: users imported from the Go service carry bcrypt hashes (``$2a$``/``$2b$``,
+  cost 10). With it on they verify (pyca ``bcrypt``) and are rehashed to Argon2id on the first login,
+  and every verification, the dummy one for unknown users included, lasts at least as long as one
+  bcrypt verification, so the hash kind of an account (and so its existence) does not show in timing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
+import functools
 import os
 import re
 import secrets
+import statistics
+import time
+import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+import bcrypt
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-from internal.biz.errors import InvalidArgument, PermissionDenied
+from internal.biz.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from internal.conf.config import Auth
 
 MIN_PASSWORD_LENGTH = 8
+MIN_CONTEXT_WORD = 3  # shorter usernames/local parts would refuse half of all passwords
 _SALT_BYTES = 16
 _HASH_BYTES = 32
 _PHC_PARAMS = re.compile(r"^\$argon2id\$v=19\$m=(\d+),t=(\d+),p=(\d+)\$")
+_BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
+_BCRYPT_MAX_BYTES = 72  # bcrypt reads no further; the Go library refused or cut longer passwords
+_GO_BCRYPT_COST = 10
+# The floor sits this far above the measured bcrypt time, so bcrypt checks are padded too and a busier
+# machine (everything slower) does not make them stand out at once.
+_FLOOR_MARGIN = 1.25
 
 
-def check_password_policy(password: str, max_length: int) -> None:
-    """At least 8 characters with letters and digits, at most ``max_length`` (passphrases welcome).
+def normalize_password(password: str) -> str:
+    """RFC 8265 OpaqueString style: every Unicode space becomes U+0020, then NFKC (NIST SP 800-63B)."""
+    spaced = "".join(" " if unicodedata.category(ch) == "Zs" else ch for ch in password)
+    return unicodedata.normalize("NFKC", spaced)
+
+
+@functools.cache
+def _common_passwords() -> frozenset[str]:
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS  # ~30,000 entries; loaded on first use
+
+    return frozenset(FREQUENCY_LISTS["passwords"])
+
+
+def check_password_policy(password: str, max_length: int, *, username: str = "", email: str = "") -> None:
+    """Length (after normalisation), printable, not common, no username or email local part in it.
 
     Raises InvalidArgument(PASSWORD_WEAK) with ``field=password`` in the metadata.
     """
-    if len(password) < MIN_PASSWORD_LENGTH:
+    text = normalize_password(password)
+    if len(text) < MIN_PASSWORD_LENGTH:
         raise _weak(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
-    if len(password) > max_length:
+    if len(text) > max_length:
         raise _weak(f"password must have at most {max_length} characters")
-    if not any(c.isalpha() for c in password) or not any(c.isdigit() for c in password):
-        raise _weak("password must contain letters and digits")
+    if not text.isprintable():
+        raise _weak("password must not contain control characters")
+    folded = text.casefold()
+    if folded in _common_passwords():
+        raise _weak("password is too common; choose another")
+    local_part = email.rpartition("@")[0] if "@" in email else ""
+    for word in (username, local_part):
+        if len(word) >= MIN_CONTEXT_WORD and word.casefold() in folded:
+            raise _weak("password must not contain the username or the email address")
 
 
 def _weak(message: str) -> InvalidArgument:
@@ -47,13 +89,15 @@ def _weak(message: str) -> InvalidArgument:
 
 
 class PasswordHasher(Protocol):
-    """Hashes and verifies passwords; implementations keep the event loop free."""
+    """Hashes and verifies passwords; implementations normalise them and keep the event loop free."""
 
     async def hash(self, password: str) -> str: ...
 
     async def verify(self, password: str, encoded: str) -> bool: ...
 
-    def needs_rehash(self, encoded: str) -> bool: ...
+    def needs_rehash(self, encoded: str) -> bool:
+        """True when the hash is not Argon2id with the current parameters (e.g. a bcrypt import)."""
+        ...
 
     async def dummy_verify(self, password: str) -> None:
         """Spend the time of one verification without a user, so unknown users cost the same."""
@@ -72,13 +116,32 @@ class Argon2Params:
         return cls(memory_kib=a.memory_kib, iterations=a.iterations, lanes=a.lanes)
 
 
+def _candidates(password: str) -> list[str]:
+    """The normalised password, then the one as typed when it differs (hashes from before normalisation)."""
+    normalized = normalize_password(password)
+    return [normalized] if normalized == password else [normalized, password]
+
+
+def _bcrypt_matches(password: str, encoded: str) -> bool:
+    try:
+        return bcrypt.checkpw(password.encode()[:_BCRYPT_MAX_BYTES], encoded.encode())
+    except ValueError:  # malformed hash, or a NUL byte bcrypt refuses
+        return False
+
+
 class Argon2PasswordHasher:
     """Argon2id with the configured parameters (``auth.argon2``), computed in a worker thread."""
 
-    def __init__(self, params: Argon2Params) -> None:
+    def __init__(self, params: Argon2Params, *, legacy_bcrypt: bool = False) -> None:
         self._params = params
+        self._legacy_bcrypt = legacy_bcrypt
         # Computed once up front so even the first unknown-user login costs exactly one verification.
         self._dummy = self._hash_sync(secrets.token_hex(16))
+        self._floor = self._measure_bcrypt() if legacy_bcrypt else 0.0
+
+    @classmethod
+    def from_conf(cls, auth: Auth) -> Argon2PasswordHasher:
+        return cls(Argon2Params.from_conf(auth), legacy_bcrypt=auth.legacy_bcrypt)
 
     def _kdf(self) -> Argon2id:
         return Argon2id(
@@ -90,22 +153,46 @@ class Argon2PasswordHasher:
         )
 
     def _hash_sync(self, password: str) -> str:
-        return self._kdf().derive_phc_encoded(password.encode())
+        return self._kdf().derive_phc_encoded(normalize_password(password).encode())
+
+    def _verify_sync(self, password: str, encoded: str) -> bool:
+        if encoded.startswith(_BCRYPT_PREFIXES):
+            return self._legacy_bcrypt and any(_bcrypt_matches(c, encoded) for c in _candidates(password))
+        matched = False
+        for candidate in _candidates(password):
+            try:
+                Argon2id.verify_phc_encoded(candidate.encode(), encoded)
+            except (InvalidKey, ValueError):
+                # ValueError: not an Argon2id PHC string: never matches.
+                continue
+            matched = True
+            break
+        return matched
 
     @staticmethod
-    def _verify_sync(password: str, encoded: str) -> bool:
-        try:
-            Argon2id.verify_phc_encoded(password.encode(), encoded)
-        except (InvalidKey, ValueError):
-            # ValueError: not an Argon2id PHC string (e.g. a legacy hash): never matches.
-            return False
-        return True
+    def _measure_bcrypt() -> float:
+        """How long one verification of a Go-made hash (cost 10) takes here: the floor for every check."""
+        sample = bcrypt.hashpw(secrets.token_bytes(16).hex().encode(), bcrypt.gensalt(_GO_BCRYPT_COST))
+        timings = []
+        for _ in range(3):
+            started = time.perf_counter()
+            bcrypt.checkpw(b"not the password", sample)
+            timings.append(time.perf_counter() - started)
+        return statistics.median(timings) * _FLOOR_MARGIN
+
+    async def _timed(self, password: str, encoded: str) -> bool:
+        started = time.perf_counter()
+        matched = await asyncio.to_thread(self._verify_sync, password, encoded)
+        remaining = self._floor - (time.perf_counter() - started)
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+        return matched
 
     async def hash(self, password: str) -> str:
         return await asyncio.to_thread(self._hash_sync, password)
 
     async def verify(self, password: str, encoded: str) -> bool:
-        return await asyncio.to_thread(self._verify_sync, password, encoded)
+        return await self._timed(password, encoded)
 
     def needs_rehash(self, encoded: str) -> bool:
         match = _PHC_PARAMS.match(encoded)
@@ -116,100 +203,4 @@ class Argon2PasswordHasher:
         return (memory, iterations, lanes) != (p.memory_kib, p.iterations, p.lanes)
 
     async def dummy_verify(self, password: str) -> None:
-        await self.verify(password, self._dummy)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Brute-force protection (SECURITY.md item 9)
-
-
-@dataclass(frozen=True)
-class AttemptDecision:
-    allowed: bool
-    attempts: int
-    unlock_at: float = 0.0
-
-
-@dataclass(frozen=True)
-class LockState:
-    locked: bool
-    unlock_at: float
-    failed_attempts: int
-
-
-class LoginGuard(Protocol):
-    """Per-account failure counter and lock shared by every replica (``data.session.RedisLoginGuard``).
-
-    ``begin_attempt`` counts the attempt atomically BEFORE the password is checked: while locked it
-    refuses; otherwise it increments, and past ``max_attempts`` it sets the lock and refuses. So N
-    parallel guesses run at most ``max_attempts`` password checks.
-    """
-
-    async def begin_attempt(self, account: str, max_attempts: int, lock_seconds: float) -> AttemptDecision: ...
-
-    async def record_failure(self, account: str, max_attempts: int, lock_seconds: float) -> float:
-        """After a failed check: lock once the count reached ``max_attempts``; returns unlock time or 0."""
-        ...
-
-    async def give_back(self, account: str) -> None:
-        """Uncount an attempt that proved the password (e.g. answered TOTP_REQUIRED)."""
-        ...
-
-    async def reset(self, account: str) -> None: ...
-
-    async def status(self, account: str) -> LockState: ...
-
-
-@dataclass(frozen=True)
-class LockoutPolicy:
-    """From ``auth``: max_login_attempts and lock_duration."""
-
-    max_attempts: int = 5
-    lock_seconds: float = 1800.0
-
-    @classmethod
-    def from_conf(cls, auth: Auth) -> LockoutPolicy:
-        return cls(max_attempts=auth.max_login_attempts, lock_seconds=auth.lock_duration.total_seconds())
-
-
-def account_locked(unlock_at: float) -> PermissionDenied:
-    # The proto's ErrorReason declares ACCOUNT_LOCKED as PERMISSION_DENIED (API.md allowed either).
-    return PermissionDenied(
-        "ACCOUNT_LOCKED", "too many failed attempts; the account is locked", {"unlock_time": str(math.ceil(unlock_at))}
-    )
-
-
-class Lockout:
-    """The counter protocol around one credential check, shared by login and TOTP disable."""
-
-    def __init__(self, guard: LoginGuard, policy: LockoutPolicy) -> None:
-        self._guard = guard
-        self._policy = policy
-
-    @property
-    def policy(self) -> LockoutPolicy:
-        return self._policy
-
-    async def begin(self, account: str) -> None:
-        """Count the attempt; raises ACCOUNT_LOCKED instead of letting a check run."""
-        decision = await self._guard.begin_attempt(account, self._policy.max_attempts, self._policy.lock_seconds)
-        if not decision.allowed:
-            raise account_locked(decision.unlock_at)
-
-    async def failed(self, account: str) -> float:
-        """The check failed; returns the unlock time when this failure locked the account, else 0."""
-        return await self._guard.record_failure(account, self._policy.max_attempts, self._policy.lock_seconds)
-
-    async def give_back(self, account: str) -> None:
-        await self._guard.give_back(account)
-
-    async def succeeded(self, account: str) -> None:
-        await self._guard.reset(account)
-
-    async def status(self, account: str) -> LockState:
-        return await self._guard.status(account)
-
-
-def user_account(user_id: int) -> str:
-    """Counter key of an existing account, whatever identifier (username, email, phone) was used."""
-    return f"user:{user_id}"
+        await self._timed(password, self._dummy)

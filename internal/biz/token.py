@@ -23,17 +23,18 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from internal.biz.errors import Unauthenticated
+from internal.biz.errors import PermissionDenied, Unauthenticated
 
 if TYPE_CHECKING:
     from internal.conf.config import Auth
 
 ACCESS = "access"
-REFRESH = "refresh"
 ADMIN_SCOPE = "auth.admin"
+INTROSPECT_SCOPE = "auth.introspect"
 _REFRESH_TOKEN_BYTES = 32  # 256 bits
 _REFRESH_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{32,128}")
 MAX_TOKEN_CHARS = 4096
+_DECIMAL = re.compile(r"[0-9]{1,19}")  # not str.isdigit(): it accepts "²", which int() refuses
 
 
 @dataclass(frozen=True)
@@ -115,19 +116,6 @@ class RotationResult:
     user_id: int = 0
 
 
-@dataclass(frozen=True)
-class RefreshTokenState:
-    """What introspection may say about a refresh token."""
-
-    family_id: str
-    user_id: int
-    issued_at: int
-    expires_at: int
-    used: bool
-    revoked: bool
-    active: bool
-
-
 class SessionRepo(Protocol):
     """Refresh-token families and revocations (``internal.data.session.PgSessionRepo``)."""
 
@@ -144,13 +132,15 @@ class SessionRepo(Protocol):
 
     async def revoke_family(self, family_id: str, reason: str) -> None: ...
 
+    async def revoke_user_families(self, user_id: int, keep_family_id: str, reason: str) -> int:
+        """Revoke every live session of the user except ``keep_family_id``; returns how many."""
+        ...
+
     async def revoke_access_token(self, jti: str, expires_at: int) -> None: ...
 
     async def is_revoked(self, jti: str, family_id: str) -> bool:
         """True if the access token or its family is revoked; PostgreSQL is the truth."""
         ...
-
-    async def refresh_token_state(self, token_hash: str) -> RefreshTokenState | None: ...
 
     async def purge_expired(self, grace: timedelta) -> int:
         """Delete revocations and families that expired more than ``grace`` ago; returns rows deleted."""
@@ -310,51 +300,51 @@ class TokenUsecase:
             details={"client": client_addr, "session": caller.session_id},
         )
 
-    async def introspect(self, token: str) -> Introspection:
-        """RFC 7662 style: an unusable token is ``active=False`` (no reason beyond ``revoked``)."""
+    async def end_other_sessions(self, caller: Caller, reason: str) -> int:
+        """Revoke all of the caller's sessions but the current one (after a factor changed, ASVS 7.4.3)."""
+        if caller.user_id is None:
+            return 0
+        return await self._sessions.revoke_user_families(caller.user_id, caller.session_id, reason)
+
+    async def introspect(self, caller: Caller, token: str) -> Introspection:
+        """RFC 7662 for service callers holding ``auth.introspect``; anything not active is ``active=False`` only.
+
+        Only access tokens are introspected. A refresh token is for the client that received it and
+        for RefreshToken alone (RFC 6749 §1.5); no resource server has a reason to check one, and an
+        answer about it would let whoever stole one learn that it still works without presenting it,
+        which is what reuse detection watches. So every refresh token (and anything else that is not a
+        valid, unrevoked access token) answers ``active=False``, without a lookup.
+        """
+        if INTROSPECT_SCOPE not in caller.scopes:
+            raise PermissionDenied(
+                "PERMISSION_DENIED", f"introspection needs a service credential with {INTROSPECT_SCOPE}"
+            )
         text = token.strip()
-        if not text or len(text) > MAX_TOKEN_CHARS:
+        if not text or len(text) > MAX_TOKEN_CHARS or text.count(".") != 2:
             return Introspection(active=False)
-        if text.count(".") == 2:
-            return await self._introspect_access(text)
-        if not _REFRESH_TOKEN_SHAPE.fullmatch(text):
+        try:
+            verified = self._signer.verify(text)
+            subject = self._caller(verified.claims)
+        except Unauthenticated:
             return Introspection(active=False)
-        state = await self._sessions.refresh_token_state(hash_refresh_token(text))
-        if state is None:
+        if await self._sessions.is_revoked(subject.token_id, subject.session_id):
             return Introspection(active=False)
+        claims = verified.claims
         return Introspection(
-            active=state.active,
-            revoked=state.revoked,
-            token_type=REFRESH,
-            subject=str(state.user_id),
-            issued_at=state.issued_at,
-            expires_at=state.expires_at,
+            active=True,
+            token_type=ACCESS,
+            subject=str(claims["sub"]),
+            username=str(claims.get("username", "")),
+            jti=subject.token_id,
+            issued_at=int(claims["iat"]),
+            expires_at=subject.expires_at,
+            issuer=str(claims.get("iss", "")),
+            kid=verified.kid,
+            scope=" ".join(sorted(subject.scopes)),
         )
 
     def jwks(self) -> list[dict[str, str]]:
         return self._signer.jwks()
-
-    async def _introspect_access(self, token: str) -> Introspection:
-        try:
-            verified = self._signer.verify(token)
-            caller = self._caller(verified.claims)
-        except Unauthenticated:
-            return Introspection(active=False)
-        revoked = await self._sessions.is_revoked(caller.token_id, caller.session_id)
-        claims = verified.claims
-        return Introspection(
-            active=not revoked,
-            revoked=revoked,
-            token_type=ACCESS,
-            subject=str(claims["sub"]),
-            username=str(claims.get("username", "")),
-            jti=caller.token_id,
-            issued_at=int(claims["iat"]),
-            expires_at=caller.expires_at,
-            issuer=str(claims.get("iss", "")),
-            kid=verified.kid,
-            scope=" ".join(sorted(caller.scopes)),
-        )
 
     def _access_token(self, user_id: int, username: str, family_id: str) -> str:
         now = int(self._clock())
@@ -379,7 +369,7 @@ class TokenUsecase:
     @staticmethod
     def _caller(claims: Mapping[str, Any]) -> Caller:
         sub, jti, sid, exp = claims.get("sub"), claims.get("jti"), claims.get("sid"), claims.get("exp")
-        if not (isinstance(sub, str) and sub.isdigit() and isinstance(jti, str) and jti):
+        if not (isinstance(sub, str) and _DECIMAL.fullmatch(sub) and isinstance(jti, str) and jti):
             raise _invalid()
         if not isinstance(sid, str) or not isinstance(exp, int):
             raise _invalid()

@@ -21,8 +21,9 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
 from internal.biz import pii
 from internal.biz.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
-from internal.biz.password import Lockout, PasswordHasher, account_locked, user_account
-from internal.biz.token import AuditLog, Caller
+from internal.biz.lockout import AttemptKey, Lockout, account_locked, source_key, user_account
+from internal.biz.password import PasswordHasher
+from internal.biz.token import AuditLog, Caller, TokenUsecase
 from internal.biz.user import User, UserRepo
 
 TOTP_DIGITS = 6
@@ -102,7 +103,14 @@ class TotpVerifier:
 
 
 class TotpUsecase:
-    """Enrollment (begin → confirm with a code) and disabling (password + code)."""
+    """Enrollment (password → begin, confirm with a code) and disabling (password + code).
+
+    Changing a factor re-authenticates (ASVS 6.4.x, 7.4.3): beginning enrollment needs the current
+    password, and every password or code checked here is counted and throttled exactly like a login
+    (``internal.biz.lockout``), so a stolen access token cannot be used to guess either. Enabling or
+    disabling TOTP ends the user's other sessions: whoever else holds one must sign in again, now
+    under the new rules.
+    """
 
     def __init__(
         self,
@@ -110,6 +118,7 @@ class TotpUsecase:
         cipher: pii.FieldCipher,
         hasher: PasswordHasher,
         lockout: Lockout,
+        tokens: TokenUsecase,
         audit: AuditLog,
         issuer: str,
         clock: Callable[[], float] = time.time,
@@ -118,65 +127,83 @@ class TotpUsecase:
         self._cipher = cipher
         self._hasher = hasher
         self._lockout = lockout
+        self._tokens = tokens
         self._audit = audit
         self._issuer = issuer
         self._verifier = TotpVerifier(users, cipher, clock)
 
-    async def begin_enrollment(self, caller: Caller) -> TotpEnrollment:
-        """A fresh pending secret (replacing any earlier pending one); not enforced until confirmed."""
+    async def begin_enrollment(self, caller: Caller, password: str, client_addr: str = "") -> TotpEnrollment:
+        """A fresh pending secret (replacing any earlier pending one) once the password is re-checked."""
         user = await self._user(caller)
         if user.totp_enabled:
             raise FailedPrecondition("TOTP_ALREADY_ENABLED", "TOTP is already enabled")
+        key = self._key(user, "totp-enroll", client_addr)
+        await self._check_password(user, key, password, "auth.totp_enroll")
         secret = new_secret()
         sealed = await self._cipher.encrypt(pii.TOTP_SECRET, secret, pii.user_context(user.id))
         await self._users.set_pending_totp(user.id, sealed.ciphertext, sealed.key_version)
         await self._audit.record("auth.totp_enroll", "success", actor=str(user.id), subject=str(user.id))
         return TotpEnrollment(encode_secret(secret), otpauth_uri(secret, user.username, self._issuer))
 
-    async def confirm_enrollment(self, caller: Caller, code: str) -> None:
+    async def confirm_enrollment(self, caller: Caller, code: str, client_addr: str = "") -> None:
         """Enable TOTP once the caller shows a current code for the pending secret."""
         code = check_code_shape(code)
         user = await self._user(caller)
         if user.totp_enabled:
             raise FailedPrecondition("TOTP_ALREADY_ENABLED", "TOTP is already enabled")
+        if user.totp_secret_encrypted is None:
+            raise FailedPrecondition("TOTP_NOT_ENROLLED", "TOTP is not enrolled")
+        key = self._key(user, "totp-confirm", client_addr)
+        await self._lockout.begin(key)
         step = await self._verifier.step_for(user, code)
         if step is None:
-            await self._audit.record("auth.totp_enable", "failure", actor=str(user.id), subject=str(user.id))
+            await self._fail(key, user.id, "auth.totp_enable", "TOTP_INVALID")
             raise Unauthenticated("TOTP_INVALID", "TOTP code is invalid")
         if not await self._users.enable_totp(user.id, step):
             # Lost a race with another confirmation (or the code's step was used already).
             raise FailedPrecondition("TOTP_ALREADY_ENABLED", "TOTP is already enabled")
-        await self._audit.record("auth.totp_enable", "success", actor=str(user.id), subject=str(user.id))
+        await self._lockout.succeeded(key)
+        ended = await self._tokens.end_other_sessions(caller, "totp_enabled")
+        await self._audit.record(
+            "auth.totp_enable", "success", actor=str(user.id), subject=str(user.id), details={"sessions_ended": ended}
+        )
 
-    async def disable(self, caller: Caller, password: str, code: str) -> None:
-        """Turn TOTP off after re-checking the password and a current code.
-
-        Both checks count against the account's login lock, so a stolen access token cannot be used
-        to guess the password or the code.
-        """
+    async def disable(self, caller: Caller, password: str, code: str, client_addr: str = "") -> None:
+        """Turn TOTP off after re-checking the password and a current code."""
         code = check_code_shape(code)
         user = await self._user(caller)
         if not user.totp_enabled:
             raise FailedPrecondition("TOTP_NOT_ENROLLED", "TOTP is not enabled")
-        account = user_account(user.id)
-        await self._lockout.begin(account)
-        if not await self._hasher.verify(password, user.password_hash):
-            await self._fail(account, user.id, "INVALID_CREDENTIALS")
-            raise Unauthenticated("INVALID_CREDENTIALS", "invalid credentials")
+        key = self._key(user, "totp-disable", client_addr)
+        await self._check_password(user, key, password, "auth.totp_disable")
         if not await self._verifier.verify_and_consume(user, code):
-            await self._fail(account, user.id, "TOTP_INVALID")
+            await self._fail(key, user.id, "auth.totp_disable", "TOTP_INVALID")
             raise Unauthenticated("TOTP_INVALID", "TOTP code is invalid")
-        await self._lockout.succeeded(account)
+        await self._lockout.succeeded(key)
         await self._users.disable_totp(user.id)
-        await self._audit.record("auth.totp_disable", "success", actor=str(user.id), subject=str(user.id))
-
-    async def _fail(self, account: str, user_id: int, reason: str) -> None:
-        unlock_at = await self._lockout.failed(account)
+        ended = await self._tokens.end_other_sessions(caller, "totp_disabled")
         await self._audit.record(
-            "auth.totp_disable", "failure", actor=str(user_id), subject=str(user_id), details={"reason": reason}
+            "auth.totp_disable", "success", actor=str(user.id), subject=str(user.id), details={"sessions_ended": ended}
         )
+
+    @staticmethod
+    def _key(user: User, purpose: str, client_addr: str) -> AttemptKey:
+        return AttemptKey(user_account(user.id), source_key(str(user.id), client_addr, purpose))
+
+    async def _check_password(self, user: User, key: AttemptKey, password: str, event: str) -> None:
+        decision = await self._lockout.begin(key)
+        if not await self._hasher.verify(password, user.password_hash):
+            await self._fail(key, user.id, event, "INVALID_CREDENTIALS")
+            raise Unauthenticated("INVALID_CREDENTIALS", "invalid credentials")
+        if decision.locked_until:
+            await self._lockout.give_back(key)
+            raise account_locked(decision.locked_until)
+
+    async def _fail(self, key: AttemptKey, user_id: int, event: str, reason: str) -> None:
+        unlock_at = await self._lockout.failed(key)
+        await self._audit.record(event, "failure", actor=str(user_id), subject=str(user_id), details={"reason": reason})
         if unlock_at:
-            raise account_locked(unlock_at)
+            await self._audit.record("auth.lockout", "success", subject=str(user_id))
 
     async def _user(self, caller: Caller) -> User:
         user = await self._users.get(caller.user_id) if caller.user_id is not None else None

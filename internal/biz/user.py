@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from internal.biz import pii
-from internal.biz.captcha import normalize_email as _normalize_email
-from internal.biz.captcha import normalize_phone as _normalize_phone
 from internal.biz.errors import InvalidArgument, NotFound
 from internal.biz.masking import mask_email, mask_phone
 from internal.biz.token import Caller
 
-USERNAME_PATTERN = re.compile(r"[a-zA-Z][a-zA-Z0-9_]{2,31}")
 MAX_NAME_CHARS = 128
+# Blind-index field of an email's confusable key (``identifiers.email_key``): UNIQUE in users.email_key_hash.
+EMAIL_KEY_INDEX = "email_key"
 
 
 @dataclass(frozen=True)
@@ -40,9 +38,11 @@ class NewUser:
 
     id: int
     username: str
+    username_key: str  # identifiers.username_key: UNIQUE, so confusable usernames cannot coexist
     password_hash: str
     email_encrypted: bytes
     email_hash: str
+    email_key_hash: str
     phone_encrypted: bytes | None
     phone_hash: str | None
     name_encrypted: bytes | None
@@ -103,30 +103,6 @@ class UserRepo(Protocol):
 
 def _field_error(field: str, message: str) -> InvalidArgument:
     return InvalidArgument("VALIDATION_ERROR", message, {"field": field})
-
-
-def validate_username(username: str) -> str:
-    if not USERNAME_PATTERN.fullmatch(username):
-        raise _field_error(
-            "username", "username must be 3-32 characters: a letter, then letters, digits or underscores"
-        )
-    return username
-
-
-def normalize_email(email: str) -> str:
-    """Trimmed, lower-cased, syntactically valid (no DNS) — the same form the captcha binding uses."""
-    try:
-        return _normalize_email(email)
-    except InvalidArgument:
-        raise _field_error("email", "a valid email address is required") from None
-
-
-def normalize_phone(phone: str) -> str:
-    """E.164 (``+8613812345678``)."""
-    try:
-        return _normalize_phone(phone)
-    except InvalidArgument:
-        raise _field_error("phone", "phone must be in international format, e.g. +8613812345678") from None
 
 
 def validate_name(name: str) -> str:

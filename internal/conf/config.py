@@ -8,6 +8,7 @@ environment: ``APP__SECTION__KEY=value`` (double underscore between levels, case
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +21,8 @@ from internal.conf.duration import Duration
 
 ENV_PREFIX = "APP__"
 DEVELOPMENT_SEED = "development-only-seed-change-me"
+DEVELOPMENT_SALT = "development-only-salt"
+_PORT = re.compile(r"[0-9]{1,5}")  # not str.isdigit(): it accepts "²", which int() refuses
 
 
 class ConfigError(Exception):
@@ -54,12 +57,14 @@ class GRPC(_Section):
     grace_period: Duration = timedelta(seconds=10)
     workers: int = Field(default=1, ge=1, le=64)
     tls: TLS = TLS()
+    # Production mode refuses plaintext gRPC unless this acknowledges it (e.g. TLS ends at a sidecar).
+    allow_insecure_transport: bool = False
 
     @field_validator("addr")
     @classmethod
     def _addr(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        if not sep or not host or not _PORT.fullmatch(port) or not 0 <= int(port) <= 65535:
             raise ValueError("expected host:port, e.g. 0.0.0.0:9000")
         return value
 
@@ -67,6 +72,8 @@ class GRPC(_Section):
 class HTTP(_Section):
     addr: str = "0.0.0.0:8000"
     enabled: bool = True
+    # The HTTP port speaks plaintext; production mode refuses it unless this acknowledges it.
+    allow_insecure_transport: bool = False
 
     _addr = field_validator("addr")(GRPC._addr.__func__)  # type: ignore[attr-defined]
 
@@ -144,13 +151,23 @@ class SmsWebhook(_Section):
 class Auth(_Section):
     captcha_enabled: bool = True
     captcha: Captcha = Captcha()
+    # Failures per (identifier, client network) before each further attempt from there must wait a
+    # delay that doubles per failure, from login_delay up to login_delay_max (docs/security.md).
     max_login_attempts: int = Field(default=5, ge=1)
+    login_delay: Duration = timedelta(seconds=1)
+    login_delay_max: Duration = timedelta(minutes=15)
+    # Failures of one account (every identifier, every network) that lock it for lock_duration.
+    hard_lock_attempts: int = Field(default=100, ge=1)
+    # Counting window of the failure counters, and how long a hard lock lasts.
     lock_duration: Duration = timedelta(minutes=30)
-    # Login attempts per client address within login_rate_window.
+    # Login attempts per client network (IPv4 /24, IPv6 /64) within login_rate_window.
     login_rate_limit: int = Field(default=30, ge=1)
     login_rate_window: Duration = timedelta(minutes=1)
     password_max_length: int = Field(default=128, ge=32, le=1024)
     argon2: Argon2 = Argon2()
+    # Accept the Go service's bcrypt hashes ($2a$/$2b$, rehashed to Argon2id at the next login); every
+    # password check then lasts at least one bcrypt verification, so timing does not tell accounts apart.
+    legacy_bcrypt: bool = False
     jwt_algorithm: Literal["EdDSA", "HS256"] = "EdDSA"
     # EdDSA: PEM private key (file or inline). HS256: shared secret. Empty in development: a key is
     # generated under data.data_dir and reused across restarts.
@@ -170,11 +187,19 @@ class Auth(_Section):
     # Development outbox for captcha codes (refused in production mode).
     dev_outbox: bool = False
 
+    @model_validator(mode="after")
+    def _lockout(self) -> Auth:
+        if self.hard_lock_attempts < self.max_login_attempts:
+            raise ValueError("hard_lock_attempts must be at least max_login_attempts (and is meant to be far higher)")
+        if self.login_delay_max < self.login_delay:
+            raise ValueError("login_delay_max must be at least login_delay")
+        return self
+
 
 class Kms(_Section):
     seed: str = DEVELOPMENT_SEED
     seed_file: str = ""
-    salt: str = "development-only-salt"
+    salt: str = DEVELOPMENT_SALT
     salt_file: str = ""
     # Root-key rotation only: the seed and salt being replaced; they unwrap, never wrap (see operations).
     previous_seed: str = ""
@@ -237,11 +262,59 @@ class Bootstrap(_Section):
     def _production_rules(self) -> Bootstrap:
         if self.security.mode != "production":
             return self
-        if self.kms.seed == DEVELOPMENT_SEED and not self.kms.seed_file:
-            raise ValueError("kms.seed: the development seed is refused in production mode")
-        if self.auth.dev_outbox:
-            raise ValueError("auth.dev_outbox: the development outbox is refused in production mode")
+        problems = production_problems(self)
+        if problems:
+            raise ValueError("\n  ".join(problems))
         return self
+
+
+def _secret_value(inline: str, file: str, key: str) -> str:
+    try:
+        return read_secret(inline, file)
+    except OSError as exc:
+        raise ValueError(f"{key}_file: cannot read {file}: {exc.strerror}") from None
+
+
+def production_problems(config: Bootstrap) -> list[str]:
+    """Every development or unsafe setting, one line each naming its key (SECURITY.md item 25).
+
+    Values are checked after every source has been applied (YAML, ``APP__…`` environment, ``*_file``
+    contents), so the dev seed is refused however it arrives.
+    """
+    problems = []
+    kms, auth, server = config.kms, config.auth, config.server
+    if _secret_value(kms.seed, kms.seed_file, "kms.seed") == DEVELOPMENT_SEED:
+        key = "kms.seed_file" if kms.seed_file else "kms.seed"
+        problems.append(f"{key}: the development seed is refused in production mode")
+    if _secret_value(kms.salt, kms.salt_file, "kms.salt") == DEVELOPMENT_SALT:
+        key = "kms.salt_file" if kms.salt_file else "kms.salt"
+        problems.append(f"{key}: the development salt is refused in production mode")
+    if not config.security.kms_require_credentials:
+        problems.append(
+            "security.kms_require_credentials: KMS calls without credentials are refused in production mode"
+        )
+    if not auth.captcha_enabled:
+        problems.append("auth.captcha_enabled: captchas cannot be turned off in production mode")
+    if not auth.captcha.enabled:
+        problems.append("auth.captcha.enabled: captchas cannot be turned off in production mode")
+    if not server.grpc.tls.enabled and not server.grpc.allow_insecure_transport:
+        problems.append(
+            "server.grpc.tls: plaintext gRPC is refused in production mode; configure TLS "
+            "or set server.grpc.allow_insecure_transport: true"
+        )
+    if server.http.enabled and not server.http.allow_insecure_transport:
+        problems.append(
+            "server.http.allow_insecure_transport: the HTTP port is plaintext; set it to true to acknowledge "
+            "that in production mode, or turn server.http.enabled off"
+        )
+    if server.http.enabled and "addr" not in server.http.model_fields_set:
+        problems.append("server.http.addr: set an explicit address for the HTTP port in production mode")
+    webhook = auth.sms_webhook.url
+    if webhook and not webhook.lower().startswith("https://"):
+        problems.append("auth.sms_webhook.url: only https:// webhooks are allowed in production mode")
+    if auth.dev_outbox:
+        problems.append("auth.dev_outbox: the development outbox is refused in production mode")
+    return problems
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

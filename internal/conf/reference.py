@@ -43,7 +43,8 @@ NOTES = {
     "`--workers N` overrides it.",
     "server.grpc.tls.cert_file": "PEM certificate chain; with key_file, serve TLS instead of plaintext.",
     "server.grpc.tls.key_file": "PEM private key for cert_file.",
-    "server.http.addr": "host:port of the monitoring HTTP server: /metrics, /healthz, /readyz.",
+    "server.http.addr": "host:port of the monitoring HTTP server: /metrics, /healthz, /readyz; "
+    "production mode wants it set explicitly.",
     "server.http.enabled": "Serve the monitoring HTTP port.",
     "data.database.min_pool_size": "Connections the pool keeps open.",
     "data.database.max_pool_size": "Most connections the pool opens (per process).",
@@ -53,8 +54,6 @@ NOTES = {
     "data.redis.key_prefix": "Prepended to every Redis key, so several deployments can share one Redis.",
     "data.redis.socket_timeout": "Connect and read timeout for Redis calls.",
     "auth.captcha_enabled": "Require a captcha on login and registration (together with auth.captcha.enabled).",
-    "auth.max_login_attempts": "Failed logins before the account is locked for lock_duration.",
-    "auth.lock_duration": "How long an account stays locked after max_login_attempts failures.",
     "auth.jwt_signing_key_file": "File holding the JWT signing key; wins over jwt_signing_key.",
     "auth.smtp.password": "Secret: set it from the environment.",
     "auth.sms_webhook.bearer_token": "Secret: set it from the environment.",

@@ -31,7 +31,8 @@ end
 return 'mismatch'
 """
 
-# KEYS[1] captcha; ARGV: code_hash, max_attempts, image type name, allowed target digests...
+# KEYS[1] captcha; ARGV: code_hash, max_attempts, the type exempt from the target check ("" for none),
+# allowed target digests...
 _CONSUME = """
 local rec = redis.call('HMGET', KEYS[1], 'code_hash', 'type', 'target')
 if not rec[1] then return 'unknown' end
@@ -96,11 +97,17 @@ class RedisCaptchaStore:
         return _outcome(raw)
 
     async def consume(
-        self, captcha_id: str, code_hash: str, target_digests: Collection[str], max_attempts: int
+        self,
+        captcha_id: str,
+        code_hash: str,
+        target_digests: Collection[str],
+        max_attempts: int,
+        require_target: bool = False,
     ) -> CaptchaCheck:
+        exempt = "" if require_target else IMAGE
         with redis_unavailable("captcha storage"):
             raw = await self._consume(
-                keys=[self.key(captcha_id)], args=[code_hash, max_attempts, IMAGE, *sorted(target_digests)]
+                keys=[self.key(captcha_id)], args=[code_hash, max_attempts, exempt, *sorted(target_digests)]
             )
         return _outcome(raw)
 

@@ -15,7 +15,7 @@ exactly while a revocation is written, an earlier ``"0"`` entry may answer "acti
 one MGET (~0.2 ms); cold, it adds one indexed PostgreSQL query and a pipelined SET (~1.5 ms), paid
 once per token per ``active_cache_ttl``.
 
-Login lock counters live only in Redis (short-lived by nature); see ``RedisLoginGuard``.
+Login failure counters and locks live only in Redis (short-lived by nature); see ``RedisLoginGuard``.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Any
 import asyncpg
 from redis import exceptions as redis_errors
 
-from internal.biz.password import AttemptDecision, LockState
-from internal.biz.token import RefreshTokenState, Rotation, RotationResult
+from internal.biz.lockout import AttemptDecision, AttemptKey, LockoutPolicy, LockState
+from internal.biz.token import Rotation, RotationResult
 from internal.data.errors import translate_driver_errors
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,22 @@ class PgSessionRepo:
         await self._cache_revoked(self._sid_key(family_id), self._revoked_ttl_ms)
 
     @translate_driver_errors
+    async def revoke_user_families(self, user_id: int, keep_family_id: str, reason: str) -> int:
+        rows = await self._pool.fetch(
+            """
+            UPDATE refresh_token_families SET revoked_at = now(), revoke_reason = $3
+             WHERE user_id = $1 AND id IS DISTINCT FROM $2 AND revoked_at IS NULL AND expires_at > now()
+            RETURNING id
+            """,
+            user_id,
+            _uuid(keep_family_id),
+            reason[:32],
+        )
+        for row in rows:
+            await self._cache_revoked(self._sid_key(str(row["id"])), self._revoked_ttl_ms)
+        return len(rows)
+
+    @translate_driver_errors
     async def revoke_access_token(self, jti: str, expires_at: int) -> None:
         await self._pool.execute(
             """
@@ -192,30 +208,6 @@ class PgSessionRepo:
         assert row is not None  # EXISTS always yields one row
         await self._cache_fill(keys, [row["token_revoked"], row["family_revoked"]])
         return bool(row["token_revoked"] or row["family_revoked"])
-
-    @translate_driver_errors
-    async def refresh_token_state(self, token_hash: str) -> RefreshTokenState | None:
-        row = await self._pool.fetchrow(
-            """
-            SELECT f.id, f.user_id, t.issued_at, t.expires_at, t.used_at, f.revoked_at,
-                   (t.used_at IS NULL AND t.expires_at > now() AND f.revoked_at IS NULL AND f.expires_at > now())
-                       AS active
-              FROM refresh_tokens t JOIN refresh_token_families f ON f.id = t.family_id
-             WHERE t.token_hash = $1
-            """,
-            token_hash,
-        )
-        if row is None:
-            return None
-        return RefreshTokenState(
-            family_id=str(row["id"]),
-            user_id=row["user_id"],
-            issued_at=int(row["issued_at"].timestamp()),
-            expires_at=int(row["expires_at"].timestamp()),
-            used=row["used_at"] is not None,
-            revoked=row["revoked_at"] is not None,
-            active=row["active"],
-        )
 
     @translate_driver_errors
     async def purge_expired(self, grace: timedelta, batch: int = 5000) -> int:
@@ -267,48 +259,51 @@ class PgSessionRepo:
             log.warning("revocation cache unavailable; revocation stored durably only")
 
 
-# Lock counters. KEYS[1] attempts, KEYS[2] lock; ARGV[1] max attempts, ARGV[2] lock duration (ms).
-# Returns {allowed (0/1), attempts, lock ttl ms}. The attempt is counted BEFORE the password check, so
-# N parallel guesses get at most max_attempts checks; the counter never exceeds max_attempts.
+# Login counters (see internal.biz.lockout). KEYS: [1] source hash {n, last}, [2] account failures,
+# [3] account lock. All three share the account's hash tag, so one script sees them in Redis Cluster.
+# ARGV: free attempts, base delay ms, max delay ms, window ms.
+# Returns {allowed (0/1), retry after ms, lock ttl ms}. The attempt is counted BEFORE the credential
+# check, so of N parallel attempts past the free ones only the first runs; the others must wait.
 _BEGIN = """
-local ttl = redis.call('PTTL', KEYS[2])
-local n = tonumber(redis.call('GET', KEYS[1]) or '0')
-if ttl > 0 then return {0, n, ttl} end
-if n >= tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {0, n, tonumber(ARGV[2])}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
+local last = tonumber(redis.call('HGET', KEYS[1], 'last') or '0')
+local free = tonumber(ARGV[1])
+if n >= free then
+  local wait = math.min(tonumber(ARGV[2]) * 2 ^ math.min(n - free, 40), tonumber(ARGV[3]))
+  if now < last + wait then return {0, last + wait - now, 0} end
 end
-n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return {1, n, 0}
+redis.call('HSET', KEYS[1], 'n', n + 1, 'last', now)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if redis.call('INCR', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
+local lock = redis.call('PTTL', KEYS[3])
+if lock < 0 then lock = 0 end
+return {1, 0, lock}
 """
 
-# After a failed check: lock once the budget is spent. Returns the lock ttl (ms) or 0.
+# After a failed check. KEYS: [1] account failures, [2] account lock; ARGV: hard limit, lock ms.
+# Returns the lock ttl (ms) when this failure locked the account, else 0.
 _FAILED = """
 local n = tonumber(redis.call('GET', KEYS[1]) or '0')
-if n < tonumber(ARGV[1]) then return 0 end
-local ttl = redis.call('PTTL', KEYS[2])
-if ttl > 0 then return ttl end
+if n < tonumber(ARGV[1]) or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return tonumber(ARGV[2])
 """
 
+# KEYS: [1] source hash, [2] account failures.
 _GIVE_BACK = """
-local n = tonumber(redis.call('GET', KEYS[1]) or '0')
-if n > 0 then redis.call('DECR', KEYS[1]) end
+if tonumber(redis.call('HGET', KEYS[1], 'n') or '0') > 0 then redis.call('HINCRBY', KEYS[1], 'n', -1) end
+if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then redis.call('DECR', KEYS[2]) end
 return 0
 """
 
 
 class RedisLoginGuard:
-    """Implements ``internal.biz.password.LoginGuard`` with atomic Lua scripts.
+    """Implements ``internal.biz.lockout.LoginGuard`` with atomic Lua scripts.
 
-    Failures are counted within a window as long as the lock duration (the counter expires that long
-    after the first failure). Redis being down fails closed (SERVICE_UNAVAILABLE): a login must not
-    run without its brute-force budget. Keys use a hash tag so both keys of an account share a
-    Redis Cluster slot.
+    Counters expire ``lock_duration`` after the last attempt that touched them. Redis being down fails
+    closed (SERVICE_UNAVAILABLE): a login must not run without its brute-force budget.
     """
 
     def __init__(self, redis: Any, key_prefix: str = "") -> None:
@@ -318,41 +313,58 @@ class RedisLoginGuard:
         self._failed = redis.register_script(_FAILED)
         self._give_back = redis.register_script(_GIVE_BACK)
 
-    def _keys(self, account: str) -> list[str]:
+    def _account_keys(self, account: str) -> list[str]:
         base = f"{self._prefix}login:{{{account}}}"
-        return [f"{base}:attempts", f"{base}:lock"]
+        return [f"{base}:failures", f"{base}:lock"]
+
+    def _source_key(self, key: AttemptKey) -> str:
+        return f"{self._prefix}login:{{{key.account}}}:source:{key.source}"
 
     @translate_driver_errors
-    async def begin_attempt(self, account: str, max_attempts: int, lock_seconds: float) -> AttemptDecision:
-        allowed, attempts, ttl_ms = await self._begin(keys=self._keys(account), args=[max_attempts, _ms(lock_seconds)])
-        unlock_at = time.time() + int(ttl_ms) / 1000 if int(ttl_ms) > 0 else 0.0
-        return AttemptDecision(allowed=bool(allowed), attempts=int(attempts), unlock_at=unlock_at)
+    async def begin_attempt(self, key: AttemptKey, policy: LockoutPolicy) -> AttemptDecision:
+        keys = [self._source_key(key), *self._account_keys(key.account)]
+        delays = [_ms(policy.delay_seconds), _ms(policy.max_delay_seconds)]
+        allowed, retry_ms, lock_ms = await self._begin(
+            keys=keys, args=[policy.free_attempts, *delays, _ms(policy.lock_seconds)]
+        )
+        locked_until = time.time() + int(lock_ms) / 1000 if int(lock_ms) > 0 else 0.0
+        return AttemptDecision(bool(allowed), int(retry_ms) / 1000, locked_until)
 
     @translate_driver_errors
-    async def record_failure(self, account: str, max_attempts: int, lock_seconds: float) -> float:
-        ttl_ms = int(await self._failed(keys=self._keys(account), args=[max_attempts, _ms(lock_seconds)]))
+    async def record_failure(self, account: str, policy: LockoutPolicy) -> float:
+        args = [policy.hard_lock_attempts, _ms(policy.lock_seconds)]
+        ttl_ms = int(await self._failed(keys=self._account_keys(account), args=args))
         return time.time() + ttl_ms / 1000 if ttl_ms > 0 else 0.0
 
     @translate_driver_errors
-    async def give_back(self, account: str) -> None:
-        await self._give_back(keys=self._keys(account)[:1])
+    async def give_back(self, key: AttemptKey) -> None:
+        await self._give_back(keys=[self._source_key(key), self._account_keys(key.account)[0]])
 
     @translate_driver_errors
-    async def reset(self, account: str) -> None:
-        await self._redis.delete(*self._keys(account))
+    async def succeeded(self, key: AttemptKey) -> None:
+        await self._redis.delete(self._source_key(key), self._account_keys(key.account)[0])
+
+    @translate_driver_errors
+    async def lock(self, account: str, seconds: float) -> float:
+        await self._redis.set(self._account_keys(account)[1], "1", px=_ms(seconds))
+        return time.time() + seconds
+
+    @translate_driver_errors
+    async def unlock(self, account: str) -> None:
+        await self._redis.delete(*self._account_keys(account))
 
     @translate_driver_errors
     async def status(self, account: str) -> LockState:
-        attempts_key, lock_key = self._keys(account)
+        failures_key, lock_key = self._account_keys(account)
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.get(attempts_key)
+            pipe.get(failures_key)
             pipe.pttl(lock_key)
-            attempts, ttl_ms = await pipe.execute()
+            failures, ttl_ms = await pipe.execute()
         locked = int(ttl_ms) > 0
         return LockState(
             locked=locked,
             unlock_at=time.time() + int(ttl_ms) / 1000 if locked else 0.0,
-            failed_attempts=int(attempts or 0),
+            failed_attempts=int(failures or 0),
         )
 
 

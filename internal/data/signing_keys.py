@@ -7,6 +7,10 @@
 * Keys come from ``auth.jwt_signing_key`` / ``auth.jwt_signing_key_file``. When both are empty in
   development, a key is generated once under ``data.data_dir`` (mode 0600) and reused, so restarts
   keep issued tokens valid; in production an empty key refuses to start.
+* Access tokens are typed (RFC 9068): the header carries ``typ: at+jwt`` and verification requires it,
+  so no other JWT signed with the same key (an ID token, a token of another purpose) passes as one.
+* A token whose ``exp - iat`` exceeds the configured access-token lifetime never verifies, even with a
+  valid signature: a key that leaked briefly cannot mint long-lived tokens.
 * ``kid``: the RFC 7638 thumbprint of the public JWK for EdDSA. For HS256 a thumbprint would be a
   plain SHA-256 of the secret (an offline guessing oracle), so the kid is an HMAC of a fixed label
   under the secret instead.
@@ -40,6 +44,9 @@ MIN_HS256_SECRET_BYTES = 32
 _ED25519_FILE = "jwt_ed25519.pem"
 _HS256_FILE = "jwt_hs256.key"
 _REQUIRED_CLAIMS = ["exp", "iat", "nbf", "sub", "jti", "iss", "aud"]
+ACCESS_TOKEN_TYPE = "at+jwt"
+# RFC 9068 §4: "at+jwt"; the full media type "application/at+jwt" means the same (RFC 7515 §4.1.9).
+_ACCEPTED_TYPES = frozenset({ACCESS_TOKEN_TYPE, "application/" + ACCESS_TOKEN_TYPE})
 
 
 def _b64url(data: bytes) -> str:
@@ -61,9 +68,11 @@ class JwtSigner:
         key: Ed25519PrivateKey | bytes,
         issuer: str,
         audience: str,
+        max_lifetime: timedelta = timedelta(minutes=15),
         leeway: timedelta = timedelta(seconds=30),
     ) -> None:
         self._algorithm = algorithm
+        self._max_lifetime = int(max_lifetime.total_seconds())
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway
@@ -97,13 +106,16 @@ class JwtSigner:
 
     def sign(self, claims: Mapping[str, Any]) -> str:
         payload = {**claims, "iss": self._issuer, "aud": self._audience}
-        return jwt.encode(payload, self._signing_key, algorithm=self._algorithm, headers={"kid": self._kid})
+        headers = {"kid": self._kid, "typ": ACCESS_TOKEN_TYPE}
+        return jwt.encode(payload, self._signing_key, algorithm=self._algorithm, headers=headers)
 
     def verify(self, token: str) -> VerifiedToken:
         try:
             header = jwt.get_unverified_header(token)
             # Checked before PyJWT for a clear rule: one algorithm, one key; "none" never passes.
             if header.get("alg") != self._algorithm or header.get("kid") != self._kid:
+                raise Unauthenticated("TOKEN_INVALID", "token is invalid")
+            if str(header.get("typ", "")).lower() not in _ACCEPTED_TYPES:
                 raise Unauthenticated("TOKEN_INVALID", "token is invalid")
             claims = jwt.decode(
                 token,
@@ -118,6 +130,9 @@ class JwtSigner:
             raise Unauthenticated("TOKEN_EXPIRED", "token has expired") from None
         except (jwt.InvalidTokenError, ValueError, TypeError):
             raise Unauthenticated("TOKEN_INVALID", "token is invalid") from None
+        lifetime = claims["exp"] - claims["iat"]
+        if not isinstance(lifetime, int) or lifetime > self._max_lifetime:
+            raise Unauthenticated("TOKEN_INVALID", "token is invalid")
         return VerifiedToken(claims=claims, kid=self._kid)
 
     def jwks(self) -> list[dict[str, str]]:
@@ -184,4 +199,4 @@ def load_signing_key(auth: Auth, data_dir: str, production: bool) -> Ed25519Priv
 def build_signer(auth: Auth, data_dir: str, production: bool) -> JwtSigner:
     """The signer the container provides: ``build_signer(conf.auth, conf.data.data_dir, mode == "production")``."""
     key = load_signing_key(auth, data_dir, production)
-    return JwtSigner(auth.jwt_algorithm, key, auth.jwt_issuer, auth.jwt_audience)
+    return JwtSigner(auth.jwt_algorithm, key, auth.jwt_issuer, auth.jwt_audience, auth.access_token_expiration)

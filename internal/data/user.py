@@ -52,8 +52,9 @@ class PgUserRepo:
             inserted = await self._pool.execute(
                 """
                 INSERT INTO users (id, username, password, email_encrypted, email_hash, phone_encrypted,
-                                   phone_hash, name_encrypted, name_hash, pii_key_version)
-                SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10
+                                   phone_hash, name_encrypted, name_hash, pii_key_version, username_key,
+                                   email_key_hash)
+                SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $12, $13
                  WHERE NOT EXISTS (
                      SELECT 1 FROM users WHERE email_hash = ANY($11::bpchar[]) OR phone_hash = ANY($11::bpchar[])
                  )
@@ -69,6 +70,8 @@ class PgUserRepo:
                 user.name_hash,
                 user.pii_key_version,
                 list(user.earlier_hashes),
+                user.username_key,
+                user.email_key_hash,
             )
         except asyncpg.UniqueViolationError:
             inserted = ""

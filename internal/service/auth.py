@@ -5,6 +5,7 @@ an ErrorInfo. RPCs that require an access token resolve it to a ``Caller`` first
 (``TokenUsecase.authenticate``: TOKEN_MISSING / TOKEN_INVALID / TOKEN_EXPIRED / TOKEN_REVOKED).
 LockStatus also accepts a service credential (``akms_…``); it becomes a ``Caller`` with the
 credential's scopes and no user, so only ``auth.admin`` lets it act for another account.
+IntrospectToken accepts only a service credential (scope ``auth.introspect``), never a user's token.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from internal.biz.auth import AuthUsecase, LoginAttempt, Registration
 from internal.biz.captcha import CaptchaUsecase
 from internal.biz.credentials import TOKEN_PREFIX, CredentialUsecase
-from internal.biz.errors import Unauthenticated
+from internal.biz.errors import PermissionDenied, Unauthenticated
 from internal.biz.token import Caller, TokenUsecase
 from internal.biz.totp import TotpUsecase
 from internal.biz.user import UserUsecase
@@ -48,12 +49,15 @@ class AuthService(auth_pb2_grpc.AuthServicer):
     async def _caller(self, context: grpc.aio.ServicerContext, *, allow_service: bool = False) -> Caller:
         """The user behind the access token or, where ``allow_service``, a service credential's scopes."""
         token = bearer_token(context)
-        if allow_service and self._credentials is not None and token.startswith(TOKEN_PREFIX):
-            credential = await self._credentials.lookup(token)
-            if credential is None:
-                raise Unauthenticated("TOKEN_INVALID", "token is invalid")
-            return Caller(scopes=credential.scopes)
+        if allow_service and token.startswith(TOKEN_PREFIX):
+            return await self._service_caller(token)
         return await self._tokens.authenticate(token)
+
+    async def _service_caller(self, token: str) -> Caller:
+        credential = await self._credentials.lookup(token) if self._credentials is not None else None
+        if credential is None:
+            raise Unauthenticated("TOKEN_INVALID", "token is invalid")
+        return Caller(scopes=credential.scopes)
 
     async def GetCaptcha(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.GetCaptchaReply:
         """Issue an image captcha, or send an SMS/email code to ``target``."""
@@ -74,6 +78,8 @@ class AuthService(auth_pb2_grpc.AuthServicer):
             phone=request.phone,
             captcha_id=request.captcha_id,
             captcha_code=request.captcha_code,
+            phone_captcha_id=request.phone_captcha_id,
+            phone_captcha_code=request.phone_captcha_code,
         )
         await self._auth.register(registration, client_address(context))
         return auth_pb2.RegisterReply(message="registration successful")
@@ -121,20 +127,22 @@ class AuthService(auth_pb2_grpc.AuthServicer):
     async def BeginTotpEnrollment(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> auth_pb2.BeginTotpEnrollmentReply:
-        """A pending TOTP secret and its otpauth:// URI."""
-        enrollment = await self._totp.begin_enrollment(await self._caller(context))
+        """A pending TOTP secret and its otpauth:// URI, after re-checking the password."""
+        caller = await self._caller(context)
+        enrollment = await self._totp.begin_enrollment(caller, request.password, client_address(context))
         return auth_pb2.BeginTotpEnrollmentReply(secret=enrollment.secret, otpauth_uri=enrollment.otpauth_uri)
 
     async def ConfirmTotpEnrollment(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> auth_pb2.ConfirmTotpEnrollmentReply:
-        """Enable TOTP with a current code."""
-        await self._totp.confirm_enrollment(await self._caller(context), request.code)
+        """Enable TOTP with a current code; the caller's other sessions end."""
+        await self._totp.confirm_enrollment(await self._caller(context), request.code, client_address(context))
         return auth_pb2.ConfirmTotpEnrollmentReply(success=True)
 
     async def DisableTotp(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.DisableTotpReply:
-        """Disable TOTP after re-checking password and code."""
-        await self._totp.disable(await self._caller(context), request.password, request.code)
+        """Disable TOTP after re-checking password and code; the caller's other sessions end."""
+        caller = await self._caller(context)
+        await self._totp.disable(caller, request.password, request.code, client_address(context))
         return auth_pb2.DisableTotpReply(success=True)
 
     async def GetJwks(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.GetJwksReply:
@@ -146,8 +154,11 @@ class AuthService(auth_pb2_grpc.AuthServicer):
         )
 
     async def IntrospectToken(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.IntrospectTokenReply:
-        """Whether a token is active; no caller authentication (see TokenUsecase.introspect)."""
-        info = await self._tokens.introspect(request.token)
+        """RFC 7662 for service credentials with ``auth.introspect`` (see TokenUsecase.introspect)."""
+        token = bearer_token(context)
+        if not token.startswith(TOKEN_PREFIX):
+            raise PermissionDenied("PERMISSION_DENIED", "introspection needs a service credential")
+        info = await self._tokens.introspect(await self._service_caller(token), request.token)
         return auth_pb2.IntrospectTokenReply(
             active=info.active,
             subject=info.subject,

@@ -63,14 +63,20 @@ class FakeStore:
         return self._fail(captcha_id, entry, CaptchaCheck.MISMATCH, max_attempts)
 
     async def consume(
-        self, captcha_id: str, code_hash: str, target_digests: Collection[str], max_attempts: int
+        self,
+        captcha_id: str,
+        code_hash: str,
+        target_digests: Collection[str],
+        max_attempts: int,
+        require_target: bool = False,
     ) -> CaptchaCheck:
         entry = self.entries.get(captcha_id)
         if entry is None:
             return CaptchaCheck.UNKNOWN
         if not hmac.compare_digest(entry.record.code_hash, code_hash):
             return self._fail(captcha_id, entry, CaptchaCheck.MISMATCH, max_attempts)
-        if entry.record.captcha_type != IMAGE and entry.record.target not in target_digests:
+        exempt = entry.record.captcha_type == IMAGE and not require_target
+        if not exempt and entry.record.target not in target_digests:
             return self._fail(captcha_id, entry, CaptchaCheck.WRONG_TARGET, max_attempts)
         del self.entries[captcha_id]
         return CaptchaCheck.OK
@@ -357,6 +363,31 @@ async def test_consume_bound_to_phone_target() -> None:
     with pytest.raises(InvalidArgument):
         await env.usecase.consume(challenge.captcha_id, code, ["+14155552671"])
     await env.usecase.consume(challenge.captcha_id, code, ("+86 138-1234-5678",))
+
+
+async def test_proof_of_ownership_refuses_image_captchas() -> None:
+    """require_target (registration): only a code sent to the address proves it; an image captcha does not."""
+    env = make()
+    image = await env.usecase.issue("image", "", "c")
+    with pytest.raises(InvalidArgument) as err:
+        await env.usecase.consume(image.captcha_id, env.renderer.codes[-1], [EMAIL_ADDR], require_target=True)
+    assert err.value.reason == "CAPTCHA_INVALID"
+    emailed = await env.usecase.issue("email", EMAIL_ADDR, "c")
+    await env.usecase.consume(emailed.captcha_id, env.email.last_code(), [EMAIL_ADDR], require_target=True)
+
+
+async def test_client_limits_count_per_network_prefix() -> None:
+    """Neighbours in one IPv4 /24 or IPv6 /64 share a budget; another network has its own."""
+    env = make(CaptchaSettings(image_limit_per_client=2))
+    await env.usecase.issue("image", "", "203.0.113.7")
+    await env.usecase.issue("image", "", "203.0.113.200")
+    with pytest.raises(ResourceExhausted):
+        await env.usecase.issue("image", "", "203.0.113.9")
+    await env.usecase.issue("image", "", "203.0.114.9")
+    await env.usecase.issue("image", "", "2001:db8:1:2::1")
+    await env.usecase.issue("image", "", "2001:db8:1:2:ffff::1")
+    with pytest.raises(ResourceExhausted):
+        await env.usecase.issue("image", "", "2001:db8:1:2::99")
 
 
 async def test_code_hash_depends_on_key_and_id() -> None:

@@ -37,6 +37,8 @@ AUTH_MESSAGES: dict[str, list[tuple[str, int, int]]] = {
         ("phone", 4, STRING),
         ("captcha_id", 5, STRING),
         ("captcha_code", 6, STRING),
+        ("phone_captcha_id", 7, STRING),  # added: proof of the phone (docs/security.md)
+        ("phone_captcha_code", 8, STRING),
     ],
     "RegisterReply": [("message", 1, STRING)],
     "LoginRequest": [

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from internal.biz import pii
 from internal.biz.auth import AuthPolicy, AuthUsecase
 from internal.biz.errors import Conflict, InvalidArgument
-from internal.biz.password import AttemptDecision, Lockout, LockoutPolicy, LockState
-from internal.biz.token import RefreshTokenState, Rotation, RotationResult, TokenPolicy, TokenUsecase
+from internal.biz.lockout import AttemptDecision, AttemptKey, Lockout, LockoutPolicy, LockState
+from internal.biz.token import Rotation, RotationResult, TokenPolicy, TokenUsecase
 from internal.biz.totp import TotpUsecase
 from internal.biz.user import NewUser, User, UserUsecase
 from internal.data.signing_keys import JwtSigner
@@ -70,7 +70,9 @@ class FakeUserRepo:
         for row in self.rows.values():
             if (
                 row["username"].lower() == user.username.lower()
+                or row["username_key"] == user.username_key
                 or row["email_hash"] == user.email_hash
+                or row["email_key_hash"] == user.email_key_hash
                 or (user.phone_hash is not None and row["phone_hash"] == user.phone_hash)
             ):
                 raise Conflict("USER_EXISTS", "username, email or phone is already registered")
@@ -166,52 +168,58 @@ class CountingHasher:
 
 
 class FakeGuard:
-    """In-memory LoginGuard with the same rules as the Redis scripts."""
+    """In-memory LoginGuard with the same rules as the Redis scripts (without the counting window)."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self.attempts: dict[str, int] = {}
+        self.sources: dict[tuple[str, str], tuple[int, float]] = {}  # (account, source) → (count, last)
+        self.failures: dict[str, int] = {}
         self.locks: dict[str, float] = {}
 
-    def _locked_until(self, account: str) -> float:
+    def _lock_until(self, account: str) -> float:
         until = self.locks.get(account, 0.0)
         if until and until <= self._clock():
-            # Redis expires the counter together with the lock.
             self.locks.pop(account)
-            self.attempts.pop(account, None)
             return 0.0
         return until
 
-    async def begin_attempt(self, account: str, max_attempts: int, lock_seconds: float) -> AttemptDecision:
-        until = self._locked_until(account)
-        n = self.attempts.get(account, 0)
-        if until:
-            return AttemptDecision(False, n, until)
-        if n >= max_attempts:
-            self.locks[account] = self._clock() + lock_seconds
-            return AttemptDecision(False, n, self.locks[account])
-        self.attempts[account] = n + 1
-        return AttemptDecision(True, n + 1)
+    async def begin_attempt(self, key: AttemptKey, policy: LockoutPolicy) -> AttemptDecision:
+        now = self._clock()
+        n, last = self.sources.get((key.account, key.source), (0, 0.0))
+        if n >= policy.free_attempts:
+            wait = min(policy.delay_seconds * 2 ** (n - policy.free_attempts), policy.max_delay_seconds)
+            if now < last + wait:
+                return AttemptDecision(False, last + wait - now)
+        self.sources[(key.account, key.source)] = (n + 1, now)
+        self.failures[key.account] = self.failures.get(key.account, 0) + 1
+        return AttemptDecision(True, 0.0, self._lock_until(key.account))
 
-    async def record_failure(self, account: str, max_attempts: int, lock_seconds: float) -> float:
-        if self.attempts.get(account, 0) < max_attempts:
+    async def record_failure(self, account: str, policy: LockoutPolicy) -> float:
+        if self.failures.get(account, 0) < policy.hard_lock_attempts or self._lock_until(account):
             return 0.0
-        if until := self._locked_until(account):
-            return until
-        self.locks[account] = self._clock() + lock_seconds
+        self.locks[account] = self._clock() + policy.lock_seconds
         return self.locks[account]
 
-    async def give_back(self, account: str) -> None:
-        if self.attempts.get(account, 0) > 0:
-            self.attempts[account] -= 1
+    async def give_back(self, key: AttemptKey) -> None:
+        n, last = self.sources.get((key.account, key.source), (0, 0.0))
+        self.sources[(key.account, key.source)] = (max(n - 1, 0), last)
+        self.failures[key.account] = max(self.failures.get(key.account, 0) - 1, 0)
 
-    async def reset(self, account: str) -> None:
-        self.attempts.pop(account, None)
+    async def succeeded(self, key: AttemptKey) -> None:
+        self.sources.pop((key.account, key.source), None)
+        self.failures.pop(key.account, None)
+
+    async def lock(self, account: str, seconds: float) -> float:
+        self.locks[account] = self._clock() + seconds
+        return self.locks[account]
+
+    async def unlock(self, account: str) -> None:
+        self.failures.pop(account, None)
         self.locks.pop(account, None)
 
     async def status(self, account: str) -> LockState:
-        until = self._locked_until(account)
-        return LockState(bool(until), until, self.attempts.get(account, 0))
+        until = self._lock_until(account)
+        return LockState(bool(until), until, self.failures.get(account, 0))
 
 
 @dataclass
@@ -271,22 +279,13 @@ class FakeSessions:
         family = self.families.get(family_id)
         return jti in self.revoked_jtis or family is None or family.revoked is not None
 
-    async def refresh_token_state(self, token_hash: str) -> RefreshTokenState | None:
-        token = self.tokens.get(token_hash)
-        if token is None:
-            return None
-        family = self.families[token.family_id]
-        now = self._clock()
-        active = not token.used and token.expires_at > now and not family.revoked and family.expires_at > now
-        return RefreshTokenState(
-            token.family_id,
-            family.user_id,
-            int(token.issued_at),
-            int(token.expires_at),
-            token.used,
-            family.revoked is not None,
-            active,
-        )
+    async def revoke_user_families(self, user_id: int, keep_family_id: str, reason: str) -> int:
+        ended = 0
+        for family_id, family in self.families.items():
+            if family.user_id == user_id and family_id != keep_family_id and not family.revoked:
+                family.revoked = reason
+                ended += 1
+        return ended
 
 
 @dataclass
@@ -333,10 +332,15 @@ class FakeCaptcha:
         self.good_code = good_code
         self.consumed: list[tuple[str, str, tuple[str, ...]]] = []
 
-    async def consume(self, captcha_id: str, code: str, allowed_targets: Collection[str] = ()) -> None:
+    async def consume(
+        self, captcha_id: str, code: str, allowed_targets: Collection[str] = (), *, require_target: bool = False
+    ) -> None:
+        """``good_code`` is an image captcha; ``code@target`` is a code that was sent to ``target``."""
         if not captcha_id or not code:
             raise InvalidArgument("CAPTCHA_REQUIRED", "captcha required")
-        if code != self.good_code:
+        answer, _, target = code.partition("@")
+        sent_elsewhere = target and target not in allowed_targets
+        if answer != self.good_code or sent_elsewhere or (require_target and not target):
             raise InvalidArgument("CAPTCHA_INVALID", "captcha invalid")
         self.consumed.append((captcha_id, code, tuple(allowed_targets)))
 
@@ -373,7 +377,13 @@ def _auth(w: Any, policy: AuthPolicy) -> AuthUsecase:
 
 
 def build_world(
-    *, captcha_enabled: bool = False, max_attempts: int = 5, lock_seconds: float = 600, signer: JwtSigner | None = None
+    *,
+    captcha_enabled: bool = False,
+    free_attempts: int = 5,
+    delay_seconds: float = 1.0,
+    hard_lock_attempts: int = 20,
+    lock_seconds: float = 600,
+    signer: JwtSigner | None = None,
 ) -> World:
     clock = Clock()
     users, cipher, hasher = FakeUserRepo(), FakeCipher(), CountingHasher()
@@ -381,7 +391,7 @@ def build_world(
     limiter, captcha = FakeLimiter(), FakeCaptcha(captcha_enabled)
     signer = signer or JwtSigner("EdDSA", ED25519_KEY, "authkms-test", "clients-test")
     tokens = TokenUsecase(signer, sessions, users, audit, TokenPolicy(), clock)
-    lockout = Lockout(guard, LockoutPolicy(max_attempts, lock_seconds))
+    lockout = Lockout(guard, LockoutPolicy(free_attempts, delay_seconds, 900.0, hard_lock_attempts, lock_seconds))
     w = World(
         clock,
         users,
@@ -395,7 +405,7 @@ def build_world(
         signer,
         tokens,
         None,  # type: ignore[arg-type]
-        TotpUsecase(users, cipher, hasher, lockout, audit, "AuthKMS Test", clock),
+        TotpUsecase(users, cipher, hasher, lockout, tokens, audit, "AuthKMS Test", clock),
         UserUsecase(users, cipher),
         lockout,
     )

@@ -65,36 +65,87 @@ async def test_overlong_password_costs_one_dummy_verification() -> None:
     assert w.hasher.dummy_verifications == 1
 
 
-async def test_lock_after_max_failures_then_locked_even_with_right_password() -> None:
-    w = build_world(max_attempts=3, lock_seconds=600)
+async def test_failures_past_the_free_attempts_need_a_growing_delay_from_that_network() -> None:
+    w = build_world(free_attempts=3, delay_seconds=1.0)
+    await registered(w)
+    for _ in range(3):
+        assert (await fail(w, LoginAttempt("alice", "wrongpass1"), "198.51.100.7")).reason == "INVALID_CREDENTIALS"
+    throttled = await fail(w, LoginAttempt("alice", PASSWORD), "198.51.100.7")
+    assert isinstance(throttled, ResourceExhausted) and throttled.reason == "RATE_LIMITED"
+    assert throttled.metadata == {"retry_after": "1"}
+    # The whole /24 is one source; the delay doubles with every further failure.
+    assert (await fail(w, LoginAttempt("alice", PASSWORD), "198.51.100.200")).reason == "RATE_LIMITED"
+    w.clock.now += 1
+    assert (await fail(w, LoginAttempt("alice", "wrongpass1"), "198.51.100.7")).reason == "INVALID_CREDENTIALS"
+    w.clock.now += 1
+    assert (await fail(w, LoginAttempt("alice", PASSWORD), "198.51.100.7")).metadata == {"retry_after": "1"}
+    # Another network is not slowed down at all.
+    await w.auth.login(LoginAttempt("alice", PASSWORD), "203.0.113.5")
+
+
+async def test_owner_logs_in_from_their_network_while_an_attacker_hammers_from_elsewhere() -> None:
+    w = build_world(free_attempts=5, hard_lock_attempts=100)
+    await registered(w)
+    w.captcha.enabled = True
+    outcomes: dict[str, int] = {}
+    for i in range(300):
+        w.clock.now += 0.5
+        attacker = f"198.51.{100 + i % 3}.{i % 250}"  # three /24 networks
+        err = await fail(w, LoginAttempt("alice", f"guess-{i}-pw", f"c{i}", "424242"), attacker)
+        outcomes[err.reason] = outcomes.get(err.reason, 0) + 1
+    assert set(outcomes) == {"INVALID_CREDENTIALS", "RATE_LIMITED"} and outcomes["RATE_LIMITED"] > 250
+    pair = await w.auth.login(LoginAttempt("alice", PASSWORD, "owner", "424242"), "203.0.113.5")
+    assert pair.access_token
+
+
+async def test_hard_lock_only_at_the_account_limit_and_only_told_to_the_right_password() -> None:
+    w = build_world(free_attempts=50, hard_lock_attempts=6, lock_seconds=600)
     user_id = await registered(w)
-    for _ in range(2):
-        assert (await fail(w, LoginAttempt("alice", "wrongpass1"))).reason == "INVALID_CREDENTIALS"
-    locked = await fail(w, LoginAttempt("alice@example.com", "wrongpass1"))  # same account, other identifier
+    for i in range(6):  # six networks: no per-source delay applies
+        assert (await fail(w, LoginAttempt("alice", "wrongpass1"), f"10.0.{i}.1")).reason == "INVALID_CREDENTIALS"
+    assert "auth.lockout" in [e["event"] for e in w.audit.events]
+    # A wrong password learns nothing: the same answer as for an unknown account.
+    wrong = await fail(w, LoginAttempt("alice@example.com", "wrongpass1"), "10.9.9.9")
+    ghost = await fail(w, LoginAttempt("ghost@example.com", "wrongpass1"), "10.9.9.9")
+    assert (wrong.reason, wrong.message, wrong.metadata) == (ghost.reason, ghost.message, ghost.metadata)
+    locked = await fail(w, LoginAttempt("alice", PASSWORD), "10.9.9.9")
     assert isinstance(locked, PermissionDenied) and locked.reason == "ACCOUNT_LOCKED"
     assert int(locked.metadata["unlock_time"]) == pytest.approx(w.clock() + 600, abs=2)
-    verifications = w.hasher.verifications
-    again = await fail(w, LoginAttempt("alice", PASSWORD))
-    assert again.reason == "ACCOUNT_LOCKED"
-    assert w.hasher.verifications == verifications  # no password check while locked
     status = await w.auth.lock_status(Caller(user_id=user_id), "alice")
-    assert status.locked and status.failed_attempts == 3 and status.max_attempts == 3
+    assert status.locked and status.failed_attempts == 7 and status.max_attempts == 6
     w.clock.now += 601
-    await w.auth.login(LoginAttempt("alice", PASSWORD))
+    await w.auth.login(LoginAttempt("alice", PASSWORD), "10.9.9.9")
     status = await w.auth.lock_status(Caller(user_id=user_id), "alice")
     assert (status.locked, status.unlock_time, status.failed_attempts) == (False, 0, 0)
-    assert "auth.lockout" in [e["event"] for e in w.audit.events]
 
 
-async def test_unknown_identifiers_lock_exactly_like_real_accounts() -> None:
-    w = build_world(max_attempts=2)
+async def test_throttles_do_not_link_an_email_or_phone_to_a_username() -> None:
+    """ASVS 6.3.8: the delay is keyed on what was typed, so no other identifier of the account changes."""
+    w = build_world(free_attempts=2, hard_lock_attempts=4)
+    await registered(w)
     for _ in range(2):
-        await fail(w, LoginAttempt("ghost", "wrongpass1"))
-    assert (await fail(w, LoginAttempt("ghost", "wrongpass1"))).reason == "ACCOUNT_LOCKED"
+        await fail(w, LoginAttempt("alice", "wrongpass1"), "198.51.100.7")
+    assert (await fail(w, LoginAttempt("alice", "wrongpass1"), "198.51.100.7")).reason == "RATE_LIMITED"
+    for identifier in ("alice@example.com", "+8613812345678"):
+        mine = await fail(w, LoginAttempt(identifier, "wrongpass1"), "198.51.100.7")
+        ghost = await fail(w, LoginAttempt("ghost@example.com", "wrongpass1"), "198.51.100.7")
+        assert (mine.reason, mine.metadata) == (ghost.reason, ghost.metadata) == ("INVALID_CREDENTIALS", {})
+        w.audit.events.clear()
+    # Four failures: the account is hard-locked now, and still no wrong password can tell.
+    again = await fail(w, LoginAttempt("+8613812345678", "wrongpass1"), "203.0.113.1")
+    assert again.reason == "INVALID_CREDENTIALS"
 
 
-async def test_parallel_guesses_run_at_most_max_attempts_checks() -> None:
-    w = build_world(max_attempts=5)
+async def test_unknown_identifiers_are_throttled_exactly_like_real_accounts() -> None:
+    w = build_world(free_attempts=2)
+    await registered(w)
+    for name in ("ghost", "alice"):
+        reasons = [(await fail(w, LoginAttempt(name, "wrongpass1"))).reason for _ in range(3)]
+        assert reasons == ["INVALID_CREDENTIALS", "INVALID_CREDENTIALS", "RATE_LIMITED"]
+
+
+async def test_parallel_guesses_run_at_most_the_free_attempts() -> None:
+    w = build_world(free_attempts=5)
     await registered(w)
     w.hasher.verifications = 0
     results = await asyncio.gather(
@@ -102,11 +153,11 @@ async def test_parallel_guesses_run_at_most_max_attempts_checks() -> None:
     )
     reasons = sorted(getattr(r, "reason", "") for r in results)
     assert w.hasher.verifications <= 5
-    assert set(reasons) <= {"INVALID_CREDENTIALS", "ACCOUNT_LOCKED"} and "ACCOUNT_LOCKED" in reasons
+    assert set(reasons) == {"INVALID_CREDENTIALS", "RATE_LIMITED"}
 
 
 async def test_success_resets_the_counter() -> None:
-    w = build_world(max_attempts=3)
+    w = build_world(free_attempts=3)
     user_id = await registered(w)
     for _ in range(2):
         await fail(w, LoginAttempt("alice", "wrongpass1"))
@@ -114,15 +165,34 @@ async def test_success_resets_the_counter() -> None:
     assert (await w.auth.lock_status(Caller(user_id=user_id), "alice")).failed_attempts == 0
 
 
-async def test_login_is_rate_limited_per_client_address() -> None:
+async def test_operator_lock_and_unlock() -> None:
+    w = build_world()
+    await registered(w)
+    unlock_at = await w.auth.lock("alice", 120)
+    assert unlock_at == pytest.approx(w.clock() + 120)
+    assert (await fail(w, LoginAttempt("alice", PASSWORD))).reason == "ACCOUNT_LOCKED"
+    await w.auth.unlock("alice")
+    await w.auth.login(LoginAttempt("alice", PASSWORD))
+    assert [e["event"] for e in w.audit.events if e["actor"] == "operator"] == ["account.lock", "account.unlock"]
+
+
+async def test_login_is_rate_limited_per_client_network() -> None:
     w = build_world()
     await registered(w)
     w.limiter.limit = 2
-    for _ in range(2):
-        await w.auth.login(LoginAttempt("alice", PASSWORD), "9.9.9.9")
-    err = await fail(w, LoginAttempt("alice", PASSWORD), "9.9.9.9")
+    for address in ("9.9.9.9", "9.9.9.10"):
+        await w.auth.login(LoginAttempt("alice", PASSWORD), address)
+    err = await fail(w, LoginAttempt("alice", PASSWORD), "9.9.9.250")  # same /24
     assert isinstance(err, ResourceExhausted) and err.reason == "RATE_LIMITED"
-    await w.auth.login(LoginAttempt("alice", PASSWORD), "8.8.8.8")
+    await w.auth.login(LoginAttempt("alice", PASSWORD), "9.9.8.8")
+    for address in ("2001:db8::1", "2001:db8::ffff:1"):
+        await w.auth.login(LoginAttempt("alice", PASSWORD), address)
+    assert (await fail(w, LoginAttempt("alice", PASSWORD), "2001:db8::abcd")).reason == "RATE_LIMITED"  # same /64
+    assert {b for b in w.limiter.hits if b.startswith("login:")} == {
+        "login:9.9.9.0/24",
+        "login:9.9.8.0/24",
+        "login:2001:db8::/64",
+    }
 
 
 async def test_captcha_when_enabled_bound_to_email_identifier() -> None:
@@ -145,7 +215,7 @@ async def test_rehash_when_parameters_changed() -> None:
 
 
 async def _enable_totp(w: World, user_id: int) -> bytes:
-    enrollment = await w.totp.begin_enrollment(Caller(user_id=user_id))
+    enrollment = await w.totp.begin_enrollment(Caller(user_id=user_id), PASSWORD)
     secret = base64.b32decode(enrollment.secret + "=" * (-len(enrollment.secret) % 8))
     w.clock.now -= 60
     await w.totp.confirm_enrollment(Caller(user_id=user_id), generate_code(secret, w.clock.now))
@@ -154,7 +224,7 @@ async def _enable_totp(w: World, user_id: int) -> bytes:
 
 
 async def test_totp_required_invalid_and_single_use() -> None:
-    w = build_world(max_attempts=5)
+    w = build_world(free_attempts=5)
     user_id = await registered(w)
     secret = await _enable_totp(w, user_id)
     assert (await fail(w, LoginAttempt("alice", PASSWORD))).reason == "TOTP_REQUIRED"
@@ -171,7 +241,7 @@ async def test_totp_required_invalid_and_single_use() -> None:
 
 
 async def test_totp_required_does_not_count_as_a_failure() -> None:
-    w = build_world(max_attempts=2)
+    w = build_world(free_attempts=2)
     user_id = await registered(w)
     await _enable_totp(w, user_id)
     for _ in range(5):
@@ -179,13 +249,14 @@ async def test_totp_required_does_not_count_as_a_failure() -> None:
     assert (await w.auth.lock_status(Caller(user_id=user_id), "alice")).failed_attempts == 0
 
 
-async def test_wrong_totp_codes_count_towards_the_lock() -> None:
-    w = build_world(max_attempts=2)
+async def test_wrong_totp_codes_are_throttled_like_wrong_passwords() -> None:
+    w = build_world(free_attempts=2)
     user_id = await registered(w)
     secret = await _enable_totp(w, user_id)
     wrong = "000000" if generate_code(secret, w.clock.now) != "000000" else "111111"
-    await fail(w, LoginAttempt("alice", PASSWORD, totp_code=wrong))
-    assert (await fail(w, LoginAttempt("alice", PASSWORD, totp_code=wrong))).reason == "ACCOUNT_LOCKED"
+    for _ in range(2):
+        assert (await fail(w, LoginAttempt("alice", PASSWORD, totp_code=wrong))).reason == "TOTP_INVALID"
+    assert (await fail(w, LoginAttempt("alice", PASSWORD, totp_code=wrong))).reason == "RATE_LIMITED"
 
 
 async def test_audit_has_every_attempt_and_no_pii() -> None:
@@ -210,7 +281,7 @@ async def test_lock_status_only_for_own_account_or_admin() -> None:
         await w.auth.lock_status(Caller(user_id=alice), "nobody")
     assert err.value.reason == "PERMISSION_DENIED"
     admin = Caller(scopes=frozenset({"auth.admin"}))
-    assert (await w.auth.lock_status(admin, "alice")).max_attempts == 5
+    assert (await w.auth.lock_status(admin, "alice")).max_attempts == 20
     with pytest.raises(DomainError) as err2:
         await w.auth.lock_status(admin, "nobody")
     assert err2.value.reason == "USER_NOT_FOUND"

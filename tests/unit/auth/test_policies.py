@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from internal.biz.auth import AuthPolicy
-from internal.biz.password import Argon2Params, LockoutPolicy
+from internal.biz.lockout import LockoutPolicy
+from internal.biz.password import Argon2Params
 from internal.biz.token import TokenPolicy
 from internal.conf.config import Argon2, Auth
 
@@ -13,6 +14,9 @@ from internal.conf.config import Argon2, Auth
 def test_policies_from_conf() -> None:
     auth = Auth(
         max_login_attempts=7,
+        hard_lock_attempts=70,
+        login_delay=timedelta(seconds=2),
+        login_delay_max=timedelta(minutes=5),
         lock_duration=timedelta(minutes=3),
         login_rate_limit=11,
         login_rate_window=timedelta(seconds=90),
@@ -23,7 +27,7 @@ def test_policies_from_conf() -> None:
         refresh_token_absolute_lifetime=timedelta(days=2),
     )
     assert AuthPolicy.from_conf(auth) == AuthPolicy(256, 11, 90.0)
-    assert LockoutPolicy.from_conf(auth) == LockoutPolicy(7, 180.0)
+    assert LockoutPolicy.from_conf(auth) == LockoutPolicy(7, 2.0, 300.0, 70, 180.0)
     assert Argon2Params.from_conf(auth) == Argon2Params(65536, 3, 2)
     assert TokenPolicy.from_conf(auth) == TokenPolicy(timedelta(minutes=5), timedelta(days=1), timedelta(days=2))
     defaults = Auth()

@@ -14,6 +14,8 @@ AUTH_FILES = [
     "internal/biz/user.py",
     "internal/biz/token.py",
     "internal/biz/password.py",
+    "internal/biz/lockout.py",
+    "internal/biz/identifiers.py",
     "internal/biz/totp.py",
     "internal/data/user.py",
     "internal/data/session.py",

@@ -43,13 +43,33 @@ async def test_invalid_input_names_the_field(field: str, value: str) -> None:
     assert not w.users.rows
 
 
-@pytest.mark.parametrize("password", ["short1", "onlyletters", "12345678901", "x" * 127 + "1" * 2])
+@pytest.mark.parametrize(
+    "password",
+    [
+        "short1",
+        "x" * 127 + "1" * 2,
+        "password1",  # common (the zxcvbn package's leaked-password list)
+        "Qwertyuiop",  # common, whatever its case
+        "my-alice_1-pass",  # contains the username
+        "ALICE@home-2024",  # contains the email's local part
+        "tab\there-pass",  # control character
+        "ｐａｓｓｗｏｒｄ１",  # fullwidth "password1": NFKC before the list check
+    ],
+)
 async def test_weak_passwords_are_refused(password: str) -> None:
     w = build_world()
     with pytest.raises(InvalidArgument) as err:
         await w.auth.register(reg(password=password))
     assert err.value.reason == "PASSWORD_WEAK"
     assert err.value.metadata == {"field": "password"}
+
+
+@pytest.mark.parametrize(
+    "password", ["correct horse battery staple", "onlyletters", "12345678901", "Ünïcødé-Ωmega", "密码密码密码密码"]
+)
+async def test_no_composition_rules(password: str) -> None:
+    w = build_world()
+    await w.auth.register(reg(password=password))
 
 
 async def test_long_passphrase_up_to_the_limit_is_accepted() -> None:
@@ -91,6 +111,10 @@ async def test_name_is_supported_and_encrypted() -> None:
         {"username": "ALICE_1", "email": "other@example.com"},
         {"username": "bob", "email": " alice@EXAMPLE.com "},
         {"username": "carol", "email": "c@example.com", "phone": "+8613812345678"},
+        {"username": "ａlice_1", "email": "other@example.com"},  # fullwidth a: NFKC
+        {"username": "a1ice_1", "email": "other@example.com"},  # digit 1 for l: TR 39 skeleton
+        {"username": "bob", "email": "аlice@example.com"},  # Cyrillic а in the local part
+        {"username": "bob", "email": "ａlice@example.com"},  # fullwidth a in the local part
     ],
 )
 async def test_duplicates_answer_user_exists_without_naming_the_field(dup: dict[str, str]) -> None:
@@ -102,17 +126,33 @@ async def test_duplicates_answer_user_exists_without_naming_the_field(dup: dict[
     assert "field" not in err.value.metadata
 
 
-async def test_captcha_is_required_and_bound_to_email_and_phone() -> None:
+async def test_registration_proves_the_email_and_the_phone() -> None:
+    """Pre-account-takeover: only codes sent to the address and the phone register them (no image captcha)."""
     w = build_world(captcha_enabled=True)
     with pytest.raises(InvalidArgument) as err:
         await w.auth.register(reg())
     assert err.value.reason == "CAPTCHA_REQUIRED"
+    for code in ("424242", "424242@mallory@example.com", "000000@alice@example.com"):
+        with pytest.raises(InvalidArgument) as err:  # an image captcha, a code sent elsewhere, a wrong code
+            await w.auth.register(reg(captcha_id="c1", captcha_code=code))
+        assert err.value.reason == "CAPTCHA_INVALID"
+    email_proof = {"captcha_id": "c1", "captcha_code": "424242@alice@example.com"}
+    with pytest.raises(InvalidArgument) as err:  # a phone needs its own proof
+        await w.auth.register(reg(phone="+8613812345678", **email_proof))
+    assert err.value.reason == "CAPTCHA_REQUIRED"
     with pytest.raises(InvalidArgument) as err:
-        await w.auth.register(reg(captcha_id="c1", captcha_code="000000"))
+        await w.auth.register(
+            reg(phone="+8613812345678", phone_captcha_id="p1", phone_captcha_code="424242", **email_proof)
+        )
     assert err.value.reason == "CAPTCHA_INVALID"
     assert not w.users.rows
-    await w.auth.register(reg(captcha_id="c1", captcha_code="424242", phone="+8613812345678"))
-    assert w.captcha.consumed == [("c1", "424242", ("alice@example.com", "+8613812345678"))]
+    await w.auth.register(
+        reg(phone="+8613812345678", phone_captcha_id="p1", phone_captcha_code="424242@+8613812345678", **email_proof)
+    )
+    assert w.captcha.consumed[-2:] == [
+        ("c1", "424242@alice@example.com", ("alice@example.com",)),
+        ("p1", "424242@+8613812345678", ("+8613812345678",)),
+    ]
 
 
 async def test_invalid_input_does_not_burn_the_captcha() -> None:

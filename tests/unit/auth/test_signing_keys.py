@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,8 @@ def test_development_generates_and_reuses_a_private_key(tmp_path: Path) -> None:
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     second = build_signer(Auth(), str(tmp_path / "data"), production=False)
     assert first.kid == second.kid
-    token = first.sign({"sub": "1", "sid": "s", "jti": "j", "iat": 0, "nbf": 0, "exp": 4_000_000_000})
+    now = int(time.time())
+    token = first.sign({"sub": "1", "sid": "s", "jti": "j", "iat": now, "nbf": now, "exp": now + 60})
     assert second.verify(token).claims["sub"] == "1"
     assert list((tmp_path / "data").iterdir()) == [key_file]  # no temp files left behind
 

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from internal.biz.auth import LoginAttempt, Registration
-from internal.biz.errors import Unauthenticated
-from internal.biz.token import TokenPair
+from internal.biz.errors import PermissionDenied, Unauthenticated
+from internal.biz.token import Caller, Introspection, TokenPair
 from internal.conf.config import ConfigError
 from internal.data.signing_keys import JwtSigner, ed25519_thumbprint
 from tests.unit.auth.fakes import ED25519_KEY, World, build_world
@@ -44,7 +44,7 @@ async def test_access_token_claims_and_header() -> None:
     pair = await login(w)
     header = jwt.get_unverified_header(pair.access_token)
     claims = jwt.decode(pair.access_token, options={"verify_signature": False})
-    assert header["alg"] == "EdDSA" and header["kid"] == w.signer.kid
+    assert header["alg"] == "EdDSA" and header["kid"] == w.signer.kid and header["typ"] == "at+jwt"
     assert claims["iss"] == "authkms-test" and claims["aud"] == "clients-test"
     assert claims["sub"] == "1" and claims["username"] == "alice"
     assert claims["exp"] - claims["iat"] == 900 and claims["nbf"] == claims["iat"]
@@ -208,17 +208,73 @@ async def test_logout_revokes_access_token_and_session() -> None:
     assert w.audit.events[-1]["event"] == "auth.logout"
 
 
-async def test_introspection() -> None:
+INTROSPECTOR = Caller(scopes=frozenset({"auth.introspect"}))
+
+
+async def test_introspection_needs_the_introspect_scope() -> None:
     w = build_world()
     pair = await login(w)
-    info = await w.tokens.introspect(pair.access_token)
+    user = await w.tokens.authenticate(pair.access_token)
+    for caller in (user, Caller(scopes=frozenset({"auth.admin", "kms.admin"}))):
+        with pytest.raises(PermissionDenied) as err:
+            await w.tokens.introspect(caller, pair.access_token)
+        assert err.value.reason == "PERMISSION_DENIED"
+
+
+async def test_introspection_reports_active_access_tokens_and_nothing_else() -> None:
+    w = build_world()
+    pair = await login(w)
+    info = await w.tokens.introspect(INTROSPECTOR, pair.access_token)
     assert info.active and not info.revoked and info.token_type == "access"
     assert (info.subject, info.username, info.kid, info.issuer) == ("1", "alice", w.signer.kid, "authkms-test")
-    refresh = await w.tokens.introspect(pair.refresh_token)
-    assert refresh.active and refresh.token_type == "refresh" and refresh.subject == "1"
-    await w.tokens.logout(await w.tokens.authenticate(pair.access_token))
-    revoked = await w.tokens.introspect(pair.access_token)
-    assert (revoked.active, revoked.revoked) == (False, True)
-    assert (await w.tokens.introspect(pair.refresh_token)).revoked
+    # RFC 7662 §2.2: an inactive token says nothing but active=false.
+    nothing = Introspection(active=False)
+    # A refresh token is never introspected: whoever stole one learns nothing without using it.
+    assert await w.tokens.introspect(INTROSPECTOR, pair.refresh_token) == nothing
+    await w.tokens.refresh(pair.refresh_token)
+    assert await reason_of_refresh(w, pair.refresh_token) == "REFRESH_TOKEN_REUSED"
+    assert await w.tokens.introspect(INTROSPECTOR, pair.access_token) == nothing  # reuse revoked the session
+    second = await login(w)
+    await w.tokens.logout(await w.tokens.authenticate(second.access_token))
+    assert await w.tokens.introspect(INTROSPECTOR, second.access_token) == nothing
     for junk in ("", "garbage", "a.b.c", "x" * 10_000):
-        assert not (await w.tokens.introspect(junk)).active
+        assert await w.tokens.introspect(INTROSPECTOR, junk) == nothing
+    w.clock.now -= 3600
+    old = await w.auth.login(LoginAttempt("alice", PASSWORD))
+    assert await w.tokens.introspect(INTROSPECTOR, old.access_token) == nothing
+
+
+async def reason_of_refresh(w: World, token: str) -> str:
+    with pytest.raises(Unauthenticated) as err:
+        await w.tokens.refresh(token)
+    return err.value.reason
+
+
+def _signed(claims: dict[str, object], header: dict[str, object]) -> str:
+    return jwt.encode({**claims, "iss": "authkms-test", "aud": "clients-test"}, ED25519_KEY, "EdDSA", headers=header)
+
+
+async def test_access_tokens_must_be_typed_at_jwt() -> None:
+    """RFC 9068: a JWT signed with our key but without typ at+jwt (e.g. another kind of token) is refused."""
+    w = build_world()
+    pair = await login(w)
+    claims = jwt.decode(pair.access_token, options={"verify_signature": False})
+    for typ in (None, "JWT", "at+JWT2", "id_token"):
+        header: dict[str, object] = {"kid": w.signer.kid}
+        if typ is not None:
+            header["typ"] = typ
+        assert await reason_of(w, _signed(claims, header)) == "TOKEN_INVALID"
+    for typ in ("at+jwt", "AT+JWT", "application/at+jwt"):
+        assert (await w.tokens.authenticate(_signed(claims, {"kid": w.signer.kid, "typ": typ}))).user_id == 1
+
+
+async def test_lifetime_is_capped_at_the_configured_one() -> None:
+    """exp - iat above the configured lifetime never verifies, even signed with our own key."""
+    w = build_world()
+    pair = await login(w)
+    claims = jwt.decode(pair.access_token, options={"verify_signature": False})
+    header = {"kid": w.signer.kid, "typ": "at+jwt"}
+    long_lived = {**claims, "exp": claims["iat"] + 900 + 1}
+    assert await reason_of(w, _signed(long_lived, header)) == "TOKEN_INVALID"
+    exact = {**claims, "exp": claims["iat"] + 900}
+    assert (await w.tokens.authenticate(_signed(exact, header))).user_id == 1

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from internal.biz import pii
-from internal.biz.auth import Registration
+from internal.biz.auth import LoginAttempt, Registration
 from internal.biz.errors import DomainError, FailedPrecondition, InvalidArgument, Unauthenticated
 from internal.biz.token import Caller
 from internal.biz.totp import encode_secret, generate_code, matching_step, otpauth_uri
@@ -55,7 +56,7 @@ async def enrolled_world() -> tuple[World, Caller, bytes]:
     w = build_world()
     user_id = await w.auth.register(Registration("alice", PASSWORD, "alice@example.com"))
     caller = Caller(user_id=user_id)
-    enrollment = await w.totp.begin_enrollment(caller)
+    enrollment = await w.totp.begin_enrollment(caller, PASSWORD)
     return w, caller, decode(enrollment.secret)
 
 
@@ -85,7 +86,7 @@ async def test_confirm_with_wrong_then_right_code() -> None:
         await w.totp.confirm_enrollment(caller, good)
     assert err2.value.reason == "TOTP_ALREADY_ENABLED"
     with pytest.raises(FailedPrecondition) as err2:
-        await w.totp.begin_enrollment(caller)
+        await w.totp.begin_enrollment(caller, PASSWORD)
     assert err2.value.reason == "TOTP_ALREADY_ENABLED"
 
 
@@ -114,15 +115,68 @@ async def test_disable_needs_password_and_a_fresh_code() -> None:
     assert row["totp_enabled"] is False and row["totp_secret_encrypted"] is None
 
 
-async def test_disable_attempts_count_towards_the_lock() -> None:
+async def _reasons(attempt: Callable[[], Awaitable[object]], times: int) -> list[str]:
+    reasons = []
+    for _ in range(times):
+        with pytest.raises(DomainError) as err:
+            await attempt()
+        reasons.append(err.value.reason)
+    return reasons
+
+
+async def test_disable_attempts_are_throttled_like_logins() -> None:
     w, caller, secret = await enrolled_world()
     await w.totp.confirm_enrollment(caller, generate_code(secret, w.clock.now))
-    errors: list[str] = []
-    for _ in range(6):
-        with pytest.raises(DomainError) as err:
-            await w.totp.disable(caller, "wrongpass1", "123456")
-        errors.append(err.value.reason)
-    assert errors[:4] == ["INVALID_CREDENTIALS"] * 4 and errors[4:] == ["ACCOUNT_LOCKED"] * 2
+    reasons = await _reasons(lambda: w.totp.disable(caller, "wrongpass1", "123456"), 7)
+    assert reasons == ["INVALID_CREDENTIALS"] * 5 + ["RATE_LIMITED"] * 2
+
+
+async def test_begin_enrollment_needs_the_current_password() -> None:
+    w = build_world()
+    caller = Caller(user_id=await w.auth.register(Registration("alice", PASSWORD, "alice@example.com")))
+    reasons = await _reasons(lambda: w.totp.begin_enrollment(caller, "wrongpass1"), 6)
+    assert reasons == ["INVALID_CREDENTIALS"] * 5 + ["RATE_LIMITED"]
+    assert w.users.rows[caller.user_id or 0]["totp_secret_encrypted"] is None
+    w.clock.now += 2
+    assert (await w.totp.begin_enrollment(caller, PASSWORD)).secret
+
+
+async def test_wrong_confirm_codes_are_throttled_like_logins() -> None:
+    w, caller, secret = await enrolled_world()
+    good = generate_code(secret, w.clock.now)
+    bad = "000000" if good != "000000" else "111111"
+    reasons = await _reasons(lambda: w.totp.confirm_enrollment(caller, bad), 7)
+    assert reasons == ["TOTP_INVALID"] * 5 + ["RATE_LIMITED"] * 2
+    w.clock.now += 1
+    await w.totp.confirm_enrollment(caller, generate_code(secret, w.clock.now))
+
+
+async def test_enabling_and_disabling_totp_end_the_other_sessions() -> None:
+    """ASVS 7.4.3: after a factor changes, other sessions must sign in again; the current one stays."""
+    w = build_world()
+    await w.auth.register(Registration("alice", PASSWORD, "alice@example.com"))
+    here = await w.auth.login(LoginAttempt("alice", PASSWORD))
+    elsewhere = await w.auth.login(LoginAttempt("alice", PASSWORD))
+    caller = await w.tokens.authenticate(here.access_token)
+    other = await w.auth.login(LoginAttempt("alice", PASSWORD))
+    secret = decode((await w.totp.begin_enrollment(caller, PASSWORD)).secret)
+    w.clock.now -= 30
+    await w.totp.confirm_enrollment(caller, generate_code(secret, w.clock.now))
+    w.clock.now += 30
+    for pair in (elsewhere, other):
+        with pytest.raises(Unauthenticated) as err:
+            await w.tokens.authenticate(pair.access_token)
+        assert err.value.reason == "TOKEN_REVOKED"
+        with pytest.raises(Unauthenticated):
+            await w.tokens.refresh(pair.refresh_token)
+    assert (await w.tokens.authenticate(here.access_token)).user_id == caller.user_id
+    newer = await w.auth.login(LoginAttempt("alice", PASSWORD, totp_code=generate_code(secret, w.clock.now)))
+    w.clock.now += 30
+    await w.totp.disable(caller, PASSWORD, generate_code(secret, w.clock.now))
+    with pytest.raises(Unauthenticated):
+        await w.tokens.authenticate(newer.access_token)
+    assert (await w.tokens.authenticate(here.access_token)).user_id == caller.user_id
+    assert [e["details"].get("sessions_ended") for e in w.audit.events if e["event"] == "auth.totp_enable"][-1] == 2
 
 
 async def test_profile_masks_pii() -> None:

@@ -38,20 +38,24 @@ class VerifyCaptchaReply(_message.Message):
     def __init__(self, success: _Optional[bool] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("username", "password", "email", "phone", "captcha_id", "captcha_code")
+    __slots__ = ("username", "password", "email", "phone", "captcha_id", "captcha_code", "phone_captcha_id", "phone_captcha_code")
     USERNAME_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
     EMAIL_FIELD_NUMBER: _ClassVar[int]
     PHONE_FIELD_NUMBER: _ClassVar[int]
     CAPTCHA_ID_FIELD_NUMBER: _ClassVar[int]
     CAPTCHA_CODE_FIELD_NUMBER: _ClassVar[int]
+    PHONE_CAPTCHA_ID_FIELD_NUMBER: _ClassVar[int]
+    PHONE_CAPTCHA_CODE_FIELD_NUMBER: _ClassVar[int]
     username: str
     password: str
     email: str
     phone: str
     captcha_id: str
     captcha_code: str
-    def __init__(self, username: _Optional[str] = ..., password: _Optional[str] = ..., email: _Optional[str] = ..., phone: _Optional[str] = ..., captcha_id: _Optional[str] = ..., captcha_code: _Optional[str] = ...) -> None: ...
+    phone_captcha_id: str
+    phone_captcha_code: str
+    def __init__(self, username: _Optional[str] = ..., password: _Optional[str] = ..., email: _Optional[str] = ..., phone: _Optional[str] = ..., captcha_id: _Optional[str] = ..., captcha_code: _Optional[str] = ..., phone_captcha_id: _Optional[str] = ..., phone_captcha_code: _Optional[str] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
     __slots__ = ("message",)
@@ -128,8 +132,10 @@ class LockStatusReply(_message.Message):
     def __init__(self, locked: _Optional[bool] = ..., unlock_time: _Optional[int] = ..., failed_attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ...) -> None: ...
 
 class BeginTotpEnrollmentRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("password",)
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    password: str
+    def __init__(self, password: _Optional[str] = ...) -> None: ...
 
 class BeginTotpEnrollmentReply(_message.Message):
     __slots__ = ("secret", "otpauth_uri")

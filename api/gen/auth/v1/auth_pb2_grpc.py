@@ -157,8 +157,8 @@ class AuthServicer:
         raise NotImplementedError('Method not implemented!')
 
     def BeginTotpEnrollment(self, request, context):
-        """Starts TOTP (RFC 6238) enrollment for the caller: generates a pending
-        secret. Requires an access token.
+        """Starts TOTP (RFC 6238) enrollment for the caller: re-checks the password
+        and generates a pending secret. Requires an access token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -166,7 +166,8 @@ class AuthServicer:
 
     def ConfirmTotpEnrollment(self, request, context):
         """Activates the pending TOTP secret once the caller proves possession with a
-        current code. Requires an access token.
+        current code, and ends the caller's other sessions. Requires an access
+        token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,7 +175,7 @@ class AuthServicer:
 
     def DisableTotp(self, request, context):
         """Turns TOTP off for the caller after re-checking password and a current
-        code. Requires an access token.
+        code, and ends the caller's other sessions. Requires an access token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -189,9 +190,11 @@ class AuthServicer:
         raise NotImplementedError('Method not implemented!')
 
     def IntrospectToken(self, request, context):
-        """Token introspection for other services (in the spirit of RFC 7662): checks
-        signature, expiry and revocation. An unusable token yields `active =
-        false`, not an error. The token to inspect travels in the body.
+        """Token introspection for other services (RFC 7662): checks signature,
+        expiry and revocation of an access token. Requires a service credential
+        with the scope `auth.introspect` (`authorization: Bearer akms_...`). A
+        token that is not active (including every refresh token) yields only
+        `active = false`, not an error. The token to inspect travels in the body.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
