@@ -139,6 +139,7 @@ class TotpUsecase:
             raise FailedPrecondition("TOTP_ALREADY_ENABLED", "TOTP is already enabled")
         key = self._key(user, "totp-enroll", client_addr)
         await self._check_password(user, key, password, "auth.totp_enroll")
+        await self._lockout.succeeded(key)
         secret = new_secret()
         sealed = await self._cipher.encrypt(pii.TOTP_SECRET, secret, pii.user_context(user.id))
         await self._users.set_pending_totp(user.id, sealed.ciphertext, sealed.key_version)

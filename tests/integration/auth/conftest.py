@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from internal.biz import pii
 from internal.biz.auth import AuthPolicy, AuthUsecase
 from internal.biz.errors import InvalidArgument
-from internal.biz.password import Argon2Params, Argon2PasswordHasher, Lockout, LockoutPolicy
+from internal.biz.lockout import Lockout, LockoutPolicy
+from internal.biz.password import Argon2Params, Argon2PasswordHasher
 from internal.biz.token import TokenPolicy, TokenUsecase
 from internal.biz.totp import TotpUsecase
 from internal.biz.user import UserUsecase
@@ -75,7 +76,9 @@ class CountingArgon2(Argon2PasswordHasher):
 class DisabledCaptcha:
     enabled = False
 
-    async def consume(self, captcha_id: str, code: str, allowed_targets: Collection[str] = ()) -> None:
+    async def consume(
+        self, captcha_id: str, code: str, allowed_targets: Collection[str] = (), *, require_target: bool = False
+    ) -> None:
         raise AssertionError("captcha is disabled")
 
 
@@ -102,7 +105,9 @@ def build_stack(
     prefix: str,
     *,
     cipher: AesGcmTestCipher | None = None,
-    max_attempts: int = 5,
+    free_attempts: int = 5,
+    delay_seconds: float = 1.0,
+    hard_lock_attempts: int = 100,
     lock_seconds: float = 600,
     captcha: Any = None,
     client_rate_limit: int = 1000,
@@ -113,7 +118,8 @@ def build_stack(
     hasher, cipher = CountingArgon2(), cipher or AesGcmTestCipher()
     signer = JwtSigner("EdDSA", ED25519_KEY, "authkms-it", "clients-it")
     tokens = TokenUsecase(signer, sessions, users, audit, TokenPolicy())
-    lockout = Lockout(guard, LockoutPolicy(max_attempts, lock_seconds))
+    policy = LockoutPolicy(free_attempts, delay_seconds, 900.0, hard_lock_attempts, lock_seconds)
+    lockout = Lockout(guard, policy)
     auth = AuthUsecase(
         users,
         cipher,
@@ -125,7 +131,7 @@ def build_stack(
         audit,
         AuthPolicy(client_rate_limit=client_rate_limit),
     )
-    totp = TotpUsecase(users, cipher, hasher, lockout, audit, "AuthKMS IT")
+    totp = TotpUsecase(users, cipher, hasher, lockout, tokens, audit, "AuthKMS IT")
     return Stack(
         pool,
         redis,

@@ -3,8 +3,10 @@ ErrorInfo.reason for each RPC's main paths, over real PostgreSQL and Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import secrets
 import logging
 import time
 from collections.abc import AsyncIterator, Collection
@@ -19,9 +21,11 @@ from grpc_health.v1 import health
 from grpc_status import rpc_status
 
 from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
+from internal.biz.credentials import TOKEN_PREFIX, CredentialUsecase, token_hash
 from internal.biz.errors import InvalidArgument
 from internal.biz.totp import generate_code
 from internal.conf.config import GRPC
+from internal.data.credentials import PgCredentialRepo
 from internal.data.signing_keys import JwtSigner
 from internal.server.grpc import ServiceRegistration, new_grpc_server
 from internal.service.auth import AuthService
@@ -52,10 +56,14 @@ class FakeCaptcha:
     async def verify(self, captcha_id: str, code: str) -> bool:
         return code == "424242"
 
-    async def consume(self, captcha_id: str, code: str, allowed_targets: Collection[str] = ()) -> None:
+    async def consume(
+        self, captcha_id: str, code: str, allowed_targets: Collection[str] = (), *, require_target: bool = False
+    ) -> None:
+        """"424242" answers an image captcha; "424242@<target>" is a code that was sent to <target>."""
         if not captcha_id or not code:
             raise InvalidArgument("CAPTCHA_REQUIRED", "captcha_id and captcha_code are required")
-        if code != "424242":
+        answer, _, target = code.partition("@")
+        if answer != "424242" or (target and target not in allowed_targets) or (require_target and not target):
             raise InvalidArgument("CAPTCHA_INVALID", "the captcha code is not valid")
 
 
@@ -64,6 +72,13 @@ class Client:
     stub: auth_pb2_grpc.AuthStub
     stack: Stack
     captcha: FakeCaptcha
+    pool: asyncpg.Pool
+
+    async def service_credential(self, *scopes: str) -> tuple[tuple[str, str]]:
+        """A service credential with ``scopes``, stored as the credentials CLI stores one."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        await PgCredentialRepo(self.pool).create(unique("svc"), token_hash(token), list(scopes))
+        return bearer(token)
 
     async def register(self, username: str | None = None) -> tuple[str, str]:
         username = username or unique()
@@ -78,8 +93,18 @@ class Client:
 @pytest.fixture
 async def client(pg_pool: asyncpg.Pool, redis_client: Any, redis_prefix: str) -> AsyncIterator[Client]:
     captcha = FakeCaptcha()
-    stack = build_stack(pg_pool, redis_client, redis_prefix, max_attempts=3, captcha=captcha, client_rate_limit=40)
-    service = AuthService(stack.auth, stack.tokens, stack.totp, stack.profiles, cast(Any, captcha))
+    stack = build_stack(
+        pg_pool,
+        redis_client,
+        redis_prefix,
+        free_attempts=3,
+        delay_seconds=0.5,
+        hard_lock_attempts=3,
+        captcha=captcha,
+        client_rate_limit=40,
+    )
+    credentials = CredentialUsecase(PgCredentialRepo(pg_pool), stack.audit)
+    service = AuthService(stack.auth, stack.tokens, stack.totp, stack.profiles, cast(Any, captcha), credentials)
     server, port = new_grpc_server(
         GRPC(addr="127.0.0.1:0"),
         [ServiceRegistration("auth.v1.Auth", lambda s: auth_pb2_grpc.add_AuthServicer_to_server(service, s))],
@@ -87,7 +112,7 @@ async def client(pg_pool: asyncpg.Pool, redis_client: Any, redis_prefix: str) ->
     )
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield Client(auth_pb2_grpc.AuthStub(channel), stack, captcha)
+        yield Client(auth_pb2_grpc.AuthStub(channel), stack, captcha, pg_pool)
     await server.stop(None)
 
 
@@ -160,9 +185,14 @@ async def test_register_errors(client: Client) -> None:
     client.captcha.enabled = True
     request = auth_pb2.RegisterRequest(username=unique(), password=PASSWORD, email=f"{unique()}@x.io")
     assert (await error_of(client.stub.Register(request)))[1] == "CAPTCHA_REQUIRED"
-    request.captcha_id, request.captcha_code = "c" * 32, "000000"
-    assert (await error_of(client.stub.Register(request)))[1] == "CAPTCHA_INVALID"
-    request.captcha_code = "424242"
+    request.captcha_id = "c" * 32
+    for wrong in ("000000", "424242", "424242@someone-else@x.io"):  # wrong, an image captcha, another address
+        request.captcha_code = wrong
+        assert (await error_of(client.stub.Register(request)))[1] == "CAPTCHA_INVALID"
+    request.captcha_code = f"424242@{request.email}"
+    request.phone = "+8613812345678"
+    assert (await error_of(client.stub.Register(request)))[1] == "CAPTCHA_REQUIRED"  # the phone needs its own
+    request.phone_captcha_id, request.phone_captcha_code = "p" * 32, "424242@+8613812345678"
     assert (await client.stub.Register(request)).message
 
 
@@ -175,7 +205,10 @@ async def test_login_errors_and_lockout(client: Client) -> None:
     assert unknown == wrong == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_CREDENTIALS", {})
     await error_of(client.stub.Login(auth_pb2.LoginRequest(username=username, password="wrongpass1")))
     third = await error_of(client.stub.Login(auth_pb2.LoginRequest(username=username, password="wrongpass1")))
-    assert third[:2] == (grpc.StatusCode.PERMISSION_DENIED, "ACCOUNT_LOCKED")  # the third failure locks
+    assert third == wrong  # the third failure hard-locks (hard_lock_attempts=3), but a wrong password never learns
+    throttled = await error_of(client.login(username))
+    assert throttled[:2] == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED") and "retry_after" in throttled[2]
+    await asyncio.sleep(0.6)
     code, reason, metadata = await error_of(client.login(username))
     assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "ACCOUNT_LOCKED")
     assert int(metadata["unlock_time"]) > time.time() + 500
@@ -247,7 +280,11 @@ async def test_totp_rpcs(client: Client) -> None:
         client.stub.ConfirmTotpEnrollment(auth_pb2.ConfirmTotpEnrollmentRequest(code="123456"), metadata=auth)
     )
     assert not_enrolled == (grpc.StatusCode.FAILED_PRECONDITION, "TOTP_NOT_ENROLLED", {})
-    enrollment = await client.stub.BeginTotpEnrollment(auth_pb2.BeginTotpEnrollmentRequest(), metadata=auth)
+    elsewhere = await client.login(username)
+    no_password = await error_of(client.stub.BeginTotpEnrollment(auth_pb2.BeginTotpEnrollmentRequest(), metadata=auth))
+    assert no_password == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_CREDENTIALS", {})
+    begin = auth_pb2.BeginTotpEnrollmentRequest(password=PASSWORD)
+    enrollment = await client.stub.BeginTotpEnrollment(begin, metadata=auth)
     assert enrollment.otpauth_uri.startswith("otpauth://totp/") and username in enrollment.otpauth_uri
     secret = base64.b32decode(enrollment.secret + "=" * (-len(enrollment.secret) % 8))
     code = generate_code(secret, time.time() - 30)
@@ -257,8 +294,12 @@ async def test_totp_rpcs(client: Client) -> None:
     )
     assert invalid[:2] == (grpc.StatusCode.UNAUTHENTICATED, "TOTP_INVALID")
     await client.stub.ConfirmTotpEnrollment(auth_pb2.ConfirmTotpEnrollmentRequest(code=code), metadata=auth)
-    already = await error_of(client.stub.BeginTotpEnrollment(auth_pb2.BeginTotpEnrollmentRequest(), metadata=auth))
+    already = await error_of(client.stub.BeginTotpEnrollment(begin, metadata=auth))
     assert already[:2] == (grpc.StatusCode.FAILED_PRECONDITION, "TOTP_ALREADY_ENABLED")
+    # Enabling TOTP ended the other session (ASVS 7.4.3); this one goes on.
+    ended = await error_of(client.stub.GetProfile(auth_pb2.GetProfileRequest(), metadata=bearer(elsewhere.access_token)))
+    assert ended == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_REVOKED", {})
+    assert (await client.stub.GetProfile(auth_pb2.GetProfileRequest(), metadata=auth)).totp_enabled
     required = await error_of(client.login(username))
     assert required[:2] == (grpc.StatusCode.UNAUTHENTICATED, "TOTP_REQUIRED")
     now_code = generate_code(secret, time.time())
@@ -275,15 +316,31 @@ async def test_jwks_and_introspection(client: Client) -> None:
     assert jwks.keys[0].kty == "OKP" and jwks.keys[0].alg == "EdDSA" and jwks.keys[0].use == "sig"
     username, _ = await client.register()
     pair = await client.login(username)
-    info = await client.stub.IntrospectToken(auth_pb2.IntrospectTokenRequest(token=pair.access_token))
+    request = auth_pb2.IntrospectTokenRequest(token=pair.access_token)
+    # RFC 7662 §2.1: only authenticated callers, and only with the auth.introspect scope.
+    assert (await error_of(client.stub.IntrospectToken(request)))[:2] == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "TOKEN_MISSING",
+    )
+    as_user = await error_of(client.stub.IntrospectToken(request, metadata=bearer(pair.access_token)))
+    assert as_user == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED", {})
+    unknown = await error_of(client.stub.IntrospectToken(request, metadata=bearer(TOKEN_PREFIX + "x" * 43)))
+    assert unknown == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_INVALID", {})
+    admin_only = await client.service_credential("auth.admin", "kms.admin")
+    assert (await error_of(client.stub.IntrospectToken(request, metadata=admin_only)))[1] == "PERMISSION_DENIED"
+    service = await client.service_credential("auth.introspect")
+    info = await client.stub.IntrospectToken(request, metadata=service)
     assert info.active and info.username == username and info.kid == jwks.keys[0].kid and info.token_type == "access"
-    refresh = await client.stub.IntrospectToken(auth_pb2.IntrospectTokenRequest(token=pair.refresh_token))
-    assert refresh.active and refresh.token_type == "refresh" and refresh.subject == info.subject
-    junk = await client.stub.IntrospectToken(auth_pb2.IntrospectTokenRequest(token="not-a-token"))
-    assert not junk.active and not junk.revoked
+    # RFC 7662 §2.2: whatever is not active says only active=false, refresh tokens included.
+    nothing = auth_pb2.IntrospectTokenReply()
+    refresh = await client.stub.IntrospectToken(
+        auth_pb2.IntrospectTokenRequest(token=pair.refresh_token), metadata=service
+    )
+    assert refresh == nothing
+    junk = await client.stub.IntrospectToken(auth_pb2.IntrospectTokenRequest(token="not-a-token"), metadata=service)
+    assert junk == nothing
     await client.stub.Logout(auth_pb2.LogoutRequest(), metadata=bearer(pair.access_token))
-    revoked = await client.stub.IntrospectToken(auth_pb2.IntrospectTokenRequest(token=pair.access_token))
-    assert (revoked.active, revoked.revoked) == (False, True)
+    assert await client.stub.IntrospectToken(request, metadata=service) == nothing
 
 
 async def test_no_secret_reaches_the_logs(client: Client, caplog: pytest.LogCaptureFixture) -> None:

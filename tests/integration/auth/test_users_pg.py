@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from internal.biz import pii
 from internal.biz.auth import LoginAttempt, Registration
 from internal.biz.errors import Conflict, DomainError, InvalidArgument, Unavailable
+from internal.biz.lockout import AttemptKey, LockoutPolicy
 from internal.biz.password import Argon2Params, Argon2PasswordHasher
 from internal.data.session import RedisLoginGuard
 from internal.data.user import PgUserRepo
@@ -107,7 +108,7 @@ async def test_outages_become_service_unavailable() -> None:
     client = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
     try:
         with pytest.raises(Unavailable) as err:
-            await RedisLoginGuard(client, "x:").begin_attempt("user:1", 5, 60)
+            await RedisLoginGuard(client, "x:").begin_attempt(AttemptKey("user:1", "login:x"), LockoutPolicy())
         assert err.value.reason == "SERVICE_UNAVAILABLE"
     finally:
         await client.aclose()
