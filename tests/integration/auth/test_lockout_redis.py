@@ -93,13 +93,14 @@ async def test_replicas_share_the_counters(pg_pool: asyncpg.Pool, redis_client: 
     b = build_stack(pg_pool, redis_client, redis_prefix, free_attempts=3, delay_seconds=60, cipher=a.cipher)
     username = unique()
     await a.auth.register(Registration(username, PASSWORD, f"{unique()}@example.com"))
-    reasons = [
-        await reason(replica.auth.login(LoginAttempt(username, "wrongpass1"), "10.1.1.1")) for replica in (a, b, a, b, a)
-    ]
+    attempt = LoginAttempt(username, "wrongpass1")
+    reasons = [await reason(replica.auth.login(attempt, "10.1.1.1")) for replica in (a, b, a, b, a)]
     assert reasons == ["INVALID_CREDENTIALS"] * 3 + ["RATE_LIMITED"] * 2
 
 
-async def test_hard_lock_expires_and_success_resets(pg_pool: asyncpg.Pool, redis_client: Any, redis_prefix: str) -> None:
+async def test_hard_lock_expires_and_success_resets(
+    pg_pool: asyncpg.Pool, redis_client: Any, redis_prefix: str
+) -> None:
     s = build_stack(pg_pool, redis_client, redis_prefix, free_attempts=2, hard_lock_attempts=3, lock_seconds=0.6)
     username = unique()
     user_id = await s.auth.register(Registration(username, PASSWORD, f"{unique()}@example.com"))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import secrets
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
@@ -297,7 +297,8 @@ async def test_totp_rpcs(client: Client) -> None:
     already = await error_of(client.stub.BeginTotpEnrollment(begin, metadata=auth))
     assert already[:2] == (grpc.StatusCode.FAILED_PRECONDITION, "TOTP_ALREADY_ENABLED")
     # Enabling TOTP ended the other session (ASVS 7.4.3); this one goes on.
-    ended = await error_of(client.stub.GetProfile(auth_pb2.GetProfileRequest(), metadata=bearer(elsewhere.access_token)))
+    profile_elsewhere = client.stub.GetProfile(auth_pb2.GetProfileRequest(), metadata=bearer(elsewhere.access_token))
+    ended = await error_of(profile_elsewhere)
     assert ended == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_REVOKED", {})
     assert (await client.stub.GetProfile(auth_pb2.GetProfileRequest(), metadata=auth)).totp_enabled
     required = await error_of(client.login(username))
