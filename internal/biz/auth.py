@@ -182,6 +182,9 @@ class AuthUsecase:
         check_password_policy(reg.password, self._policy.password_max_length, username=username, email=email)
         await self._throttle(f"register:{client_network(client_addr)}")
         if self._captcha.enabled:
+            if phone and not (reg.phone_captcha_id and reg.phone_captcha_code.strip()):
+                # Refused before the email code is spent on a registration that cannot succeed.
+                raise InvalidArgument("CAPTCHA_REQUIRED", "a code sent to the phone is required")
             await self._captcha.consume(reg.captcha_id, reg.captcha_code, [email], require_target=True)
             if phone:
                 await self._captcha.consume(
