@@ -53,6 +53,27 @@ def test_invalid_configuration_exits_nonzero_naming_the_key(tmp_path: Path, serv
     assert "auth.max_login_attempts" in process.logs()
 
 
+def test_production_refuses_the_development_seed_from_a_seed_file(tmp_path: Path, server_env: dict[str, str]) -> None:
+    """The review started production mode with the development seed through kms.seed_file and got exit code 0."""
+    seed_file = tmp_path / "seed"
+    seed_file.write_text("development-only-seed-change-me\n")
+    production = {
+        **server_env,
+        "APP__SECURITY__MODE": "production",
+        "APP__KMS__SEED_FILE": str(seed_file),
+        "APP__KMS__SALT": "a-real-salt-from-the-secret-store",
+        "APP__AUTH__DEV_OUTBOX": "false",
+        "APP__AUTH__JWT_SIGNING_KEY_FILE": str(tmp_path / "unused.pem"),
+        "APP__SERVER__GRPC__ALLOW_INSECURE_TRANSPORT": "true",
+        "APP__SERVER__HTTP__ALLOW_INSECURE_TRANSPORT": "true",
+    }
+    process = start_server(tmp_path, production)
+    assert process.proc.wait(30) != 0
+    logs = process.logs()
+    assert "kms.seed_file: the development seed is refused in production mode" in logs
+    assert "kms.salt" not in logs  # only what is wrong is named
+
+
 def test_migrate_subcommand_reports_version(server_env: dict[str, str]) -> None:
     result = subprocess.run(
         [sys.executable, "cmd/server/main.py", "migrate", "version"],

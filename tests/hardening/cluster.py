@@ -85,7 +85,8 @@ class PrivateRedis:
 
 
 def server_env(database_url: str, redis_url: str, prefix: str, data_dir: Path) -> dict[str, str]:
-    """Replica settings for the suite: captcha off, a high per-client rate limit, 5 attempts before a lock."""
+    """Replica settings for the suite: captcha off, a high per-client rate limit, a hard lock after 5 failures
+    of an account, and a per-source delay of a millisecond (a throttled attempt is not counted)."""
     return {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
@@ -94,6 +95,9 @@ def server_env(database_url: str, redis_url: str, prefix: str, data_dir: Path) -
         "APP__AUTH__CAPTCHA_ENABLED": "false",
         "APP__AUTH__LOGIN_RATE_LIMIT": "1000000",
         "APP__AUTH__MAX_LOGIN_ATTEMPTS": "5",
+        "APP__AUTH__HARD_LOCK_ATTEMPTS": "5",
+        "APP__AUTH__LOGIN_DELAY": "1ms",
+        "APP__AUTH__LOGIN_DELAY_MAX": "1ms",
         "APP__KMS__CACHE_RECHECK_INTERVAL": "2s",
         "APP__MONITORING__LOG_LEVEL": "INFO",
     }

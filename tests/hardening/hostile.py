@@ -37,7 +37,7 @@ ALLOWED: dict[str, set[str]] = {
     "ConfirmTotpEnrollment": {"OK", "UNAUTHENTICATED", "FAILED_PRECONDITION"},
     "DisableTotp": {"OK", "UNAUTHENTICATED", "FAILED_PRECONDITION", "PERMISSION_DENIED"},
     "GetJwks": {"OK"},
-    "IntrospectToken": {"OK"},
+    "IntrospectToken": {"OK", "UNAUTHENTICATED", "PERMISSION_DENIED"},
     "GetProfile": {"OK", "UNAUTHENTICATED", "NOT_FOUND"},
     "Encrypt": {"OK", *_KMS_AUTH},
     "Decrypt": {"OK", "NOT_FOUND", "FAILED_PRECONDITION", *_KMS_AUTH},  # FAILED_PRECONDITION: pending destruction
@@ -208,18 +208,17 @@ def forged_tokens(real: str, public_x: str, private_pem: bytes | None) -> dict[s
         key = serialization.load_pem_private_key(private_pem, password=None)
         assert isinstance(key, Ed25519PrivateKey)
         now = int(time.time())
-        expired = {**claims, "iat": now - 7200, "nbf": now - 7200, "exp": now - 3600}
-        tokens["expired, correctly signed"] = jwt.encode(
-            expired, key, algorithm="EdDSA", headers={"kid": header["kid"]}
-        )
-        future = {**claims, "iat": now + 3600, "nbf": now + 3600, "exp": now + 7200}
-        tokens["not yet valid, correctly signed"] = jwt.encode(
-            future, key, algorithm="EdDSA", headers={"kid": header["kid"]}
-        )
+        typed = {"kid": header["kid"], "typ": "at+jwt"}  # everything a real access token has
+        lifetime = claims["exp"] - claims["iat"]
+        expired = {**claims, "iat": now - 7200, "nbf": now - 7200, "exp": now - 7200 + lifetime}
+        tokens["expired, correctly signed"] = jwt.encode(expired, key, algorithm="EdDSA", headers=typed)
+        future = {**claims, "iat": now + 3600, "nbf": now + 3600, "exp": now + 3600 + lifetime}
+        tokens["not yet valid, correctly signed"] = jwt.encode(future, key, algorithm="EdDSA", headers=typed)
         wrong_aud = {**claims, "aud": "someone-else"}
-        tokens["other audience, correctly signed"] = jwt.encode(
-            wrong_aud, key, algorithm="EdDSA", headers={"kid": header["kid"]}
-        )
+        tokens["other audience, correctly signed"] = jwt.encode(wrong_aud, key, algorithm="EdDSA", headers=typed)
+        long_lived = {**claims, "exp": claims["iat"] + 86_400 * 365}
+        tokens["a year long, correctly signed"] = jwt.encode(long_lived, key, algorithm="EdDSA", headers=typed)
+        tokens["untyped, correctly signed"] = jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": header["kid"]})
         no_sid = {k: v for k, v in claims.items() if k != "sid"}
         tokens["no session claim, correctly signed"] = jwt.encode(
             no_sid, key, algorithm="EdDSA", headers={"kid": header["kid"]}

@@ -40,7 +40,7 @@ from tests.hardening.users_pii import all_pii_decrypts, seed_users, seeded_email
 from tests.hardening.workload import ATTEMPT_DEADLINE
 
 # Errors a healthy service gives this workload on purpose (deliberate reuse and wrong passwords).
-EXPECTED_REASONS = {"REFRESH_TOKEN_REUSED", "TOKEN_REVOKED", "INVALID_CREDENTIALS", "ACCOUNT_LOCKED"}
+EXPECTED_REASONS = {"REFRESH_TOKEN_REUSED", "TOKEN_REVOKED", "INVALID_CREDENTIALS", "ACCOUNT_LOCKED", "RATE_LIMITED"}
 
 
 def _unexpected(outcome: LoadOutcome, allowed: set[str]) -> Counter[str]:

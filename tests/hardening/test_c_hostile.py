@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
+from tests.e2e.test_auth_e2e import introspection_credential
 from tests.e2e.test_kms_e2e import create_credential
 from tests.hardening.cluster import Cluster, health_status
 from tests.hardening.hostile import (
@@ -49,6 +50,7 @@ class Hostile:
     metadata: list[tuple[str, Any]]
     ciphertexts: list[bytes]
     tokens: dict[str, str]
+    introspector: str  # a service credential with auth.introspect
     problems: list[str] = field(default_factory=list)
 
     def send(self, rpc: Rpc, payload: bytes, md: Any, kind: str, *, oversized: bool = False) -> str:
@@ -65,8 +67,9 @@ class Hostile:
 
 
 @pytest.fixture(scope="module")
-def hostile(cluster: Cluster, credential: str) -> Iterator[Hostile]:
+def hostile(cluster: Cluster, credential: str, hardening_database: str) -> Iterator[Hostile]:
     target = cluster.targets[0]
+    introspector = introspection_credential(hardening_database)
     reader = create_credential(cluster.cli_env(), "hostile-reader", "kms.decrypt")
     channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", -1)])
     auth = auth_pb2_grpc.AuthStub(channel)
@@ -105,7 +108,7 @@ def hostile(cluster: Cluster, credential: str) -> Iterator[Hostile]:
         ("two authorization headers", (("authorization", "Bearer a"), ("authorization", f"Bearer {credential}"))),
         *[(f"forged JWT: {name}", (("authorization", f"Bearer {tok}"),)) for name, tok in tokens.items()],
     ]
-    ctx = Hostile(target, channel, metadata, variants, tokens)
+    ctx = Hostile(target, channel, metadata, variants, tokens, introspector)
     try:
         yield ctx
     finally:
@@ -191,7 +194,7 @@ def test_forged_swapped_and_expired_tokens(hostile: Hostile) -> None:
                 auth_pb2.LockStatusRequest(username="admin"), metadata=md, timeout=10
             ),
             "BeginTotpEnrollment": lambda md=md: auth.BeginTotpEnrollment(
-                auth_pb2.BeginTotpEnrollmentRequest(), metadata=md, timeout=10
+                auth_pb2.BeginTotpEnrollmentRequest(password="Hostile-pass-1"), metadata=md, timeout=10
             ),
         }
         for rpc_name, call in calls.items():
@@ -203,8 +206,9 @@ def test_forged_swapped_and_expired_tokens(hostile: Hostile) -> None:
             code, why = _code(calls["GetProfile"])
             assert why == "TOKEN_EXPIRED", (code, why)
         SUMMARY.add_hostile("forged/alg-swapped/expired JWTs")
-        info = auth.IntrospectToken(auth_pb2.IntrospectTokenRequest(token=token), timeout=10)
-        if info.active:
+        introspect_md = (("authorization", f"Bearer {hostile.introspector}"),)
+        info = auth.IntrospectToken(auth_pb2.IntrospectTokenRequest(token=token), metadata=introspect_md, timeout=10)
+        if info != auth_pb2.IntrospectTokenReply():
             hostile.problems.append(f"IntrospectToken says '{name}' is active")
         SUMMARY.add_hostile("forged/alg-swapped/expired JWTs")
         code, why = _code(lambda md=md: kms.Encrypt(kms_pb2.EncryptRequest(field="f"), metadata=md, timeout=10))
