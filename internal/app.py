@@ -50,6 +50,26 @@ async def every(interval: timedelta, job: Callable[[], Awaitable[int]], name: st
                 await task
 
 
+@contextlib.asynccontextmanager
+async def once_in_background(job: Callable[[], Awaitable[int]], name: str) -> AsyncIterator[None]:
+    """Run ``job`` once in the background while the block runs (cancelled if the block ends first)."""
+
+    async def run() -> None:
+        try:
+            done = await job()
+            log.info(f"{name} done", extra={"rows": done})
+        except Exception as exc:
+            log.warning(f"{name} failed", extra={"error": type(exc).__name__})
+
+    task = asyncio.create_task(run(), name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def resolve(value: Any) -> Any:
     """Providers that depend on async resources return awaitables; everything else is ready."""
     return await value if inspect.isawaitable(value) else value
@@ -126,9 +146,11 @@ async def _run_servers(container: Container, config: Bootstrap, stop: asyncio.Ev
     log.info("serving", extra={"grpc_port": port, "services": [s.full_name for s in services]})
     try:
         tokens = await resolve(container.biz.tokens())
+        users = await resolve(container.biz.users())
         async with (
             kms_gauges(functools.partial((await resolve(container.biz.key_admin())).status, DEFAULT_KEY)),
             every(config.auth.session_purge_interval, tokens.purge_expired, "session purge"),
+            once_in_background(users.backfill_identifier_keys, "identifier key backfill"),
         ):
             await stop.wait()
     finally:

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from internal.biz import pii
 from internal.biz.errors import InvalidArgument, NotFound
+from internal.biz.identifiers import email_key, username_key
 from internal.biz.masking import mask_email, mask_phone
 from internal.biz.token import Caller
 
@@ -50,6 +51,15 @@ class NewUser:
     pii_key_version: int  # lowest version of the users' key among the row's ciphertexts
     # Blind indexes of this email/phone from before the users' key; a row holding one is the same address.
     earlier_hashes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KeylessUser:
+    """A row stored before identifiers had confusable keys (migration 000007)."""
+
+    id: int
+    username: str
+    email_encrypted: bytes | None
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,14 @@ class UserRepo(Protocol):
         """Atomically record ``step`` as used; False if it (or a later one) was used already."""
         ...
 
+    async def without_identifier_keys(self, after_id: int, limit: int) -> list[KeylessUser]:
+        """Rows (id > ``after_id``, ascending) whose username_key is not set yet."""
+        ...
+
+    async def set_identifier_keys(self, user_id: int, username_key: str, email_key_hash: str | None) -> bool:
+        """Store the keys unless they are taken (an older confusable twin); False then, the row unchanged."""
+        ...
+
 
 def _field_error(field: str, message: str) -> InvalidArgument:
     return InvalidArgument("VALIDATION_ERROR", message, {"field": field})
@@ -144,6 +162,21 @@ class UserUsecase:
             totp_enabled=user.totp_enabled,
             created_at=user.created_at,
         )
+
+    async def backfill_identifier_keys(self, batch: int = 500) -> int:
+        """Give rows from before confusable keys existed their keys; returns how many got them.
+
+        Idempotent and safe on several replicas at once. A row whose key an older confusable twin already
+        holds keeps none (both accounts go on working; only new registrations are checked against keys).
+        """
+        done, after = 0, 0
+        while rows := await self._users.without_identifier_keys(after, batch):
+            for row in rows:
+                email = await self._decrypt(pii.EMAIL, row.email_encrypted, pii.user_context(row.id))
+                email_hash = self._cipher.blind_index(EMAIL_KEY_INDEX, email_key(email)) if email else None
+                done += await self._users.set_identifier_keys(row.id, username_key(row.username), email_hash)
+            after = rows[-1].id
+        return done
 
     async def _decrypt(self, field: str, ciphertext: bytes | None, context: dict[str, str]) -> str:
         if ciphertext is None:

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from internal.biz.errors import Conflict
-from internal.biz.user import NewUser, User
+from internal.biz.user import KeylessUser, NewUser, User
 from internal.data.errors import translate_driver_errors
 
 _COLUMNS = (
@@ -153,3 +153,28 @@ class PgUserRepo:
             step,
         )
         return row is not None
+
+    @translate_driver_errors
+    async def without_identifier_keys(self, after_id: int, limit: int) -> list[KeylessUser]:
+        rows = await self._pool.fetch(
+            """
+            SELECT id, username, email_encrypted FROM users
+             WHERE username_key IS NULL AND id > $1 ORDER BY id LIMIT $2
+            """,
+            after_id,
+            limit,
+        )
+        return [KeylessUser(r["id"], r["username"], r["email_encrypted"]) for r in rows]
+
+    @translate_driver_errors
+    async def set_identifier_keys(self, user_id: int, username_key: str, email_key_hash: str | None) -> bool:
+        try:
+            status = await self._pool.execute(
+                "UPDATE users SET username_key = $2, email_key_hash = $3 WHERE id = $1 AND username_key IS NULL",
+                user_id,
+                username_key,
+                email_key_hash,
+            )
+        except asyncpg.UniqueViolationError:
+            return False
+        return status.endswith(" 1")

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from internal.biz import pii
 from internal.biz.auth import LoginAttempt, Registration
 from internal.biz.errors import Conflict, DomainError, InvalidArgument, Unavailable
+from internal.biz.identifiers import username_key
 from internal.biz.lockout import AttemptKey, LockoutPolicy
 from internal.biz.password import Argon2Params, Argon2PasswordHasher
 from internal.data.session import RedisLoginGuard
@@ -74,6 +75,32 @@ async def test_no_plaintext_pii_or_password_in_the_row(stack: Stack) -> None:
         await stack.tokens.authenticate((await stack.auth.login(LoginAttempt(email, PASSWORD))).access_token)
     )
     assert profile.email_masked.endswith("@example.com") and profile.name_masked == "A***"
+
+
+async def test_concurrent_confusable_registrations_exactly_one_wins(stack: Stack) -> None:
+    """The confusable keys are UNIQUE in PostgreSQL, so even racing twins cannot both get in."""
+    base = unique("zz")
+    twins = [base, base.replace("z", "Z", 1), "ｚ" + base[1:]]  # fullwidth z: the same after NFKC
+    local = unique("a")
+    emails = [f"{local}@example.com", f"{local.replace('a', 'а')}@example.com", f"ａ{local[1:]}@example.com"]
+    results = await asyncio.gather(
+        *(stack.auth.register(Registration(n, PASSWORD, f"{unique()}@example.com")) for n in twins),
+        *(stack.auth.register(Registration(unique(), PASSWORD, e)) for e in emails),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, int) for r in results[:3]) == 1 and sum(isinstance(r, int) for r in results[3:]) == 1
+    assert all(isinstance(r, Conflict) for r in results if not isinstance(r, int)), results
+
+
+async def test_rows_from_before_migration_7_get_their_keys(stack: Stack) -> None:
+    name = unique("old")
+    user_id = await stack.auth.register(Registration(name, PASSWORD, f"{name}@example.com"))
+    await stack.pool.execute("UPDATE users SET username_key = NULL, email_key_hash = NULL WHERE id = $1", user_id)
+    assert await stack.profiles.backfill_identifier_keys() >= 1
+    row = await stack.pool.fetchrow("SELECT username_key, email_key_hash FROM users WHERE id = $1", user_id)
+    assert row["username_key"] == username_key(name) and len(row["email_key_hash"]) == 64
+    with pytest.raises(Conflict):
+        await stack.auth.register(Registration(unique(), PASSWORD, f"{name.upper()}@example.com".replace("O", "О")))
 
 
 async def test_totp_step_is_consumed_once_under_concurrency(stack: Stack) -> None:

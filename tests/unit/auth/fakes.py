@@ -20,7 +20,7 @@ from internal.biz.errors import Conflict, InvalidArgument
 from internal.biz.lockout import AttemptDecision, AttemptKey, Lockout, LockoutPolicy, LockState
 from internal.biz.token import Rotation, RotationResult, TokenPolicy, TokenUsecase
 from internal.biz.totp import TotpUsecase
-from internal.biz.user import NewUser, User, UserUsecase
+from internal.biz.user import KeylessUser, NewUser, User, UserUsecase
 from internal.data.signing_keys import JwtSigner
 
 
@@ -133,6 +133,20 @@ class FakeUserRepo:
         self.rows[user_id]["totp_enabled"] = False
         self.rows[user_id]["totp_secret_encrypted"] = None
 
+    async def without_identifier_keys(self, after_id: int, limit: int) -> list[KeylessUser]:
+        rows = sorted((r for r in self.rows.values() if r["username_key"] is None and r["id"] > after_id), key=id_of)
+        return [KeylessUser(r["id"], r["username"], r["email_encrypted"]) for r in rows[:limit]]
+
+    async def set_identifier_keys(self, user_id: int, username_key: str, email_key_hash: str | None) -> bool:
+        others = [r for r in self.rows.values() if r["id"] != user_id]
+        taken = any(r["username_key"] == username_key for r in others) or (
+            email_key_hash is not None and any(r["email_key_hash"] == email_key_hash for r in others)
+        )
+        if taken or self.rows[user_id]["username_key"] is not None:
+            return False
+        self.rows[user_id].update(username_key=username_key, email_key_hash=email_key_hash)
+        return True
+
     async def consume_totp_step(self, user_id: int, step: int) -> bool:
         row = self.rows[user_id]
         last = row["totp_last_step"]
@@ -140,6 +154,10 @@ class FakeUserRepo:
             return False
         row["totp_last_step"] = step
         return True
+
+
+def id_of(row: dict[str, Any]) -> int:
+    return int(row["id"])
 
 
 class CountingHasher:

@@ -184,3 +184,17 @@ async def test_register_is_audited_without_pii() -> None:
             "details": {"client": "10.0.0.9"},
         }
     ]
+
+
+async def test_rows_from_before_the_keys_get_them_and_then_block_their_twins() -> None:
+    w = build_world()
+    old = await w.auth.register(reg())
+    twin = await w.auth.register(reg(username="carol", email="carol@example.com"))
+    for user_id in (old, twin):  # as stored before migration 000007
+        w.users.rows[user_id].update(username_key=None, email_key_hash=None)
+    w.users.rows[twin]["username"] = "a1ice_1"  # an older confusable twin of alice_1
+    assert await w.profiles.backfill_identifier_keys(batch=1) == 1  # the twin keeps no key; both still work
+    assert w.users.rows[old]["username_key"] == "alice_l" and w.users.rows[twin]["username_key"] is None
+    assert await w.profiles.backfill_identifier_keys() == 0
+    with pytest.raises(Conflict):
+        await w.auth.register(reg(username="aIice_x", email="аlice@example.com"))  # Cyrillic а: the email's key
