@@ -29,7 +29,7 @@ from internal.biz.token import TokenPolicy, TokenUsecase
 from internal.biz.totp import TotpUsecase
 from internal.biz.user import UserUsecase
 from internal.conf.config import Bootstrap, Kms, read_secret
-from internal.data.audit import PgAuditLog
+from internal.data.audit import DenialAuditLimit, PgAuditLog
 from internal.data.captcha import ImageCaptchaRenderer, RedisCaptchaStore
 from internal.data.credentials import PgCredentialRepo
 from internal.data.data import pg_pool_resource, redis_resource
@@ -178,7 +178,11 @@ class Biz(containers.DeclarativeContainer):
         TotpUsecase, data.users, cipher, hasher, lockout, tokens, data.audit, config.provided.auth.totp_issuer
     )
     users = providers.Singleton(UserUsecase, data.users, cipher)
-    credentials = providers.Singleton(CredentialUsecase, data.credentials, data.audit)
+    # Refused anonymous calls write a bounded number of audit rows per client network.
+    denial_audit = providers.Singleton(
+        DenialAuditLimit, data.audit, data.rate_limiter, data.redis, config.provided.data.redis.key_prefix
+    )
+    credentials = providers.Singleton(CredentialUsecase, data.credentials, denial_audit)
 
 
 def _auth_registration(service: AuthService) -> ServiceRegistration:

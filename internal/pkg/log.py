@@ -23,6 +23,8 @@ import time
 from typing import Any
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+# The caller's network (IPv4 /24, IPv6 /64) for the current RPC, for limits that count per network.
+request_network: contextvars.ContextVar[str] = contextvars.ContextVar("request_network", default="")
 VETTED = "_vetted"  # record attribute: the extra fields, all server-defined or vetted (see log_vetted)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
 

@@ -14,9 +14,10 @@ from grpc_status import rpc_status
 from prometheus_client import Counter, Gauge, Histogram
 
 from internal.biz import errors
-from internal.pkg.log import log_vetted, request_id, safe_request_id
+from internal.biz.lockout import client_network
+from internal.pkg.log import log_vetted, request_id, request_network, safe_request_id
 from internal.server.metrics import error_reason, rpc_recorder
-from internal.service.metadata import request_metadata
+from internal.service.metadata import client_address, request_metadata
 from internal.service.status import domain_status_proto, status_proto
 from internal.service.wire import send_as_is
 
@@ -154,6 +155,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
             rid = safe_request_id(offered) or uuid.uuid4().hex[:16]
             token = request_id.set(rid)
+            network_token = request_network.set(client_network(client_address(context)))
             metadata_token = request_metadata.set(received)
             reason_token = error_reason.set("")
             started = time.perf_counter()
@@ -182,6 +184,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                     fields = {"method": metrics.logged_name, "grpc_code": code.name, "ms": round(elapsed * 1000, 2)}
                     log_vetted(log, "rpc", fields)
                 request_id.reset(token)
+                request_network.reset(network_token)
                 request_metadata.reset(metadata_token)
                 error_reason.reset(reason_token)
 

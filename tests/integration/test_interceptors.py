@@ -21,7 +21,7 @@ from grpc_status import rpc_status
 
 from internal.biz import errors
 from internal.conf.config import GRPC, TLS
-from internal.pkg.log import request_id
+from internal.pkg.log import request_id, request_network
 from internal.server.grpc import ServiceRegistration, new_grpc_server
 
 
@@ -43,6 +43,10 @@ async def _request_id(
     return wrappers_pb2.StringValue(value=request_id.get())
 
 
+async def _network(request: wrappers_pb2.StringValue, context: grpc.aio.ServicerContext) -> wrappers_pb2.StringValue:
+    return wrappers_pb2.StringValue(value=request_network.get())
+
+
 def _register(server: grpc.aio.Server) -> None:
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
@@ -50,7 +54,13 @@ def _register(server: grpc.aio.Server) -> None:
             request_deserializer=wrappers_pb2.StringValue.FromString,
             response_serializer=wrappers_pb2.StringValue.SerializeToString,
         )
-        for name, fn in {"Locked": _raise_locked, "Crash": _crash, "Echo": _echo, "RequestId": _request_id}.items()
+        for name, fn in {
+            "Locked": _raise_locked,
+            "Crash": _crash,
+            "Echo": _echo,
+            "RequestId": _request_id,
+            "Network": _network,
+        }.items()
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.v1.Probe", handlers),))
 
@@ -175,6 +185,17 @@ async def test_tls_when_configured(tmp_path: Path) -> None:
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await server.stop(None)
+
+
+async def test_the_callers_network_is_known_during_the_call(channel: grpc.aio.Channel) -> None:
+    """Per-network limits (the denied-call audit) read it; the test client calls from 127.0.0.1."""
+    stub = channel.unary_unary(
+        "/test.v1.Probe/Network",
+        request_serializer=wrappers_pb2.StringValue.SerializeToString,
+        response_deserializer=wrappers_pb2.StringValue.FromString,
+    )
+    assert (await stub(wrappers_pb2.StringValue())).value == "127.0.0.0/24"
+    assert request_network.get() == ""
 
 
 @pytest.mark.parametrize(

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import uuid
+from collections.abc import Iterator
 
 from internal.biz.auth import LoginAttempt, Registration
+from internal.biz.credentials import CredentialUsecase
 from internal.biz.errors import DomainError
-from internal.pkg.log import request_id
+from internal.data.audit import DenialAuditLimit
+from internal.data.credentials import PgCredentialRepo
+from internal.data.ratelimit import RedisRateLimiter
+from internal.pkg.log import request_id, request_network
 from tests.integration.auth.conftest import Stack, unique, unique_phone
 
 PASSWORD = "s3cretpass"
@@ -59,3 +65,45 @@ async def test_scenario_is_audited_without_secrets(stack: Stack) -> None:
         pair.access_token.split(".")[1],
     ):
         assert secret not in text
+
+
+@contextlib.contextmanager
+def calling_from(network: str) -> Iterator[None]:
+    token = request_network.set(network)
+    try:
+        yield
+    finally:
+        request_network.reset(token)
+
+
+async def test_anonymous_refusals_write_a_bounded_number_of_rows_per_network(stack: Stack) -> None:
+    """A flood of calls without (valid) credentials must not fill audit_events: `limit` rows per client
+    network and window, then one row saying how many were left out; other networks and events unaffected."""
+    limiter = RedisRateLimiter(stack.redis, stack.prefix)
+    limited = DenialAuditLimit(stack.audit, limiter, stack.redis, stack.prefix, limit=3, window=0.5)
+    credentials = CredentialUsecase(PgCredentialRepo(stack.pool), limited)
+    flood, other = f"198.51.{uuid.uuid4().int % 250}.0/24", "203.0.113.0/24"
+
+    async def refused(token: str | None) -> None:
+        with contextlib.suppress(DomainError):
+            await credentials.authorize(token, "kms.encrypt", action="Encrypt")
+
+    rid = uuid.uuid4().hex
+    rid_token = request_id.set(rid)
+    try:
+        with calling_from(flood):
+            for token in [None, "akms_" + "x" * 43] * 10:
+                await refused(token)
+        with calling_from(other):
+            await refused(None)
+        await asyncio.sleep(0.6)  # the window has passed: the next row tells what was left out
+        with calling_from(flood):
+            await refused(None)
+        await stack.audit.record("auth.login", "failure", details={"reason": "INVALID_CREDENTIALS"})
+    finally:
+        request_id.reset(rid_token)
+    rows = await stack.pool.fetch("SELECT event, details FROM audit_events WHERE request_id = $1 ORDER BY id", rid)
+    denied = [json.loads(r["details"]) for r in rows if r["event"] == "access.denied"]
+    assert [d.get("suppressed") for d in denied if d["network"] == flood] == [None, None, None, 17]
+    assert [d["network"] for d in denied].count(other) == 1
+    assert [r["event"] for r in rows].count("auth.login") == 1
