@@ -11,8 +11,9 @@
   memory-heavy (tens of milliseconds), so they always run in a worker thread.
 * ``auth.legacy_bcrypt``: users imported from the Go service carry bcrypt hashes (``$2a$``/``$2b$``,
   cost 10). With it on they verify (pyca ``bcrypt``) and are rehashed to Argon2id on the first login,
-  and every verification, the dummy one for unknown users included, lasts at least as long as one
-  bcrypt verification, so the hash kind of an account (and so its existence) does not show in timing.
+  and every verification, the dummy one for unknown users included, does the same work: one Argon2id
+  and one bcrypt (cost 10) verification, one of them against a dummy hash. So neither the kind of an
+  account's hash nor its existence shows in the timing, however loaded the machine is.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ import functools
 import os
 import re
 import secrets
-import statistics
-import time
 import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -45,9 +44,6 @@ _PHC_PARAMS = re.compile(r"^\$argon2id\$v=19\$m=(\d+),t=(\d+),p=(\d+)\$")
 _BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
 _BCRYPT_MAX_BYTES = 72  # bcrypt reads no further; the Go library refused or cut longer passwords
 _GO_BCRYPT_COST = 10
-# The floor sits this far above the measured bcrypt time, so bcrypt checks are padded too and a busier
-# machine (everything slower) does not make them stand out at once.
-_FLOOR_MARGIN = 1.25
 
 
 def normalize_password(password: str) -> str:
@@ -137,7 +133,7 @@ class Argon2PasswordHasher:
         self._legacy_bcrypt = legacy_bcrypt
         # Computed once up front so even the first unknown-user login costs exactly one verification.
         self._dummy = self._hash_sync(secrets.token_hex(16))
-        self._floor = self._measure_bcrypt() if legacy_bcrypt else 0.0
+        self._dummy_bcrypt = bcrypt.hashpw(secrets.token_hex(16).encode(), bcrypt.gensalt(_GO_BCRYPT_COST)).decode()
 
     @classmethod
     def from_conf(cls, auth: Auth) -> Argon2PasswordHasher:
@@ -157,42 +153,22 @@ class Argon2PasswordHasher:
 
     def _verify_sync(self, password: str, encoded: str) -> bool:
         if encoded.startswith(_BCRYPT_PREFIXES):
-            return self._legacy_bcrypt and any(_bcrypt_matches(c, encoded) for c in _candidates(password))
-        matched = False
-        for candidate in _candidates(password):
-            try:
-                Argon2id.verify_phc_encoded(candidate.encode(), encoded)
-            except (InvalidKey, ValueError):
-                # ValueError: not an Argon2id PHC string: never matches.
-                continue
-            matched = True
-            break
-        return matched
-
-    @staticmethod
-    def _measure_bcrypt() -> float:
-        """How long one verification of a Go-made hash (cost 10) takes here: the floor for every check."""
-        sample = bcrypt.hashpw(secrets.token_bytes(16).hex().encode(), bcrypt.gensalt(_GO_BCRYPT_COST))
-        timings = []
-        for _ in range(3):
-            started = time.perf_counter()
-            bcrypt.checkpw(b"not the password", sample)
-            timings.append(time.perf_counter() - started)
-        return statistics.median(timings) * _FLOOR_MARGIN
-
-    async def _timed(self, password: str, encoded: str) -> bool:
-        started = time.perf_counter()
-        matched = await asyncio.to_thread(self._verify_sync, password, encoded)
-        remaining = self._floor - (time.perf_counter() - started)
-        if remaining > 0:
-            await asyncio.sleep(remaining)
+            if not self._legacy_bcrypt:
+                return False
+            matched = any(_bcrypt_matches(c, encoded) for c in _candidates(password))
+            _argon2_matches(password, self._dummy)  # the Argon2id half of the equal work
+            return matched
+        matched = _argon2_matches(password, encoded)
+        if self._legacy_bcrypt:
+            for candidate in _candidates(password):  # the bcrypt half of the equal work
+                _bcrypt_matches(candidate, self._dummy_bcrypt)
         return matched
 
     async def hash(self, password: str) -> str:
         return await asyncio.to_thread(self._hash_sync, password)
 
     async def verify(self, password: str, encoded: str) -> bool:
-        return await self._timed(password, encoded)
+        return await asyncio.to_thread(self._verify_sync, password, encoded)
 
     def needs_rehash(self, encoded: str) -> bool:
         match = _PHC_PARAMS.match(encoded)
@@ -203,4 +179,15 @@ class Argon2PasswordHasher:
         return (memory, iterations, lanes) != (p.memory_kib, p.iterations, p.lanes)
 
     async def dummy_verify(self, password: str) -> None:
-        await self._timed(password, self._dummy)
+        await self.verify(password, self._dummy)
+
+
+def _argon2_matches(password: str, encoded: str) -> bool:
+    for candidate in _candidates(password):
+        try:
+            Argon2id.verify_phc_encoded(candidate.encode(), encoded)
+        except (InvalidKey, ValueError):
+            # ValueError: not an Argon2id PHC string: never matches.
+            continue
+        return True
+    return False

@@ -166,7 +166,7 @@ class Auth(_Section):
     password_max_length: int = Field(default=128, ge=32, le=1024)
     argon2: Argon2 = Argon2()
     # Accept the Go service's bcrypt hashes ($2a$/$2b$, rehashed to Argon2id at the next login); every
-    # password check then lasts at least one bcrypt verification, so timing does not tell accounts apart.
+    # password check then does one Argon2id and one bcrypt verification, so timing tells no account apart.
     legacy_bcrypt: bool = False
     jwt_algorithm: Literal["EdDSA", "HS256"] = "EdDSA"
     # EdDSA: PEM private key (file or inline). HS256: shared secret. Empty in development: a key is
