@@ -131,7 +131,8 @@ async def target(pg_pool: asyncpg.Pool, redis_client: Any, redis_prefix: str) ->
         await setup.auth.register(Registration(username, PASSWORD, f"{username}@example.com"))
         pair = await setup.auth.login(LoginAttempt(username, PASSWORD))
         introspector = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        await PgCredentialRepo(pg_pool).create(unique("svc"), token_hash(introspector), ["auth.introspect"])
+        repo = PgCredentialRepo(pg_pool)
+        await repo.create(unique("svc"), token_hash(introspector), ["auth.introspect"], ["default"])
         yield Target(f"127.0.0.1:{port}", username, pair.access_token, pair.refresh_token, introspector)
     finally:
         await server.stop(None)

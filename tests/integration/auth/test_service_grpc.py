@@ -77,7 +77,7 @@ class Client:
     async def service_credential(self, *scopes: str) -> tuple[tuple[str, str]]:
         """A service credential with ``scopes``, stored as the credentials CLI stores one."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        await PgCredentialRepo(self.pool).create(unique("svc"), token_hash(token), list(scopes))
+        await PgCredentialRepo(self.pool).create(unique("svc"), token_hash(token), list(scopes), ["default"])
         return bearer(token)
 
     async def register(self, username: str | None = None) -> tuple[str, str]:
