@@ -8,7 +8,8 @@ import functools
 import inspect
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,22 +26,19 @@ from internal.server.metrics import kms_gauges
 log = logging.getLogger(__name__)
 
 
+async def _logged(job: Callable[[], Awaitable[int]], name: str) -> None:
+    """Run ``job`` once; a failure is logged, never raised (it must not stop the server)."""
+    try:
+        done = await job()
+        log.info(f"{name} done", extra={"rows": done})
+    except Exception as exc:
+        log.warning(f"{name} failed", extra={"error": type(exc).__name__})
+
+
 @contextlib.asynccontextmanager
-async def every(interval: timedelta, job: Callable[[], Awaitable[int]], name: str) -> AsyncIterator[None]:
-    """Run ``job`` every ``interval`` in the background while the block runs (a zero interval: never).
-
-    A failure is logged and retried at the next interval; it never stops the server."""
-
-    async def loop() -> None:
-        while True:
-            await asyncio.sleep(interval.total_seconds())
-            try:
-                done = await job()
-                log.info(f"{name} done", extra={"rows": done})
-            except Exception as exc:
-                log.warning(f"{name} failed", extra={"error": type(exc).__name__})
-
-    task = asyncio.create_task(loop(), name=name) if interval > timedelta(0) else None
+async def _in_background(work: Coroutine[Any, Any, None] | None, name: str) -> AsyncIterator[None]:
+    """Run ``work`` as a task while the block runs; cancel it when the block ends."""
+    task = asyncio.create_task(work, name=name) if work is not None else None
     try:
         yield
     finally:
@@ -50,24 +48,22 @@ async def every(interval: timedelta, job: Callable[[], Awaitable[int]], name: st
                 await task
 
 
-@contextlib.asynccontextmanager
-async def once_in_background(job: Callable[[], Awaitable[int]], name: str) -> AsyncIterator[None]:
+def every(interval: timedelta, job: Callable[[], Awaitable[int]], name: str) -> AbstractAsyncContextManager[None]:
+    """Run ``job`` every ``interval`` in the background while the block runs (a zero interval: never).
+
+    A failure is logged and retried at the next interval; it never stops the server."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval.total_seconds())
+            await _logged(job, name)
+
+    return _in_background(loop() if interval > timedelta(0) else None, name)
+
+
+def once_in_background(job: Callable[[], Awaitable[int]], name: str) -> AbstractAsyncContextManager[None]:
     """Run ``job`` once in the background while the block runs (cancelled if the block ends first)."""
-
-    async def run() -> None:
-        try:
-            done = await job()
-            log.info(f"{name} done", extra={"rows": done})
-        except Exception as exc:
-            log.warning(f"{name} failed", extra={"error": type(exc).__name__})
-
-    task = asyncio.create_task(run(), name=name)
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    return _in_background(_logged(job, name), name)
 
 
 async def resolve(value: Any) -> Any:
