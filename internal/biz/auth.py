@@ -84,7 +84,7 @@ class CaptchaChecker(Protocol):
 class AuthPolicy:
     """From ``auth``: password_max_length, login_rate_limit, login_rate_window.
 
-    The per-client limit applies to logins and, separately, to registrations.
+    The limit counts per client network (IPv4 /24, IPv6 /64), for logins and, separately, registrations.
     """
 
     password_max_length: int = 128

@@ -119,7 +119,7 @@ class Captcha(_Section):
     expiration: Duration = timedelta(minutes=5)
     length: int = Field(default=6, ge=4, le=10)
     max_attempts: int = Field(default=5, ge=1, le=20)
-    # Sends per target and per client address within send_window.
+    # Sends per target and per client network (IPv4 /24, IPv6 /64) within send_window.
     send_limit_per_target: int = Field(default=5, ge=1)
     send_limit_per_client: int = Field(default=20, ge=1)
     send_window: Duration = timedelta(hours=1)
