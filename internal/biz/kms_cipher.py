@@ -19,11 +19,11 @@ import asyncio
 import dataclasses
 import hashlib
 import hmac
-import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from internal.biz import pii
+from internal.biz import identifiers, pii
 from internal.biz.errors import DomainError, InvalidArgument
 from internal.biz.kms import DEFAULT_KEY, USERS_KEY
 from internal.biz.kms_keyring import KeyRing
@@ -50,8 +50,6 @@ ITEM_COST = 4096  # fixed per-item overhead (header, AD, Python calls) in AES-GC
 CHUNK_ITEMS = 1024
 CHUNK_COST = 16 << 20
 MAX_INDEX_VALUE_CHARS = 1024
-_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
-_PHONE_SEPARATORS = re.compile(r"[\s\-().]")
 
 
 @dataclass(frozen=True)
@@ -82,17 +80,13 @@ class EncryptBatchResult:
 
 
 def normalize_index_value(field_name: str, value: str) -> str:
-    """email: trimmed, lower-case; phone: separators removed, must be E.164; others: trimmed."""
+    """email and phone: the one identifier normaliser the users table uses (``internal.biz.identifiers``), so
+    ``HashField`` and the stored blind index agree on every spelling; other fields: trimmed, NFC."""
     if not isinstance(value, str) or len(value) > MAX_INDEX_VALUE_CHARS:
         raise InvalidArgument("VALIDATION_ERROR", f"value must be text of at most {MAX_INDEX_VALUE_CHARS} characters")
-    if field_name == pii.EMAIL:
-        normalized = value.strip().lower()
-    elif field_name == pii.PHONE:
-        normalized = _PHONE_SEPARATORS.sub("", value)
-        if not _E164.fullmatch(normalized):
-            raise InvalidArgument("VALIDATION_ERROR", "phone must be in E.164 format, e.g. +8613812345678")
-    else:
-        normalized = value.strip()
+    if field_name in (pii.EMAIL, pii.PHONE):
+        return identifiers.normalize_identifier(field_name, value)
+    normalized = unicodedata.normalize("NFC", value.strip())
     if not normalized:
         raise InvalidArgument("VALIDATION_ERROR", "value must not be empty")
     return normalized
