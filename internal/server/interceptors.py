@@ -16,7 +16,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from internal.biz import errors
 from internal.pkg.log import log_vetted, request_id, safe_request_id
 from internal.server.metrics import error_reason, rpc_recorder
-from internal.service.metadata import request_metadata
+from internal.server.peer import TrustedProxies
+from internal.service.metadata import request_client, request_metadata
 from internal.service.status import domain_status_proto, status_proto
 from internal.service.wire import send_as_is
 
@@ -39,7 +40,7 @@ def status_for(code: grpc.StatusCode, reason: str, message: str) -> grpc.Status:
     return rpc_status.to_status(status_proto(code, reason, message))
 
 
-class _Undecodable:
+class Undecodable:
     """Stands in for a request that failed to parse, so the handler can answer INVALID_ARGUMENT."""
 
 
@@ -51,7 +52,7 @@ def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]
         try:
             return deserializer(data)
         except (DecodeError, ValueError, TypeError):
-            return _Undecodable()
+            return Undecodable()
 
     return parse
 
@@ -81,7 +82,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
 
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if isinstance(request, _Undecodable):
+            if isinstance(request, Undecodable):
                 await context.abort_with_status(
                     status_for(grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_ERROR", "request message is malformed")
                 )
@@ -130,10 +131,12 @@ class _MethodMetrics:
 class AccessLogInterceptor(grpc.aio.ServerInterceptor):
     """One log line and metrics per RPC: method, code, duration, request id, business counters. Never the payload.
 
-    The request id is the caller's ``x-request-id`` when ``safe_request_id`` accepts it, else a new one."""
+    The request id is the caller's ``x-request-id`` when ``safe_request_id`` accepts it, else a new one. The
+    client address (the socket peer, or whom its trusted proxies name) is worked out here, once per call."""
 
-    def __init__(self) -> None:
+    def __init__(self, proxies: TrustedProxies | None = None) -> None:
         self._metrics: dict[str, _MethodMetrics] = {}
+        self._proxies = proxies or TrustedProxies()
 
     async def intercept_service(
         self,
@@ -155,6 +158,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
             rid = safe_request_id(offered) or uuid.uuid4().hex[:16]
             token = request_id.set(rid)
             metadata_token = request_metadata.set(received)
+            client_token = request_client.set(self._proxies.client_address(context.peer() or "", received))
             reason_token = error_reason.set("")
             started = time.perf_counter()
             metrics.in_flight.inc()
@@ -183,6 +187,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                     log_vetted(log, "rpc", fields)
                 request_id.reset(token)
                 request_metadata.reset(metadata_token)
+                request_client.reset(client_token)
                 error_reason.reset(reason_token)
 
         return grpc.unary_unary_rpc_method_handler(

@@ -342,7 +342,9 @@ def test_full_flow_error_paths_and_no_secret_leaks(
         # --- GetCaptcha / VerifyCaptcha --------------------------------------------------------------
         image = a.stub.GetCaptcha(auth_pb2.GetCaptchaRequest(captcha_type="image"), timeout=CALL_TIMEOUT)
         assert image.captcha_id
-        assert base64.b64decode(image.image_data, validate=True).startswith(b"\x89PNG\r\n\x1a\n")
+        assert image.image_data.startswith("data:image/png;base64,")
+        png = base64.b64decode(image.image_data.removeprefix("data:image/png;base64,"), validate=True)
+        assert png.startswith(b"\x89PNG\r\n\x1a\n")
         assert not a.stub.VerifyCaptcha(
             auth_pb2.VerifyCaptchaRequest(captcha_id=image.captcha_id, captcha_code="0"), timeout=CALL_TIMEOUT
         ).success
