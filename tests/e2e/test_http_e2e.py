@@ -151,6 +151,23 @@ def test_every_annotated_route_is_served_and_documented(api: Api) -> None:
             assert reason, (verb, path, status)
 
 
+def test_docs_show_a_curl_example_per_route() -> None:
+    """docs/api.md has a curl line for every documented (verb, path); path variables may take any value."""
+    document = yaml.safe_load((ROOT / "api" / "openapi.yaml").read_text())
+    lines = [line for line in (ROOT / "docs" / "api.md").read_text().splitlines() if line.startswith("curl ")]
+    for path, item in document["paths"].items():
+        pattern = re.compile(r"\$H" + re.sub(r"\\\{[^}]+\\\}", "[^/?\"' ]+", re.escape(path)) + r"(?=[\"' ?]|$)")
+        for verb in item:
+            examples = [line for line in lines if pattern.search(line)]
+            if verb == "get":
+                examples = [line for line in examples if " -d " not in line and " -X " not in line]
+            elif verb == "post":
+                examples = [line for line in examples if " -d " in line or "-X POST" in line]
+            else:
+                examples = [line for line in examples if f"-X {verb.upper()}" in line]
+            assert examples, (verb, path)
+
+
 # ---------------------------------------------------------------------------------------------------
 # auth.v1 over HTTP
 
