@@ -105,6 +105,8 @@ class HTTP(_Section):
     max_headers: int = Field(default=64, ge=8, le=1024)
     # Time a client has to send a complete request head after connecting (else 408), against slowloris.
     header_timeout: Duration = timedelta(seconds=10)
+    # Time a client has to send the whole request body once its head arrived (else 408).
+    body_timeout: Duration = timedelta(seconds=30)
     # How long an idle keep-alive connection stays open.
     idle_timeout: Duration = timedelta(seconds=75)
     # Cache-Control max-age of /.well-known/jwks.json: verifiers see a new signing key at most this late.

@@ -158,8 +158,9 @@ def _peer(request: web.Request) -> str:
 class Api:
     """The HTTP handlers of the API: one generic handler per route, JWKS, and the OpenAPI document."""
 
-    def __init__(self, invoker: Invoker, jwks_max_age: float) -> None:
+    def __init__(self, invoker: Invoker, jwks_max_age: float, body_timeout: float) -> None:
         self._invoker = invoker
+        self._body_timeout = body_timeout
         self._jwks_cache_control = f"public, max-age={int(jwks_max_age)}"
         self._openapi_yaml = openapi_document()
         self._openapi_json = json.dumps(yaml.safe_load(self._openapi_yaml), separators=(",", ":"))
@@ -171,10 +172,20 @@ class Api:
         body = error.SerializeToString() if codec.protobuf else to_json(error)
         return web.Response(status=error.code, body=body, content_type=codec.content_type)
 
+    async def _body(self, request: web.Request) -> bytes:
+        """The request body, which must arrive within ``server.http.body_timeout`` (a slow body holds a handler)."""
+        try:
+            async with asyncio.timeout(self._body_timeout):
+                return await request.read()
+        except TimeoutError:
+            timeout = web.HTTPRequestTimeout(text="request body not received in time\n")
+            timeout.force_close()  # the rest of the body may still come: the connection is unusable
+            raise timeout from None
+
     def handler(self, route: Route) -> Callable[[web.Request], Any]:
         async def handle(request: web.Request) -> web.Response:
             codec = reply_codec(request.headers.get("Accept", ""))
-            raw = await request.read() if route.body else b""
+            raw = await self._body(request) if route.body else b""
             message = decode(
                 route, raw, request.headers.get("Content-Type", ""), list(request.query.items()), request.match_info
             )
@@ -286,7 +297,7 @@ class HttpServer:
         self._grace = grace
         middlewares = [cors_middleware(conf.cors)] if conf.cors.allowed_origins else []
         api = web.Application(client_max_size=conf.max_body_bytes, middlewares=middlewares)
-        handlers = Api(invoker, conf.jwks_max_age.total_seconds())
+        handlers = Api(invoker, conf.jwks_max_age.total_seconds(), conf.body_timeout.total_seconds())
         resources: dict[str, Any] = {}
         for route in route_table:
             if route.path not in resources:
@@ -305,21 +316,16 @@ class HttpServer:
         else:
             monitoring.add_to(api)
         self._runners: list[web.AppRunner] = []
-        self._sites: list[web.TCPSite] = []
 
     @property
     def port(self) -> int:
         """The API's bound port (useful with port 0)."""
-        return self._bound_port(0)
+        return int(self._runners[0].addresses[0][1])
 
     @property
     def monitoring_port(self) -> int:
-        return self._bound_port(len(self._sites) - 1)
-
-    def _bound_port(self, index: int) -> int:
-        server = self._sites[index]._server
-        assert isinstance(server, asyncio.Server)
-        return int(server.sockets[0].getsockname()[1])
+        """The port /metrics is on: the API's, or monitoring_addr's."""
+        return int(self._runners[-1].addresses[0][1])
 
     async def start(self) -> None:
         conf = self._conf
@@ -332,6 +338,9 @@ class HttpServer:
                 max_line_size=conf.max_header_bytes,
                 max_field_size=conf.max_header_bytes,
                 max_headers=conf.max_headers,
+                # After an early answer (413, 408) aiohttp reads what is left of a body for this long before
+                # closing, so the client sees the answer rather than a reset; its default, 10 s, is generous.
+                lingering_time=2.0,
                 handle_signals=False,
                 shutdown_timeout=self._grace,
             )
@@ -340,11 +349,9 @@ class HttpServer:
             host, _, port = addr.rpartition(":")
             site = web.TCPSite(runner, host, int(port), reuse_port=self._reuse_port)
             await site.start()
-            self._sites.append(site)
-            log.info("http listening", extra={"addr": f"{host}:{self._bound_port(len(self._sites) - 1)}"})
+            log.info("http listening", extra={"addr": f"{host}:{runner.addresses[0][1]}"})
 
     async def stop(self) -> None:
         """Stop listening, let in-flight requests finish within the grace period, close the connections."""
         await asyncio.gather(*(runner.cleanup() for runner in self._runners))
         self._runners.clear()
-        self._sites.clear()

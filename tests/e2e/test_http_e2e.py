@@ -75,6 +75,7 @@ def served(
         "APP__SERVER__HTTP__MAX_BODY_BYTES": "262144",
         "APP__SERVER__HTTP__MAX_HEADERS": "32",
         "APP__SERVER__HTTP__HEADER_TIMEOUT": "1s",
+        "APP__SERVER__HTTP__BODY_TIMEOUT": "1s",
         "APP__SERVER__HTTP__IDLE_TIMEOUT": "2s",
         **LIMITS,
     }
@@ -534,6 +535,10 @@ def test_limits_are_answered_with_clean_4xx(api: Api) -> None:
     started = time.monotonic()
     slow = raw_exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", wait=10)
     assert status_line(slow) == 408 and time.monotonic() - started < 5
+    started = time.monotonic()
+    half_body = b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    half_body += b"Content-Length: 100\r\n\r\n{\"username\":"
+    assert status_line(raw_exchange(port, half_body, wait=10)) == 408 and time.monotonic() - started < 5
     # An idle keep-alive connection is closed after idle_timeout, without an answer.
     started = time.monotonic()
     answered = raw_exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", wait=10)
