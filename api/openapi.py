@@ -116,6 +116,9 @@ class _Schemas:
             if entry.options.map_entry:
                 return {"type": "object", "additionalProperties": self.field(entry.field[1])}
             single = self.ref(type_name)
+            if field.label != FieldProto.LABEL_REPEATED and not field.HasField("oneof_index"):
+                # Unset, it is written as null (protojson EmitUnpopulated).
+                return {"allOf": [single], "nullable": True}
         elif field.type == FieldProto.TYPE_ENUM:
             single = {"type": "string", "enum": [value.name for value in self._catalog.enums[type_name].value]}
         else:
@@ -130,8 +133,8 @@ class _Schemas:
         for index, field in enumerate(message.field):
             schema = self.field(field)
             description = _comment(locations, (*path, 2, index))
-            if description:
-                schema = {**schema, "description": description} if "$ref" not in schema else schema
+            if description and "$ref" not in schema:
+                schema = {**schema, "description": description}
             properties[field.json_name] = schema
         schema: dict[str, Any] = {"type": "object", "properties": properties}
         description = _comment(locations, path)

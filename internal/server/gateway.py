@@ -255,8 +255,48 @@ def reply_codec(accept: str) -> Codec:
     return JSON_CODEC
 
 
+# Per message type: its message-typed fields (json name, proto name, repeated or map, map value is a message),
+# leaving out oneof members and well-known types (their JSON is not an object of fields).
+_MessageFields = list[tuple[str, str, bool, bool]]
+_MESSAGE_FIELDS: dict[str, _MessageFields] = {}
+
+
+def _message_fields(descriptor: Any) -> _MessageFields:
+    fields = _MESSAGE_FIELDS.get(descriptor.full_name)
+    if fields is None:
+        fields = []
+        for field in descriptor.fields:
+            kind = field.message_type
+            if kind is None or field.containing_oneof is not None or kind.full_name.startswith("google.protobuf."):
+                continue
+            is_map = kind.GetOptions().map_entry
+            value_is_message = is_map and kind.fields_by_name["value"].message_type is not None
+            if is_map and not value_is_message:
+                continue
+            fields.append((field.json_name, field.name, field.is_repeated, is_map))
+        _MESSAGE_FIELDS[descriptor.full_name] = fields
+    return fields
+
+
+def _emit_unset_messages(message: Message, document: dict[str, Any]) -> None:
+    """What Go's protojson EmitUnpopulated adds to MessageToDict's output: ``null`` for unset message fields."""
+    for json_name, name, repeated, is_map in _message_fields(message.DESCRIPTOR):
+        if is_map:
+            for key, value in getattr(message, name).items():
+                _emit_unset_messages(value, document[json_name][str(key)])
+        elif repeated:
+            for item, shown in zip(getattr(message, name), document[json_name], strict=True):
+                _emit_unset_messages(item, shown)
+        elif message.HasField(name):
+            _emit_unset_messages(getattr(message, name), document[json_name])
+        else:
+            document[json_name] = None
+
+
 def to_json(message: Message) -> bytes:
+    """protojson as Kratos writes it: every field present (unset messages as ``null``), lowerCamelCase names."""
     document = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+    _emit_unset_messages(message, document)
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
 

@@ -150,7 +150,9 @@ def test_replies_emit_unpopulated_fields_in_lower_camel_case() -> None:
     expected = json_format.MessageToDict(
         kms_pb2.EncryptBatchReply.FromString(encoded.wire), always_print_fields_with_no_presence=True
     )
+    expected["results"][0]["status"] = None  # unset message fields are null, as Go's protojson writes them
     assert json.loads(encode_reply(route, encoded, JSON_CODEC)) == expected
+    assert json.loads(encode_reply(table()["GetDataKey"], kms_pb2.GetDataKeyReply(), JSON_CODEC)) == {"key": None}
 
 
 def test_http_status_is_kratos_mapping_of_every_grpc_code() -> None:
