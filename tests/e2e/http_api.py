@@ -1,23 +1,16 @@
 """A plain HTTP/1.1 client for the HTTP/JSON API (the standard library's http.client: no transcoding of its own),
-plus the raw-socket helpers the limit tests need, and a server started for HTTP tests."""
+plus the raw-socket helpers the limit tests need and the development outbox's captcha codes."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import socket
-import subprocess
-import sys
-import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import redis
-
-from tests.e2e.harness import ROOT, ServerProcess, start_server
 
 JSON = "application/json"
 PROTOBUF = "application/x-protobuf"
@@ -103,16 +96,6 @@ def status_line(answer: bytes) -> int:
     return int(answer.split(b" ", 2)[1])
 
 
-def unique_account(tag: str) -> dict[str, str]:
-    suffix = uuid.uuid4().hex[:8]
-    return {
-        "username": f"{tag}_{suffix}",
-        "password": f"Pw{uuid.uuid4().hex[:12]}x9",
-        "email": f"{tag}.{suffix}@example.com",
-        "phone": f"+86139{int(suffix, 16) % 10**8:08d}",
-    }
-
-
 class Outbox:
     """The development outbox in Redis: where a test reads the captcha codes the server 'sent'."""
 
@@ -133,28 +116,3 @@ def email_captcha(api: Api, outbox: Outbox, email: str) -> dict[str, str]:
     """A fresh email captcha for ``email`` with its code, in the JSON names a client sends."""
     captcha = api.ok("GET", f"/api/v1/auth/captcha?captcha_type=email&target={email}")
     return {"captchaId": captcha["captchaId"], "captchaCode": outbox.code(email)}
-
-
-def create_credential(env: dict[str, str], name: str, scopes: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "cmd/server/main.py", "credentials", "create", "--name", name, "--scopes", scopes],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    token = result.stdout.strip().splitlines()[-1]
-    assert token.startswith("akms_")
-    return token
-
-
-@contextmanager
-def http_server(tmp_path: Path, env: dict[str, str]) -> Iterator[ServerProcess]:
-    process = start_server(tmp_path, env)
-    try:
-        process.wait_serving()
-        yield process
-    finally:
-        process.terminate()

@@ -21,7 +21,6 @@ import os
 import random
 import re
 import secrets
-import shutil
 import struct
 import subprocess
 import sys
@@ -43,11 +42,10 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
-from tests.e2e.harness import ROOT, ServerProcess, start_server
+from tests.e2e.harness import NODE_CLIENT, ROOT, ServerProcess, node_with_client_modules, start_server
 
 pytestmark = pytest.mark.e2e
 
-NODE_CLIENT = Path(__file__).resolve().parent / "node_client"
 CALL_TIMEOUT = 20
 CODE = grpc.StatusCode
 
@@ -743,20 +741,7 @@ def test_logout_holds_across_replicas_and_a_redis_flush(
 def test_node_grpc_js_client_register_login_refresh_logout(
     tmp_path: Path, server_env: dict[str, str], redis_url: str
 ) -> None:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.fail("Node.js and npm are required for the Node gRPC client test (install node >= 18 with npm)")
-    if not (NODE_CLIENT / "node_modules" / "@grpc" / "grpc-js").is_dir():
-        cache = ROOT / ".data" / "npm-cache"
-        cache.mkdir(parents=True, exist_ok=True)
-        install = subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--cache", str(cache)],
-            cwd=NODE_CLIENT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert install.returncode == 0, f"npm install failed:\n{install.stdout}\n{install.stderr}"
+    node = node_with_client_modules()
     google_protos = Path(google.api.annotations_pb2.__file__).parents[2]
     assert (google_protos / "google" / "api" / "annotations.proto").is_file()
 

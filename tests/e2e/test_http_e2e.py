@@ -16,7 +16,6 @@ import base64
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 import uuid
@@ -34,25 +33,13 @@ from google.api import annotations_pb2
 from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from api.gen.errors.v1 import errors_pb2
 from api.gen.kms.v1 import kms_pb2
-from tests.e2e.harness import ROOT, ServerProcess
-from tests.e2e.http_api import (
-    JSON,
-    LIMITS,
-    PROTOBUF,
-    Api,
-    Outbox,
-    create_credential,
-    email_captcha,
-    http_server,
-    raw_exchange,
-    status_line,
-    unique_account,
-)
-from tests.e2e.test_auth_e2e import totp_code
+from tests.e2e.harness import NODE_CLIENT, ROOT, ServerProcess, node_with_client_modules
+from tests.e2e.http_api import JSON, LIMITS, PROTOBUF, Api, Outbox, email_captcha, raw_exchange, status_line
+from tests.e2e.test_auth_e2e import running, totp_code, unique_account
+from tests.e2e.test_kms_e2e import create_credential
 
 pytestmark = pytest.mark.e2e
 
-NODE_CLIENT = Path(__file__).resolve().parent / "node_client"
 ORIGIN = "https://app.example.com"
 
 
@@ -79,7 +66,7 @@ def served(
         "APP__SERVER__HTTP__IDLE_TIMEOUT": "2s",
         **LIMITS,
     }
-    with http_server(tmp_path, env) as process:
+    with running(tmp_path, env) as (process,):
         yield process, prefix
 
 
@@ -458,7 +445,7 @@ def test_client_address_from_trusted_proxies_only(
         "APP__AUTH__CAPTCHA_ENABLED": "false",
         "APP__SERVER__HTTP__MONITORING_ADDR": "127.0.0.1:0",
     }
-    with http_server(tmp_path, env) as plain:
+    with running(tmp_path, env) as (plain,):
         other = Api(plain.http_port)
         headers["X-Request-Id"] = _request_id()
         assert other.fails("POST", "/api/v1/auth/login", wrong, headers=headers) == (401, "INVALID_CREDENTIALS")
@@ -565,26 +552,8 @@ def test_http_calls_are_counted_and_logged_like_grpc_calls(served: tuple[ServerP
 # clients that only speak HTTP
 
 
-def _node() -> tuple[str, str]:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.fail("Node.js and npm are required for the Node HTTP client test (install node >= 20 with npm)")
-    if not (NODE_CLIENT / "node_modules" / "jose").is_dir():
-        cache = ROOT / ".data" / "npm-cache"
-        cache.mkdir(parents=True, exist_ok=True)
-        install = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--cache", str(cache)],
-            cwd=NODE_CLIENT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert install.returncode == 0, f"npm ci failed:\n{install.stdout}\n{install.stderr}"
-    return node, npm
-
-
 def test_node_fetch_client_runs_the_whole_flow_over_http(api: Api, outbox: Outbox) -> None:
-    node, _ = _node()
+    node = node_with_client_modules()
     account = unique_account("mira")
     proc = subprocess.Popen(
         [node, "http_client.mjs", api.base],

@@ -28,7 +28,9 @@ from schemathesis.checks import (
 
 from tests.conftest import _with_database
 from tests.e2e.harness import ROOT, ServerProcess
-from tests.e2e.http_api import LIMITS, Api, create_credential, http_server, unique_account
+from tests.e2e.http_api import LIMITS, Api
+from tests.e2e.test_auth_e2e import running, unique_account
+from tests.e2e.test_kms_e2e import create_credential
 
 pytestmark = pytest.mark.e2e
 
@@ -38,18 +40,10 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 EXAMPLES_PER_OPERATION = 12
 
 
-async def _create_database(server_url: str, name: str) -> None:
+async def _admin(server_url: str, sql: str) -> None:
     connection = await asyncpg.connect(server_url)
     try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-
-
-async def _drop_database(server_url: str, name: str) -> None:
-    connection = await asyncpg.connect(server_url)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await connection.execute(sql)
     finally:
         await connection.close()
 
@@ -82,7 +76,7 @@ class Live:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory, postgres_server_url: str, redis_url: str) -> Iterator[Live]:
     name = f"test_fuzz_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_create_database(postgres_server_url, name))
+    asyncio.run(_admin(postgres_server_url, f'CREATE DATABASE "{name}"'))
     tmp_path: Path = tmp_path_factory.mktemp("schemathesis")
     env = {
         "DATABASE_URL": _with_database(postgres_server_url, name),
@@ -94,10 +88,10 @@ def live(tmp_path_factory: pytest.TempPathFactory, postgres_server_url: str, red
         **LIMITS,
     }
     try:
-        with http_server(tmp_path, env) as process:
+        with running(tmp_path, env) as (process,):
             yield Live(process)
     finally:
-        asyncio.run(_drop_database(postgres_server_url, name))
+        asyncio.run(_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def test_document_covers_every_operation() -> None:
