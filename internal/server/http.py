@@ -3,9 +3,11 @@ monitoring (/metrics, /healthz, /readyz), the latter optionally on a separate ad
 
 aiohttp because it is a mature asyncio HTTP/1.1 server that runs on the loop the gRPC server already uses (no
 second loop or thread, no ASGI adapter), with the limits a public port needs built in: body size (413), request
-line and header size and header count. Two things it lacks are added in ``_GuardedRequestHandler``: a
-deadline for the request head (slowloris), answered 408, and 414/431 instead of a bare 400 for oversized
-request lines and headers.
+line and header size and header count, idle keep-alive timeout. What it lacks is added here: a deadline for
+the request head (slowloris) answered 408, and 414/431 instead of a bare 400 for oversized request lines and
+headers (``_GuardedRequestHandler``), and a deadline for the body (``Api._body``). The connection handler
+leans on two aiohttp internals (its request counter, and the arguments its Server keeps); aiohttp is pinned
+below 4 and tests/e2e/test_http_e2e.py::test_limits_are_answered_with_clean_4xx checks each answer.
 """
 
 from __future__ import annotations
