@@ -2,8 +2,8 @@
 
 Usage (from the repository root)::
 
-    python -m api.generate             # regenerate api/gen and refresh build/buf-deps
-    python -m api.generate --check     # exit 1, listing stale files, if api/gen is out of date
+    python -m api.generate             # regenerate api/gen and api/openapi.yaml, refresh build/buf-deps
+    python -m api.generate --check     # exit 1, listing stale files, if api/gen or api/openapi.yaml is out of date
     python -m api.generate --buf-deps  # only refresh build/buf-deps (needed by `buf lint`)
 
 ``api/proto`` is the import root, so descriptors are named ``auth/v1/auth.proto``. protoc writes
@@ -28,7 +28,11 @@ import tempfile
 from pathlib import Path
 
 import google.api.annotations_pb2
+import yaml
+from google.protobuf import descriptor_pb2
 from grpc_tools import protoc
+
+from api import openapi
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = REPO_ROOT / "api" / "proto"
@@ -38,6 +42,9 @@ BUF_DEPS_ROOT = REPO_ROOT / "build" / "buf-deps"
 # Files our protos import from googleapis-common-protos (buf resolves google/protobuf itself).
 BUF_DEP_FILES = ("google/api/annotations.proto", "google/api/http.proto", "google/rpc/status.proto")
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+OPENAPI_PATH = REPO_ROOT / "api" / "openapi.yaml"
+# The services the HTTP server serves; their google.api.http routes make up the OpenAPI document.
+HTTP_SERVICES = ["auth.v1.Auth", "kms.v1.KMS"]
 GEN_INIT_DOC = '"""Generated protobuf/gRPC code. Do not edit: run `python -m api.generate`."""\n'
 
 
@@ -87,8 +94,7 @@ def _add_init_files(out_dir: Path) -> None:
         (directory / "__init__.py").write_text("", encoding="utf-8")
 
 
-def generate_into(out_dir: Path) -> None:
-    """Run protoc for every proto under ``api/proto`` into ``out_dir`` and post-process the output."""
+def _protoc(*outputs: str) -> None:
     files = proto_files()
     if not files:
         raise SystemExit(f"no .proto files under {PROTO_ROOT}")
@@ -98,15 +104,35 @@ def generate_into(out_dir: Path) -> None:
         f"--proto_path={PROTO_ROOT}",
         f"--proto_path={bundled}",
         f"--proto_path={googleapis_include()}",
-        f"--python_out={out_dir}",
-        f"--pyi_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
+        *outputs,
         *(str(path) for path in files),
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
+
+
+def generate_into(out_dir: Path) -> None:
+    """Run protoc for every proto under ``api/proto`` into ``out_dir`` and post-process the output."""
+    _protoc(f"--python_out={out_dir}", f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}")
     _rewrite_imports(out_dir)
     _add_init_files(out_dir)
+
+
+def openapi_yaml(tmp: Path) -> str:
+    """The OpenAPI document as YAML, from the protos with their comments (protoc's descriptor set)."""
+    out = tmp / "descriptors.binpb"
+    _protoc(f"--descriptor_set_out={out}", "--include_imports", "--include_source_info")
+    files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
+    document = openapi.build(files, HTTP_SERVICES, _project_version())
+    return "# Generated from api/proto by `python -m api.generate`. Do not edit.\n" + yaml.safe_dump(
+        document, sort_keys=False, allow_unicode=True, width=120
+    )
+
+
+def _project_version() -> str:
+    text = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    match = re.search(r'^version = "([^"]+)"', text, re.M)
+    return match.group(1) if match else "0"
 
 
 def _relative_files(root: Path) -> set[Path]:
@@ -162,20 +188,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.buf_deps:
         sync_buf_deps()
         return 0
-    with tempfile.TemporaryDirectory(prefix="api-gen-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="api-gen-") as tmp, tempfile.TemporaryDirectory() as scratch:
         fresh = Path(tmp)
         generate_into(fresh)
+        document = openapi_yaml(Path(scratch))
         if args.check:
-            stale = stale_files(fresh, GEN_ROOT)
-            for name in stale:
-                print(f"stale: {(GEN_ROOT / name).relative_to(REPO_ROOT)}", file=sys.stderr)
+            stale = [(GEN_ROOT / name).relative_to(REPO_ROOT) for name in stale_files(fresh, GEN_ROOT)]
+            if not OPENAPI_PATH.is_file() or OPENAPI_PATH.read_text(encoding="utf-8") != document:
+                stale.append(OPENAPI_PATH.relative_to(REPO_ROOT))
+            for path in stale:
+                print(f"stale: {path}", file=sys.stderr)
             if stale:
-                print("api/gen is out of date: run `python -m api.generate`", file=sys.stderr)
+                print("api/gen or api/openapi.yaml is out of date: run `python -m api.generate`", file=sys.stderr)
                 return 1
             return 0
         GEN_ROOT.mkdir(parents=True, exist_ok=True)
         for name in sync_tree(fresh, GEN_ROOT):
             print(f"updated: {(GEN_ROOT / name).relative_to(REPO_ROOT)}")
+        if not OPENAPI_PATH.is_file() or OPENAPI_PATH.read_text(encoding="utf-8") != document:
+            OPENAPI_PATH.write_text(document, encoding="utf-8")
+            print(f"updated: {OPENAPI_PATH.relative_to(REPO_ROOT)}")
     sync_buf_deps()
     return 0
 

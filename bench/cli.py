@@ -12,6 +12,8 @@ One run, one fresh database and Redis prefix, one credential; everything below i
    Login rates with concurrent clients.
 5. Encrypt rate with 1 worker (from 1.) and with ``--workers 2`` (a fresh server start); EncryptBatch with
    ``--workers 2`` too, for comparison with 2. (the baseline there stays one core's AES-GCM rate).
+6. HTTP/JSON on the same server as 1.-4.: Encrypt rate ÷ gRPC Encrypt rate and sequential Login p50 ÷ gRPC
+   Login p50, in alternating rounds (``bench.http_load``).
 
 Goals are reported, not enforced: the exit status is 0 whenever the measurements ran, 1 on errors.
 """
@@ -33,10 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.env import Backend, BenchError, new_backend
+from bench.http_load import HttpLoadSpec, http_login_times
+from bench.http_load import _client as http_client
 from bench.load import LoadResult, LoadSpec, run_load
 from bench.measure import (
     ConnectionSampler,
     CpuSampler,
+    Samples,
     aesgcm_rate,
     argon2_hash_times,
     create_keys,
@@ -185,6 +190,19 @@ class Run:
         self.report.cpu.append((self.phase(operation, server), result.server_cpu, result.client_cpu, other))
         return result
 
+    def load_http(self, server: ServerProcess, concurrency: int, token: str) -> LoadResult:
+        """Encrypt over HTTP/JSON, the same closed loop as ``load``, one keep-alive connection per task."""
+        spec = HttpLoadSpec(server.http_port, "http_encrypt", concurrency, self.s.seconds, self.s.warmup, token,
+                            self.s.processes)
+        with CpuSampler(server.proc.pid) as cpu:
+            result = run_load(spec, client=http_client)  # type: ignore[arg-type]
+        result.server_cpu = cpu.cores(*result.window)
+        other = cpu.machine_cores(*result.window) - result.server_cpu - result.client_cpu
+        _say(f"http_encrypt: {result.rate:,.1f} calls/s; CPU cores busy: server {result.server_cpu:.2f}, "
+             f"clients {result.client_cpu:.2f}, other {other:.2f}")
+        self.report.cpu.append((self.phase("http_encrypt", server), result.server_cpu, result.client_cpu, other))
+        return result
+
     def phase(self, operation: str, server: ServerProcess) -> str:
         return f"{operation} ({self.labels[server.proc.pid]})"
 
@@ -271,6 +289,7 @@ def _measure(run: Run, token: str) -> None:
     login = run.load(server, "login", s.auth_concurrency, users=tuple(register.registered))
     details["register"] = asdict(register) | {"registered": len(register.registered)}
     details["login"] = asdict(login)
+    http = _measure_http(run, server, token, solo)
     run.stop(server)
 
     # 5: a fresh start with two workers.
@@ -317,6 +336,17 @@ def _measure(run: Run, token: str) -> None:
         Row("batch_aesgcm_ratio_2_workers", "   EncryptBatch --workers 2 ÷ in-process AES-GCM (one core)",
             batch2.item_rate / aes, digits=3)
     )
+    report.add(Row("http_grpc_encrypt_ratio", "6. HTTP/JSON Encrypt rate ÷ gRPC Encrypt rate", http["encrypt_ratio"],
+                   goal=at_least(0.7)))
+    report.add(Row("http_encrypt_rps", "   HTTP/JSON Encrypt rate", http["http_encrypt_rps"], "/s"))
+    report.add(Row("grpc_encrypt_rps_beside_http", "   gRPC Encrypt rate (rounds alternating with HTTP)",
+                   http["grpc_encrypt_rps"], "/s"))
+    report.add(Row("http_grpc_login_p50_ratio", "   HTTP/JSON Login p50 ÷ gRPC Login p50", http["login_ratio"],
+                   goal=at_most(1.1)))
+    report.add(Row("http_login_p50_ms", "   HTTP/JSON Login p50 (sequential)", http["http_login_p50_ms"], "ms",
+                   digits=1))
+    report.add(Row("grpc_login_p50_ms_beside_http", "   gRPC Login p50 (alternating with HTTP)",
+                   http["grpc_login_p50_ms"], "ms", digits=1))
     per_round = ", ".join(f"{e.rate / c.rate:.2f}" for c, e in zip(checks, encrypts, strict=True))
     report.notes.append(f"1: Encrypt ÷ Check per round (alternating): {per_round}")
     report.notes.append(
@@ -338,6 +368,43 @@ def _measure(run: Run, token: str) -> None:
     spread = details["encrypt_2_workers"]["connections_per_worker"]
     if spread:
         report.notes.append(f"5: client connections per worker with --workers 2: {spread}")
+
+
+def _measure_http(run: Run, server: ServerProcess, token: str, username: str) -> dict[str, float]:
+    """6: HTTP/JSON beside gRPC on one server, in alternating rounds, so a slow spell weighs on both alike."""
+    s = run.s
+    grpc_encrypts, http_encrypts = [], []
+    for _ in range(s.rounds):
+        grpc_encrypts.append(run.load(server, "encrypt", s.concurrency, token=token))
+        http_encrypts.append(run.load_http(server, s.concurrency, token))
+    _say("sequential logins, gRPC and HTTP/JSON alternating")
+    grpc_logins: list[float] = []
+    http_logins: list[float] = []
+    for _ in range(s.rounds):
+        grpc_logins += login_times(server.target, username, s.seconds / 2, s.min_samples).values
+        http_logins += http_login_times(server.http_port, username, s.seconds / 2, s.min_samples).values
+    grpc_encrypt, http_encrypt = _mean(grpc_encrypts), _mean(http_encrypts)
+    grpc_p50, http_p50 = Samples(grpc_logins).p50, Samples(http_logins).p50
+    run.report.details["http"] = {
+        "grpc_encrypt": asdict(grpc_encrypt) | {"rounds": [r.rate for r in grpc_encrypts]},
+        "http_encrypt": asdict(http_encrypt) | {"rounds": [r.rate for r in http_encrypts]},
+        "grpc_login": {"samples": len(grpc_logins), "p50_ms": grpc_p50 * 1e3},
+        "http_login": {"samples": len(http_logins), "p50_ms": http_p50 * 1e3},
+    }
+    per_round = ", ".join(f"{h.rate / g.rate:.2f}" for g, h in zip(grpc_encrypts, http_encrypts, strict=True))
+    grpc_cost, http_cost = (1e3 * r.server_cpu / r.rate for r in (grpc_encrypt, http_encrypt))
+    run.report.notes.append(
+        f"6: HTTP ÷ gRPC Encrypt per round: {per_round}; server CPU s per 1,000 calls: gRPC {grpc_cost:.3f}, "
+        f"HTTP {http_cost:.3f}"
+    )
+    return {
+        "encrypt_ratio": http_encrypt.rate / grpc_encrypt.rate,
+        "http_encrypt_rps": http_encrypt.rate,
+        "grpc_encrypt_rps": grpc_encrypt.rate,
+        "login_ratio": http_p50 / grpc_p50,
+        "http_login_p50_ms": http_p50 * 1e3,
+        "grpc_login_p50_ms": grpc_p50 * 1e3,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -219,21 +219,30 @@ async def _client(spec: LoadSpec, proc: int, barrier: Barrier) -> dict[str, Any]
             await channel.close()
 
 
-def _client_process(spec: LoadSpec, proc: int, barrier: Barrier, results: multiprocessing.Queue[Any]) -> None:
+Client = Callable[[Any, int, Barrier], Awaitable[dict[str, Any]]]  # (spec, process index, barrier) -> counts
+
+
+def _client_process(
+    spec: LoadSpec, proc: int, barrier: Barrier, results: multiprocessing.Queue[Any], client: Client = _client
+) -> None:
     try:
-        results.put((proc, asyncio.run(_client(spec, proc, barrier))))
+        results.put((proc, asyncio.run(client(spec, proc, barrier))))
     except BaseException as exc:
         barrier.abort()
         results.put((proc, {"error": f"{exc}\n{traceback.format_exc(limit=5)}"}))
 
 
-def run_load(spec: LoadSpec) -> LoadResult:
-    """Run ``spec`` in ``spec.processes`` fresh client processes; raises RuntimeError if any call failed."""
+def run_load(spec: LoadSpec, client: Client = _client) -> LoadResult:
+    """Run ``spec`` in ``spec.processes`` fresh client processes; raises RuntimeError if any call failed.
+
+    ``client`` is what each process runs: the gRPC client here, or another transport's (bench.http_load)."""
     ctx = multiprocessing.get_context("spawn")  # no fork after grpc has started threads
     barrier = ctx.Barrier(spec.processes)
     results: multiprocessing.Queue[Any] = ctx.Queue()
     procs = [
-        ctx.Process(target=_client_process, args=(spec, i, barrier, results), name=f"bench-client-{i}", daemon=True)
+        ctx.Process(
+            target=_client_process, args=(spec, i, barrier, results, client), name=f"bench-client-{i}", daemon=True
+        )
         for i in range(spec.processes)
     ]
     budget = spec.warmup + spec.seconds + _START_TIMEOUT + CALL_TIMEOUT

@@ -19,8 +19,9 @@ from internal.conf.config import Bootstrap
 from internal.container import Container
 from internal.data.migrate import migrate_up
 from internal.pkg.tracing import setup_tracing, shutdown_tracing
-from internal.server.grpc import new_grpc_server
-from internal.server.http import MonitoringServer
+from internal.server.gateway import Invoker, routes
+from internal.server.grpc import new_grpc_server, server_interceptors
+from internal.server.http import HttpServer
 from internal.server.metrics import kms_gauges
 
 log = logging.getLogger(__name__)
@@ -133,13 +134,24 @@ async def _serve(config: Bootstrap, stop: asyncio.Event) -> None:
 async def _run_servers(container: Container, config: Bootstrap, stop: asyncio.Event) -> None:
     health_check = await resolve(container.dependency_health())
     services = await resolve(container.services())
-    server, port = new_grpc_server(config.server.grpc, services, container.health_servicer())
-    monitoring = MonitoringServer(config.server.http.addr, lambda: health_check.ready)
+    proxies = container.trusted_proxies()
+    server, port = new_grpc_server(config.server.grpc, services, container.health_servicer(), proxies)
+    route_table = routes(services)
+    grace = config.server.grpc.grace_period.total_seconds()
+    http = HttpServer(
+        config.server.http,
+        route_table,
+        Invoker(server_interceptors(proxies), route_table),
+        lambda: health_check.ready,
+        reuse_port=config.server.grpc.workers > 1,
+        grace=grace,
+    )
     await health_check.start()
     await server.start()
     if config.server.http.enabled:
-        await monitoring.start()
-    log.info("serving", extra={"grpc_port": port, "services": [s.full_name for s in services]})
+        await http.start()
+    names = [s.full_name for s in services]
+    log.info("serving", extra={"grpc_port": port, "http_routes": len(route_table), "services": names})
     try:
         tokens = await resolve(container.biz.tokens())
         users = await resolve(container.biz.users())
@@ -152,5 +164,5 @@ async def _run_servers(container: Container, config: Bootstrap, stop: asyncio.Ev
     finally:
         log.info("shutting down", extra={"grace_s": config.server.grpc.grace_period.total_seconds()})
         await health_check.shutdown()
-        await server.stop(config.server.grpc.grace_period.total_seconds())
-        await monitoring.stop()
+        # Both transports drain their in-flight calls at once, within the one grace period.
+        await asyncio.gather(server.stop(grace), http.stop())

@@ -14,8 +14,8 @@ import asyncpg
 from dependency_injector import containers, providers
 from grpc_health.v1 import health
 
-from api.gen.auth.v1 import auth_pb2_grpc
-from api.gen.kms.v1 import kms_pb2_grpc
+from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
+from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
 from internal.biz.auth import AuthPolicy, AuthUsecase
 from internal.biz.captcha import CaptchaSettings, CaptchaUsecase
 from internal.biz.credentials import CredentialUsecase
@@ -44,6 +44,7 @@ from internal.data.signing_keys import build_signer
 from internal.data.user import PgUserRepo
 from internal.server.grpc import ServiceRegistration
 from internal.server.health import DependencyHealth
+from internal.server.peer import TrustedProxies
 from internal.service.auth import AuthService
 from internal.service.kms import KMSService
 
@@ -186,11 +187,21 @@ class Biz(containers.DeclarativeContainer):
 
 
 def _auth_registration(service: AuthService) -> ServiceRegistration:
-    return ServiceRegistration(AUTH_SERVICE, lambda server: auth_pb2_grpc.add_AuthServicer_to_server(service, server))
+    return ServiceRegistration(
+        AUTH_SERVICE,
+        lambda server: auth_pb2_grpc.add_AuthServicer_to_server(service, server),
+        auth_pb2.DESCRIPTOR.services_by_name["Auth"],
+        service,
+    )
 
 
 def _kms_registration(service: KMSService) -> ServiceRegistration:
-    return ServiceRegistration(KMS_SERVICE, lambda server: kms_pb2_grpc.add_KMSServicer_to_server(service, server))
+    return ServiceRegistration(
+        KMS_SERVICE,
+        lambda server: kms_pb2_grpc.add_KMSServicer_to_server(service, server),
+        kms_pb2.DESCRIPTOR.services_by_name["KMS"],
+        service,
+    )
 
 
 class Container(containers.DeclarativeContainer):
@@ -211,6 +222,7 @@ class Container(containers.DeclarativeContainer):
         providers.Callable(_kms_registration, kms_service),
     )
 
+    trusted_proxies = providers.Singleton(TrustedProxies, config.provided.server.trusted_proxies)
     health_servicer = providers.Singleton(health.aio.HealthServicer)
     dependency_health = providers.Singleton(
         DependencyHealth,

@@ -7,6 +7,7 @@ environment: ``APP__SECTION__KEY=value`` (double underscore between levels, case
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -31,6 +32,13 @@ class ConfigError(Exception):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _comma_list(value: Any) -> Any:
+    """Lists set from the environment arrive as one string: ``a,b`` (spaces ignored; empty: no items)."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
 
 
 class TLS(_Section):
@@ -69,18 +77,76 @@ class GRPC(_Section):
         return value
 
 
+class Cors(_Section):
+    # Origins a browser may call the HTTP API from, e.g. https://app.example.com; "*" allows any (then without
+    # credentials). Empty: CORS is off and browsers refuse cross-origin calls.
+    allowed_origins: list[str] = []
+    # Request headers a cross-origin call may send.
+    allowed_headers: list[str] = ["Authorization", "Content-Type", "Accept", "X-Request-Id"]
+    # Let browsers send cookies/HTTP auth with cross-origin calls (never together with "*").
+    allow_credentials: bool = False
+    # How long a browser may cache a preflight answer.
+    max_age: Duration = timedelta(minutes=10)
+
+    _lists = field_validator("allowed_origins", "allowed_headers", mode="before")(_comma_list)
+
+    @model_validator(mode="after")
+    def _wildcard(self) -> Cors:
+        if "*" in self.allowed_origins and self.allow_credentials:
+            raise ValueError("allow_credentials cannot be combined with the \"*\" origin")
+        return self
+
+
 class HTTP(_Section):
     addr: str = "0.0.0.0:8000"
     enabled: bool = True
     # The HTTP port speaks plaintext; production mode refuses it unless this acknowledges it.
     allow_insecure_transport: bool = False
+    # Separate host:port for /metrics, /healthz and /readyz; empty: they are served on addr beside the API.
+    monitoring_addr: str = ""
+    # Largest request body, in bytes (larger: 413).
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # Longest request line and longest single header, in bytes (longer: 414 / 431).
+    max_header_bytes: int = Field(default=8190, ge=256, le=65536)
+    # Most header fields in one request (more: 431).
+    max_headers: int = Field(default=64, ge=8, le=1024)
+    # Time a client has to send a complete request head after connecting (else 408), against slowloris.
+    header_timeout: Duration = timedelta(seconds=10)
+    # Time a client has to send the whole request body once its head arrived (else 408).
+    body_timeout: Duration = timedelta(seconds=30)
+    # How long an idle keep-alive connection stays open.
+    idle_timeout: Duration = timedelta(seconds=75)
+    # Cache-Control max-age of /.well-known/jwks.json: verifiers see a new signing key at most this late.
+    jwks_max_age: Duration = timedelta(minutes=5)
+    cors: Cors = Cors()
 
     _addr = field_validator("addr")(GRPC._addr.__func__)  # type: ignore[attr-defined]
+
+    @field_validator("monitoring_addr")
+    @classmethod
+    def _monitoring_addr(cls, value: str) -> str:
+        return GRPC._addr(value) if value else value
 
 
 class Server(_Section):
     grpc: GRPC = GRPC()
     http: HTTP = HTTP()
+    # Networks (CIDR) of the reverse proxies and load balancers in front of the service. Only a peer inside one
+    # of them may name the client in X-Forwarded-For / Forwarded (HTTP headers or gRPC metadata); otherwise the
+    # socket peer is the client for rate limits, throttles and audit. Empty: no proxy is trusted.
+    trusted_proxies: list[str] = []
+
+    _list = field_validator("trusted_proxies", mode="before")(_comma_list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not a network, e.g. 10.0.0.0/8 or 2001:db8::/32") from None
+        return value
 
 
 class Database(_Section):

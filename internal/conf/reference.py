@@ -43,9 +43,10 @@ NOTES = {
     "`--workers N` overrides it.",
     "server.grpc.tls.cert_file": "PEM certificate chain; with key_file, serve TLS instead of plaintext.",
     "server.grpc.tls.key_file": "PEM private key for cert_file.",
-    "server.http.addr": "host:port of the monitoring HTTP server: /metrics, /healthz, /readyz; "
+    "server.http.addr": "host:port of the HTTP server: the HTTP/JSON API (every google.api.http route), "
+    "/.well-known/jwks.json, /openapi.yaml and, unless monitoring_addr is set, /metrics, /healthz, /readyz; "
     "production mode wants it set explicitly.",
-    "server.http.enabled": "Serve the monitoring HTTP port.",
+    "server.http.enabled": "Serve HTTP at all (API and monitoring).",
     "data.database.min_pool_size": "Connections the pool keeps open.",
     "data.database.max_pool_size": "Most connections the pool opens (per process).",
     "data.database.connect_timeout": "Timeout for opening one connection.",

@@ -5,22 +5,34 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from internal.conf.config import GRPC
 from internal.pkg.tracing import tracing_interceptors
 from internal.server.interceptors import AccessLogInterceptor, ErrorInterceptor
+from internal.server.peer import TrustedProxies
 
 
 @dataclass(frozen=True)
 class ServiceRegistration:
-    """A servicer and the generated function that adds it to a server."""
+    """A servicer and the generated function that adds it to a server; with its proto service, the servicer
+    is served over HTTP too (the service's ``google.api.http`` routes)."""
 
     full_name: str
     add_to_server: Callable[[grpc.aio.Server], None]
+    descriptor: ServiceDescriptor | None = None
+    servicer: Any = None
+
+
+def server_interceptors(proxies: TrustedProxies) -> list[grpc.aio.ServerInterceptor]:
+    """What every call passes through, gRPC or HTTP. Tracing outermost, so its span sees the status the error
+    interceptor sets."""
+    return [*tracing_interceptors(), AccessLogInterceptor(proxies), ErrorInterceptor()]
 
 
 def _credentials(conf: GRPC) -> grpc.ServerCredentials:
@@ -34,7 +46,10 @@ def _credentials(conf: GRPC) -> grpc.ServerCredentials:
 
 
 def new_grpc_server(
-    conf: GRPC, services: Sequence[ServiceRegistration], health_servicer: health.aio.HealthServicer
+    conf: GRPC,
+    services: Sequence[ServiceRegistration],
+    health_servicer: health.aio.HealthServicer,
+    proxies: TrustedProxies | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Build and bind the server (not started). Returns it with the bound port (useful with port 0)."""
     options = [
@@ -45,9 +60,7 @@ def new_grpc_server(
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
-    # Tracing outermost, so its span sees the status the error interceptor sets.
-    interceptors = [*tracing_interceptors(), AccessLogInterceptor(), ErrorInterceptor()]
-    server = grpc.aio.server(interceptors=interceptors, options=options)
+    server = grpc.aio.server(interceptors=server_interceptors(proxies or TrustedProxies()), options=options)
     for service in services:
         service.add_to_server(server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

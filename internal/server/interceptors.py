@@ -17,7 +17,8 @@ from internal.biz import errors
 from internal.biz.lockout import client_network
 from internal.pkg.log import log_vetted, request_id, request_network, safe_request_id
 from internal.server.metrics import error_reason, rpc_recorder
-from internal.service.metadata import client_address, request_metadata
+from internal.server.peer import TrustedProxies
+from internal.service.metadata import request_client, request_metadata
 from internal.service.status import domain_status_proto, status_proto
 from internal.service.wire import send_as_is
 
@@ -40,7 +41,7 @@ def status_for(code: grpc.StatusCode, reason: str, message: str) -> grpc.Status:
     return rpc_status.to_status(status_proto(code, reason, message))
 
 
-class _Undecodable:
+class Undecodable:
     """Stands in for a request that failed to parse, so the handler can answer INVALID_ARGUMENT."""
 
 
@@ -52,7 +53,7 @@ def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]
         try:
             return deserializer(data)
         except (DecodeError, ValueError, TypeError):
-            return _Undecodable()
+            return Undecodable()
 
     return parse
 
@@ -82,7 +83,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
 
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if isinstance(request, _Undecodable):
+            if isinstance(request, Undecodable):
                 await context.abort_with_status(
                     status_for(grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_ERROR", "request message is malformed")
                 )
@@ -131,10 +132,12 @@ class _MethodMetrics:
 class AccessLogInterceptor(grpc.aio.ServerInterceptor):
     """One log line and metrics per RPC: method, code, duration, request id, business counters. Never the payload.
 
-    The request id is the caller's ``x-request-id`` when ``safe_request_id`` accepts it, else a new one."""
+    The request id is the caller's ``x-request-id`` when ``safe_request_id`` accepts it, else a new one. The
+    client address (the socket peer, or whom its trusted proxies name) is worked out here, once per call."""
 
-    def __init__(self) -> None:
+    def __init__(self, proxies: TrustedProxies | None = None) -> None:
         self._metrics: dict[str, _MethodMetrics] = {}
+        self._proxies = proxies or TrustedProxies()
 
     async def intercept_service(
         self,
@@ -155,8 +158,10 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
             rid = safe_request_id(offered) or uuid.uuid4().hex[:16]
             token = request_id.set(rid)
-            network_token = request_network.set(client_network(client_address(context)))
+            client = self._proxies.client_address(context.peer() or "", received)
+            network_token = request_network.set(client_network(client))
             metadata_token = request_metadata.set(received)
+            client_token = request_client.set(client)
             reason_token = error_reason.set("")
             started = time.perf_counter()
             metrics.in_flight.inc()
@@ -186,6 +191,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                 request_id.reset(token)
                 request_network.reset(network_token)
                 request_metadata.reset(metadata_token)
+                request_client.reset(client_token)
                 error_reason.reset(reason_token)
 
         return grpc.unary_unary_rpc_method_handler(

@@ -1,7 +1,7 @@
 """Several server processes on one port, kept alive by one supervisor (``--workers N``).
 
 Each worker is a full ``cmd/server/main.py serve`` with ``server.grpc.workers`` = N, which makes it bind
-the gRPC port with SO_REUSEPORT (the monitoring port always reuses it), so the kernel spreads new
+the gRPC and HTTP ports with SO_REUSEPORT, so the kernel spreads new
 connections over the workers. The supervisor owns what must exist once per machine: it starts the
 embedded PostgreSQL/Redis when no URL is configured (only one process may own their data folder) and
 hands their URLs to the workers, and it runs the migrations before any worker starts.

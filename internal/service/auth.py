@@ -27,6 +27,8 @@ from internal.biz.user import UserUsecase
 from internal.service.metadata import bearer_token, client_address
 
 _JWK_FIELDS = ("kty", "crv", "x", "kid", "alg", "use")
+# As the Go service sends it: a web page puts image_data straight into <img src>.
+PNG_DATA_URI = "data:image/png;base64,"
 
 
 class AuthService(auth_pb2_grpc.AuthServicer):
@@ -62,7 +64,7 @@ class AuthService(auth_pb2_grpc.AuthServicer):
     async def GetCaptcha(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.GetCaptchaReply:
         """Issue an image captcha, or send an SMS/email code to ``target``."""
         challenge = await self._captcha.issue(request.captcha_type, request.target, client_address(context))
-        image = base64.b64encode(challenge.image_png).decode() if challenge.image_png else ""
+        image = PNG_DATA_URI + base64.b64encode(challenge.image_png).decode() if challenge.image_png else ""
         return auth_pb2.GetCaptchaReply(captcha_id=challenge.captcha_id, image_data=image)
 
     async def VerifyCaptcha(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.VerifyCaptchaReply:

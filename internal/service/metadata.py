@@ -14,6 +14,9 @@ from internal.biz.errors import Unauthenticated
 request_metadata: contextvars.ContextVar[Sequence[tuple[str, str | bytes]] | None] = contextvars.ContextVar(
     "request_metadata", default=None
 )
+# The current call's client address, worked out once by the server from the socket peer and, behind trusted
+# proxies, their forwarding headers (internal.server.peer); the same for HTTP and gRPC calls.
+request_client: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_client", default=None)
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> Sequence[tuple[str, str | bytes]]:
@@ -31,13 +34,17 @@ def bearer_token(context: grpc.aio.ServicerContext, *, reason: str = "TOKEN_MISS
     raise Unauthenticated(reason, "missing bearer token in the authorization metadata")
 
 
-def client_address(context: grpc.aio.ServicerContext) -> str:
-    """The caller's IP address (without port), for per-client rate limits."""
-    peer = context.peer() or ""
-    # Forms: ipv4:1.2.3.4:5678, ipv6:[::1]:5678, unix:/path
+def peer_host(peer: str) -> str:
+    """The address in a gRPC peer string (``ipv4:1.2.3.4:5678``, ``ipv6:[::1]:5678``), else the string itself."""
     kind, _, rest = peer.partition(":")
     if kind == "ipv4":
         return rest.rsplit(":", 1)[0]
     if kind == "ipv6":
         return rest.rsplit(":", 1)[0].strip("[]")
     return peer or "unknown"
+
+
+def client_address(context: grpc.aio.ServicerContext) -> str:
+    """The caller's IP address (without port), for per-client rate limits, throttles and audit."""
+    resolved = request_client.get()
+    return resolved if resolved is not None else peer_host(context.peer() or "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +17,26 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+NODE_CLIENT = Path(__file__).resolve().parent / "node_client"
+
+
+def node_with_client_modules() -> str:
+    """The ``node`` executable, with tests/e2e/node_client's locked npm packages installed (``npm ci``)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    assert node is not None and npm is not None, "Node.js (>= 20) and npm are required for the Node client tests"
+    wanted = ("@grpc/grpc-js", "jose")
+    if not all((NODE_CLIENT / "node_modules" / name).is_dir() for name in wanted):
+        cache = ROOT / ".data" / "npm-cache"
+        cache.mkdir(parents=True, exist_ok=True)
+        install = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--cache", str(cache)],
+            cwd=NODE_CLIENT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert install.returncode == 0, f"npm ci failed:\n{install.stdout}\n{install.stderr}"
+    return node
 
 
 def free_port() -> int:

@@ -21,7 +21,6 @@ import os
 import random
 import re
 import secrets
-import shutil
 import struct
 import subprocess
 import sys
@@ -44,11 +43,10 @@ from grpc_status import rpc_status
 
 from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from internal.biz.credentials import TOKEN_PREFIX, token_hash
-from tests.e2e.harness import ROOT, ServerProcess, start_server
+from tests.e2e.harness import NODE_CLIENT, ROOT, ServerProcess, node_with_client_modules, start_server
 
 pytestmark = pytest.mark.e2e
 
-NODE_CLIENT = Path(__file__).resolve().parent / "node_client"
 CALL_TIMEOUT = 20
 CODE = grpc.StatusCode
 
@@ -375,7 +373,9 @@ def test_full_flow_error_paths_and_no_secret_leaks(
         # --- GetCaptcha / VerifyCaptcha --------------------------------------------------------------
         image = a.stub.GetCaptcha(auth_pb2.GetCaptchaRequest(captcha_type="image"), timeout=CALL_TIMEOUT)
         assert image.captcha_id
-        assert base64.b64decode(image.image_data, validate=True).startswith(b"\x89PNG\r\n\x1a\n")
+        assert image.image_data.startswith("data:image/png;base64,")
+        png = base64.b64decode(image.image_data.removeprefix("data:image/png;base64,"), validate=True)
+        assert png.startswith(b"\x89PNG\r\n\x1a\n")
         assert not a.stub.VerifyCaptcha(
             auth_pb2.VerifyCaptchaRequest(captcha_id=image.captcha_id, captcha_code="0"), timeout=CALL_TIMEOUT
         ).success
@@ -813,20 +813,7 @@ def test_logout_holds_across_replicas_and_a_redis_flush(
 def test_node_grpc_js_client_register_login_refresh_logout(
     tmp_path: Path, server_env: dict[str, str], redis_url: str
 ) -> None:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.fail("Node.js and npm are required for the Node gRPC client test (install node >= 18 with npm)")
-    if not (NODE_CLIENT / "node_modules" / "@grpc" / "grpc-js").is_dir():
-        cache = ROOT / ".data" / "npm-cache"
-        cache.mkdir(parents=True, exist_ok=True)
-        install = subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--cache", str(cache)],
-            cwd=NODE_CLIENT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert install.returncode == 0, f"npm install failed:\n{install.stdout}\n{install.stderr}"
+    node = node_with_client_modules()
     google_protos = Path(google.api.annotations_pb2.__file__).parents[2]
     assert (google_protos / "google" / "api" / "annotations.proto").is_file()
 

@@ -28,6 +28,10 @@ METRICS = (
     "encrypt_rps_1_worker",
     "encrypt_rps_2_workers",
     "workers_2_1_ratio",
+    "http_grpc_encrypt_ratio",
+    "http_encrypt_rps",
+    "http_grpc_login_p50_ratio",
+    "http_login_p50_ms",
 )
 
 

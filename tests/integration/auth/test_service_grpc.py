@@ -132,7 +132,9 @@ async def error_of(call: Any) -> tuple[grpc.StatusCode, str, dict[str, str]]:
 
 async def test_captcha_rpcs(client: Client) -> None:
     reply = await client.stub.GetCaptcha(auth_pb2.GetCaptchaRequest(captcha_type="image"))
-    assert base64.b64decode(reply.image_data) == PNG and reply.captcha_id
+    prefix = "data:image/png;base64,"
+    assert reply.image_data.startswith(prefix) and reply.captcha_id
+    assert base64.b64decode(reply.image_data.removeprefix(prefix), validate=True) == PNG
     code, reason, _ = await error_of(client.stub.GetCaptcha(auth_pb2.GetCaptchaRequest(captcha_type="fax")))
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "VALIDATION_ERROR")
     ok = await client.stub.VerifyCaptcha(auth_pb2.VerifyCaptchaRequest(captcha_id="x", captcha_code="424242"))
