@@ -8,8 +8,8 @@ for every other status. Schemas are the protojson mapping: lowerCamelCase names,
 strings, bytes as base64, enums by name. Descriptions are the proto comments.
 
 Security: every kms.v1 operation takes a service credential; an auth.v1 operation takes an access token when
-its comment says "Requires an access token" (the proto convention for it), or may take one when it says
-"service credential".
+its comment says "Requires an access token" (the proto convention for it), and a service credential when it
+says "Requires a service credential" (IntrospectToken).
 """
 
 from __future__ import annotations
@@ -205,7 +205,8 @@ def _path_parameter(catalog: _Catalog, schemas: _Schemas, message_name: str, dot
 
 
 def _security(service_name: str, comment: str) -> list[dict[str, list[str]]] | None:
-    if service_name.startswith("kms.") or "Requires an access token" in comment:
+    needs_bearer = "Requires an access token" in comment or "Requires a service credential" in comment
+    if service_name.startswith("kms.") or needs_bearer:
         return [{"bearer": []}]
     return None
 
@@ -299,7 +300,8 @@ def build(files: descriptor_pb2.FileDescriptorSet, services: list[str], version:
                 "bearer": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "auth.v1: an access token from Login; kms.v1: a service credential (akms_…).",
+                    "description": "auth.v1: an access token from Login (IntrospectToken: a service credential "
+                    "with auth.introspect); kms.v1: a service credential (akms_…).",
                 }
             },
         },

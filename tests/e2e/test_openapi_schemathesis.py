@@ -1,8 +1,9 @@
 """schemathesis against the live HTTP API, driven by the committed OpenAPI document (api/openapi.yaml).
 
 Every operation gets generated requests (a bounded number each, so the suite stays quick), with a valid
-credential where the document asks for one: a user's access token for auth.v1, an admin service credential
-for kms.v1. No reply may be a 5xx, and every reply (status, content type, body) must conform to the document.
+credential where the document asks for one: a user's access token for auth.v1 (an auth.introspect service
+credential for IntrospectToken), an admin service credential for kms.v1. No reply may be a 5xx, and every
+reply (status, content type, body) must conform to the document.
 The server has a database of its own: generated key rotations and maintenance runs touch nobody else's keys.
 """
 
@@ -54,6 +55,7 @@ class Live:
     def __init__(self, process: ServerProcess) -> None:
         self.api = Api(process.http_port)
         self.kms_admin = create_credential(process.env, "schemathesis", "kms.encrypt,kms.decrypt,kms.admin")
+        self.introspector = create_credential(process.env, "schemathesis-introspect", "auth.introspect")
         self.account = unique_account("fuzz")
         self.api.ok("POST", "/api/v1/auth/register", self.account)
         self.access_token = self.login()
@@ -68,6 +70,8 @@ class Live:
             return {}
         if case.path.startswith("/api/v1/kms/"):
             return {"Authorization": f"Bearer {self.kms_admin}"}
+        if case.path == "/api/v1/auth/introspect":
+            return {"Authorization": f"Bearer {self.introspector}"}
         # Logout revokes the session it is called with: it gets one of its own, so the others stay signed in.
         token = self.login() if case.path == "/api/v1/auth/logout" else self.access_token
         return {"Authorization": f"Bearer {token}"}
@@ -100,6 +104,7 @@ def test_document_covers_every_operation() -> None:
     assert all("200" in op["responses"] and "default" in op["responses"] for op in operations)
     secured = {op["operationId"] for op in operations if op.get("security")}
     assert {"Auth_Logout", "Auth_GetProfile", "Auth_LockStatus", "KMS_Encrypt", "KMS_PerformMaintenance"} <= secured
+    assert "Auth_IntrospectToken" in secured  # a service credential with auth.introspect (docs/security.md)
     assert not {"Auth_Login", "Auth_Register", "Auth_GetJwks"} & secured
 
 
