@@ -9,6 +9,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import redis
 
@@ -116,3 +117,9 @@ def email_captcha(api: Api, outbox: Outbox, email: str) -> dict[str, str]:
     """A fresh email captcha for ``email`` with its code, in the JSON names a client sends."""
     captcha = api.ok("GET", f"/api/v1/auth/captcha?captcha_type=email&target={email}")
     return {"captchaId": captcha["captchaId"], "captchaCode": outbox.code(email)}
+
+
+def phone_captcha(api: Api, outbox: Outbox, phone: str) -> dict[str, str]:
+    """A fresh sms code for ``phone``, as Register's proof of the phone (``phoneCaptchaId``/``phoneCaptchaCode``)."""
+    captcha = api.ok("GET", f"/api/v1/auth/captcha?captcha_type=sms&target={quote(phone)}")
+    return {"phoneCaptchaId": captcha["captchaId"], "phoneCaptchaCode": outbox.code(phone)}

@@ -34,8 +34,18 @@ from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from api.gen.errors.v1 import errors_pb2
 from api.gen.kms.v1 import kms_pb2
 from tests.e2e.harness import NODE_CLIENT, ROOT, ServerProcess, node_with_client_modules
-from tests.e2e.http_api import JSON, LIMITS, PROTOBUF, Api, Outbox, email_captcha, raw_exchange, status_line
-from tests.e2e.test_auth_e2e import running, totp_code, unique_account
+from tests.e2e.http_api import (
+    JSON,
+    LIMITS,
+    PROTOBUF,
+    Api,
+    Outbox,
+    email_captcha,
+    phone_captcha,
+    raw_exchange,
+    status_line,
+)
+from tests.e2e.test_auth_e2e import cli, running, totp_code, unique_account
 from tests.e2e.test_kms_e2e import create_credential
 
 pytestmark = pytest.mark.e2e
@@ -88,12 +98,15 @@ def credentials(served: tuple[ServerProcess, str]) -> dict[str, str]:
     return {
         "full": create_credential(env, f"http-full-{uuid.uuid4().hex[:6]}", "kms.encrypt,kms.decrypt,kms.admin"),
         "reader": create_credential(env, f"http-reader-{uuid.uuid4().hex[:6]}", "kms.decrypt"),
+        "introspect": create_credential(env, f"http-introspect-{uuid.uuid4().hex[:6]}", "auth.introspect"),
     }
 
 
 def register_and_login(api: Api, outbox: Outbox, tag: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """A fresh account registered with codes sent to its email and its phone, and a session of it."""
     account = unique_account(tag)
-    api.ok("POST", "/api/v1/auth/register", {**account, **email_captcha(api, outbox, account["email"])})
+    proofs = {**email_captcha(api, outbox, account["email"]), **phone_captcha(api, outbox, account["phone"])}
+    api.ok("POST", "/api/v1/auth/register", {**account, **proofs})
     tokens = api.ok(
         "POST",
         "/api/v1/auth/login",
@@ -160,7 +173,7 @@ def test_docs_show_a_curl_example_per_route() -> None:
 # auth.v1 over HTTP
 
 
-def test_auth_routes_success_and_errors(api: Api, outbox: Outbox) -> None:
+def test_auth_routes_success_and_errors(api: Api, outbox: Outbox, credentials: dict[str, str]) -> None:
     image = api.ok("GET", "/api/v1/auth/captcha?captcha_type=image")
     assert image["imageData"].startswith("data:image/png;base64,")
     assert base64.b64decode(image["imageData"].split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n")
@@ -175,8 +188,10 @@ def test_auth_routes_success_and_errors(api: Api, outbox: Outbox) -> None:
     assert api.ok("POST", "/api/v1/auth/captcha/verify", captcha) == {"success": True}
     assert api.fails("POST", "/api/v1/auth/register", {**account, "password": "short"}) == (400, "PASSWORD_WEAK")
     assert api.fails("POST", "/api/v1/auth/register", account) == (400, "CAPTCHA_REQUIRED")
-    assert api.ok("POST", "/api/v1/auth/register", {**account, **captcha}) == {"message": "registration successful"}
-    again = {**account, **email_captcha(api, outbox, email)}
+    assert api.fails("POST", "/api/v1/auth/register", {**account, **captcha}) == (400, "CAPTCHA_REQUIRED")  # the phone
+    proofs = {**email_captcha(api, outbox, email), **phone_captcha(api, outbox, account["phone"])}
+    assert api.ok("POST", "/api/v1/auth/register", {**account, **proofs}) == {"message": "registration successful"}
+    again = {**account, **email_captcha(api, outbox, email), **phone_captcha(api, outbox, account["phone"])}
     assert api.fails("POST", "/api/v1/auth/register", again) == (409, "USER_EXISTS")
 
     wrong = {"username": email, "password": "Wrong-pass-1", **email_captcha(api, outbox, email)}
@@ -204,20 +219,25 @@ def test_auth_routes_success_and_errors(api: Api, outbox: Outbox) -> None:
     assert api.fails("GET", "/api/v1/auth/profile", token="not-a-jwt") == (401, "TOKEN_INVALID")
 
     lock = api.ok("GET", f"/api/v1/auth/lock-status/{account['username']}", token=access)
-    assert lock == {"locked": False, "unlockTime": "0", "failedAttempts": 0, "maxAttempts": 5}
+    assert lock == {"locked": False, "unlockTime": "0", "failedAttempts": 0, "maxAttempts": 100}
     assert api.fails("GET", "/api/v1/auth/lock-status/someone_else", token=access) == (403, "PERMISSION_DENIED")
 
-    assert api.ok("POST", "/api/v1/auth/introspect", {"token": access})["active"] is True
+    introspector = credentials["introspect"]
+    assert api.ok("POST", "/api/v1/auth/introspect", {"token": access}, token=introspector)["active"] is True
+    assert api.fails("POST", "/api/v1/auth/introspect", {"token": access}) == (401, "TOKEN_MISSING")
+    assert api.fails("POST", "/api/v1/auth/introspect", {"token": access}, token=access) == (403, "PERMISSION_DENIED")
     jwks = api.ok("GET", "/api/v1/auth/jwks")
     assert jwks["keys"] and json.loads(jwks["jwksJson"])["keys"][0]["kid"] == jwks["keys"][0]["kid"]
 
-    enrollment = api.ok("POST", "/api/v1/auth/totp/enroll", {}, token=access)
+    assert api.fails("POST", "/api/v1/auth/totp/enroll", {}, token=access) == (401, "INVALID_CREDENTIALS")
+    enrollment = api.ok("POST", "/api/v1/auth/totp/enroll", {"password": account["password"]}, token=access)
     assert enrollment["otpauthUri"].startswith("otpauth://totp/")
     assert api.fails("POST", "/api/v1/auth/totp/confirm", {"code": "000000"}, token=access) == (401, "TOTP_INVALID")
     step = int(time.time()) // 30
     confirm = {"code": totp_code(enrollment["secret"], step - 1)}
     assert api.ok("POST", "/api/v1/auth/totp/confirm", confirm, token=access) == {"success": True}
-    assert api.fails("POST", "/api/v1/auth/totp/enroll", {}, token=access) == (400, "TOTP_ALREADY_ENABLED")
+    again_enroll = {"password": account["password"]}
+    assert api.fails("POST", "/api/v1/auth/totp/enroll", again_enroll, token=access) == (400, "TOTP_ALREADY_ENABLED")
     bad = {"password": "Wrong-pass-1", "code": totp_code(enrollment["secret"], step)}
     assert api.fails("POST", "/api/v1/auth/totp/disable", bad, token=access)[0] == 401
     disable = {"password": account["password"], "code": totp_code(enrollment["secret"], step)}
@@ -233,25 +253,51 @@ def test_auth_routes_success_and_errors(api: Api, outbox: Outbox) -> None:
     assert api.ok("POST", "/api/v1/auth/logout", token=fresh) == {"success": True}
     assert api.fails("GET", "/api/v1/auth/profile", token=fresh) == (401, "TOKEN_REVOKED")
     assert api.fails("POST", "/api/v1/auth/logout", token=fresh) == (401, "TOKEN_REVOKED")
-    seen = api.ok("POST", "/api/v1/auth/introspect", {"token": fresh})
-    assert seen["active"] is False and seen["revoked"] is True
-
-
-def test_locked_account_error_carries_its_metadata(api: Api, outbox: Outbox) -> None:
-    account, _ = register_and_login(api, outbox, "jana")
-    for _ in range(5):
-        attempt = {
-            "username": account["email"],
-            "password": "Wrong-pass-1",
-            **email_captcha(api, outbox, account["email"]),
-        }
-        api.call("POST", "/api/v1/auth/login", attempt)
-    attempt = {
-        "username": account["email"],
-        "password": account["password"],
-        **email_captcha(api, outbox, account["email"]),
+    # RFC 7662 §2.2: an inactive token gets active=false and nothing else (every field at its zero value).
+    seen = api.ok("POST", "/api/v1/auth/introspect", {"token": fresh}, token=introspector)
+    assert seen == {
+        "active": False,
+        "subject": "",
+        "username": "",
+        "expiresAt": "0",
+        "issuedAt": "0",
+        "jti": "",
+        "revoked": False,
+        "tokenType": "",
+        "scope": "",
+        "issuer": "",
+        "kid": "",
     }
-    reply = api.call("POST", "/api/v1/auth/login", attempt)
+
+
+def test_throttle_and_lock_errors_carry_their_metadata(
+    served: tuple[ServerProcess, str], api: Api, outbox: Outbox
+) -> None:
+    """Past the free attempts a source waits (429 RATE_LIMITED, retry_after); a hard-locked account is told
+    to the right password only (403 ACCOUNT_LOCKED, unlock_time), as over gRPC (docs/security.md)."""
+    account, _ = register_and_login(api, outbox, "jana")
+
+    def login(password: str) -> dict[str, str]:
+        return {"username": account["email"], "password": password, **email_captcha(api, outbox, account["email"])}
+
+    for _ in range(5):
+        assert api.fails("POST", "/api/v1/auth/login", login("Wrong-pass-1")) == (401, "INVALID_CREDENTIALS")
+    throttled = api.call("POST", "/api/v1/auth/login", login(account["password"]))
+    assert throttled.error() == (429, "RATE_LIMITED")
+    assert int(throttled.json()["metadata"]["retry_after"]) >= 1
+
+    # The hard lock comes only at auth.hard_lock_attempts (100) failures; the operator's lock is the same lock.
+    locking = cli(served[0].env, "users", "lock", account["username"])
+    assert locking.returncode == 0, locking.stderr
+    # Asked by the phone (another identifier, so not this source's delay), with a code sent to it.
+    texted = phone_captcha(api, outbox, account["phone"])
+    by_phone = {"username": account["phone"], "password": account["password"]}
+    by_phone |= {"captchaId": texted["phoneCaptchaId"], "captchaCode": texted["phoneCaptchaCode"]}
+    wrong = {**by_phone, "password": "Wrong-pass-1"}
+    assert api.fails("POST", "/api/v1/auth/login", wrong) == (401, "INVALID_CREDENTIALS")  # the lock is not told
+    texted = phone_captcha(api, outbox, account["phone"])
+    by_phone |= {"captchaId": texted["phoneCaptchaId"], "captchaCode": texted["phoneCaptchaCode"]}
+    reply = api.call("POST", "/api/v1/auth/login", by_phone)
     assert reply.error() == (403, "ACCOUNT_LOCKED")
     assert int(reply.json()["metadata"]["unlock_time"]) > time.time()
 
@@ -569,8 +615,9 @@ def test_node_fetch_client_runs_the_whole_flow_over_http(api: Api, outbox: Outbo
     try:
         for line in proc.stdout:
             message = json.loads(line)
-            if "need_code" in message:
-                proc.stdin.write(outbox.code(account["email"]) + "\n")
+            if "need_code" in message:  # "email" or "sms": read the mail or the text message
+                target = account["phone"] if message["need_code"] == "sms" else account["email"]
+                proc.stdin.write(outbox.code(target) + "\n")
                 proc.stdin.flush()
                 continue
             summary = message
@@ -587,7 +634,7 @@ def test_node_fetch_client_runs_the_whole_flow_over_http(api: Api, outbox: Outbo
     )
     assert summary["jose"] == {"alg": "EdDSA", "username": account["username"]}
     assert summary["refresh"] == {"jwt_parts": 3, "rotated": True}
-    assert summary["lock_status"] == {"locked": False, "unlockTime": "0", "failedAttempts": 0, "maxAttempts": 5}
+    assert summary["lock_status"] == {"locked": False, "unlockTime": "0", "failedAttempts": 0, "maxAttempts": 100}
     assert summary["logout"] == {"success": True}
     assert summary["lock_status_after_logout"] == {"status": 401, "reason": "TOKEN_REVOKED", "has_message": True}
     assert summary["no_token"] == {"status": 401, "reason": "TOKEN_MISSING", "has_message": True}
@@ -613,7 +660,12 @@ def test_the_go_front_end_requests_work_as_it_sends_them(api: Api, outbox: Outbo
         "captchaId": emailed["captchaId"],
         "captchaCode": code,
     }
-    assert api.ok("POST", "/api/v1/auth/register", register)["message"]
+    # The Go front end's six Register fields carry one proof, so its captcha must be the code emailed to the
+    # address (an image captcha proves nothing about it), and it registers without a phone: a phone needs
+    # its own sms code in fields the Go service does not have (docs/security.md). Sent with a phone, the
+    # request is refused before the email's code is spent, so the same code then registers the account.
+    assert api.fails("POST", "/api/v1/auth/register", register) == (400, "CAPTCHA_REQUIRED")
+    assert api.ok("POST", "/api/v1/auth/register", {**register, "phone": ""})["message"]
     emailed = api.ok("GET", f"/api/v1/auth/captcha?captcha_type=email&target={email}")
     login = {
         "username": email,

@@ -2,8 +2,9 @@
 // A browser-style client of the HTTP/JSON API: only `fetch` (as a web page has it) and the npm package `jose`
 // (createRemoteJWKSet + jwtVerify, as web back ends verify tokens). Runs captcha -> register -> login ->
 // profile -> token verification over JWKS -> refresh -> lock-status -> logout -> lock-status (refused)
-// against a server with captcha enabled. Email captcha codes are asked for on stdout
-// ({"need_code": "<captcha kind>"}) and read from stdin, one line each: the person reading the mail.
+// against a server with captcha enabled. Email and sms captcha codes are asked for on stdout
+// ({"need_code": "email" | "sms"}) and read from stdin, one line each: the person reading the mail or the text.
+// Register proves both the email and the phone with a code sent to each (docs/security.md).
 // The last stdout line is a JSON summary without any token, password, code or PII. Exits non-zero on failure.
 //
 // Usage: node http_client.mjs <base url, e.g. http://127.0.0.1:8000>
@@ -72,6 +73,12 @@ async function emailCaptcha() {
   return { captchaId: captcha.captchaId, captchaCode: await askCode('email') };
 }
 
+async function phoneCaptcha() {
+  const query = new URLSearchParams({ captcha_type: 'sms', target: account.phone });
+  const captcha = await ok('GET', `/api/v1/auth/captcha?${query}`);
+  return { phoneCaptchaId: captcha.captchaId, phoneCaptchaCode: await askCode('sms') };
+}
+
 function jwtParts(token) {
   return token.split('.').length;
 }
@@ -92,6 +99,7 @@ const registered = await ok('POST', '/api/v1/auth/register', {
     email: account.email,
     phone: account.phone,
     ...(await emailCaptcha()),
+    ...(await phoneCaptcha()),
   },
 });
 summary.register = { message: registered.message };
