@@ -1,9 +1,10 @@
-"""Generate the Python protobuf/gRPC code in ``api/gen`` from ``api/proto``.
+"""Generate the Python protobuf/gRPC code in ``api/gen`` from ``api/proto``, and the kms.v1 code the Python
+client library ships (``clients/python/src/authkms_client/_gen``).
 
 Usage (from the repository root)::
 
-    python -m api.generate             # regenerate api/gen and api/openapi.yaml, refresh build/buf-deps
-    python -m api.generate --check     # exit 1, listing stale files, if api/gen or api/openapi.yaml is out of date
+    python -m api.generate             # regenerate api/gen, the client's stubs and api/openapi.yaml; build/buf-deps
+    python -m api.generate --check     # exit 1, listing stale files, if any of them is out of date
     python -m api.generate --buf-deps  # only refresh build/buf-deps (needed by `buf lint`)
 
 ``api/proto`` is the import root, so descriptors are named ``auth/v1/auth.proto``. protoc writes
@@ -46,6 +47,10 @@ OPENAPI_PATH = REPO_ROOT / "api" / "openapi.yaml"
 # The services the HTTP server serves; their google.api.http routes make up the OpenAPI document.
 HTTP_SERVICES = ["auth.v1.Auth", "kms.v1.KMS"]
 GEN_INIT_DOC = '"""Generated protobuf/gRPC code. Do not edit: run `python -m api.generate`."""\n'
+# The client library carries its own copy of kms.v1, so installing it needs none of the server's dependencies.
+CLIENT_GEN_ROOT = REPO_ROOT / "clients" / "python" / "src" / "authkms_client" / "_gen"
+CLIENT_GEN_PACKAGE = "authkms_client._gen"
+CLIENT_PROTO_DIR = "kms"
 
 
 def googleapis_include() -> Path:
@@ -58,27 +63,29 @@ def googleapis_include() -> Path:
     return root
 
 
-def proto_files() -> list[Path]:
-    return sorted(PROTO_ROOT.rglob("*.proto"))
+def proto_files(top_level: str | None = None) -> list[Path]:
+    """Every proto under ``api/proto``, or those under one top-level folder (e.g. ``kms``)."""
+    files = sorted(PROTO_ROOT.rglob("*.proto"))
+    return [f for f in files if top_level is None or f.relative_to(PROTO_ROOT).parts[0] == top_level]
 
 
-def _import_patterns() -> list[tuple[re.Pattern[str], str]]:
-    """Regexes turning absolute imports of our own proto packages into ``api.gen`` imports."""
+def _import_patterns(package: str) -> list[tuple[re.Pattern[str], str]]:
+    """Regexes turning absolute imports of our own proto packages into imports under ``package``."""
     top_levels = sorted(p.name for p in PROTO_ROOT.iterdir() if p.is_dir())
     ours = "|".join(re.escape(name) for name in top_levels)
     return [
         # from auth.v1 import auth_pb2 as auth_dot_v1_dot_auth__pb2
-        (re.compile(rf"^(\s*)from ((?:{ours})(?:\.\w+)*) import ", re.M), rf"\1from {GEN_PACKAGE}.\2 import "),
+        (re.compile(rf"^(\s*)from ((?:{ours})(?:\.\w+)*) import ", re.M), rf"\1from {package}.\2 import "),
         # import auth.v1.auth_pb2 as x  (not emitted today, handled for safety)
         (
             re.compile(rf"^(\s*)import ((?:{ours})(?:\.\w+)*)\.(\w+) as (\w+)$", re.M),
-            rf"\1from {GEN_PACKAGE}.\2 import \3 as \4",
+            rf"\1from {package}.\2 import \3 as \4",
         ),
     ]
 
 
-def _rewrite_imports(out_dir: Path) -> None:
-    patterns = _import_patterns()
+def _rewrite_imports(out_dir: Path, package: str) -> None:
+    patterns = _import_patterns(package)
     for path in sorted(out_dir.rglob("*")):
         if not path.name.endswith(GENERATED_SUFFIXES):
             continue
@@ -94,8 +101,8 @@ def _add_init_files(out_dir: Path) -> None:
         (directory / "__init__.py").write_text("", encoding="utf-8")
 
 
-def _protoc(*outputs: str) -> None:
-    files = proto_files()
+def _protoc(*outputs: str, top_level: str | None = None) -> None:
+    files = proto_files(top_level)
     if not files:
         raise SystemExit(f"no .proto files under {PROTO_ROOT}")
     bundled = Path(str(importlib.resources.files("grpc_tools") / "_proto"))
@@ -114,7 +121,15 @@ def _protoc(*outputs: str) -> None:
 def generate_into(out_dir: Path) -> None:
     """Run protoc for every proto under ``api/proto`` into ``out_dir`` and post-process the output."""
     _protoc(f"--python_out={out_dir}", f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}")
-    _rewrite_imports(out_dir)
+    _rewrite_imports(out_dir, GEN_PACKAGE)
+    _add_init_files(out_dir)
+
+
+def generate_client_into(out_dir: Path) -> None:
+    """The client library's kms.v1 stubs, importing each other under ``authkms_client._gen``."""
+    outputs = (f"--python_out={out_dir}", f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}")
+    _protoc(*outputs, top_level=CLIENT_PROTO_DIR)
+    _rewrite_imports(out_dir, CLIENT_GEN_PACKAGE)
     _add_init_files(out_dir)
 
 
@@ -188,23 +203,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.buf_deps:
         sync_buf_deps()
         return 0
-    with tempfile.TemporaryDirectory(prefix="api-gen-") as tmp, tempfile.TemporaryDirectory() as scratch:
-        fresh = Path(tmp)
+    with (
+        tempfile.TemporaryDirectory(prefix="api-gen-") as tmp,
+        tempfile.TemporaryDirectory(prefix="api-gen-client-") as client_tmp,
+        tempfile.TemporaryDirectory() as scratch,
+    ):
+        fresh, client_fresh = Path(tmp), Path(client_tmp)
         generate_into(fresh)
+        generate_client_into(client_fresh)
         document = openapi_yaml(Path(scratch))
+        trees = ((fresh, GEN_ROOT), (client_fresh, CLIENT_GEN_ROOT))
         if args.check:
-            stale = [(GEN_ROOT / name).relative_to(REPO_ROOT) for name in stale_files(fresh, GEN_ROOT)]
+            stale = [(root / name).relative_to(REPO_ROOT) for new, root in trees for name in stale_files(new, root)]
             if not OPENAPI_PATH.is_file() or OPENAPI_PATH.read_text(encoding="utf-8") != document:
                 stale.append(OPENAPI_PATH.relative_to(REPO_ROOT))
             for path in stale:
                 print(f"stale: {path}", file=sys.stderr)
             if stale:
-                print("api/gen or api/openapi.yaml is out of date: run `python -m api.generate`", file=sys.stderr)
+                print("generated code or OpenAPI out of date: run `python -m api.generate`", file=sys.stderr)
                 return 1
             return 0
-        GEN_ROOT.mkdir(parents=True, exist_ok=True)
-        for name in sync_tree(fresh, GEN_ROOT):
-            print(f"updated: {(GEN_ROOT / name).relative_to(REPO_ROOT)}")
+        for new, root in trees:
+            root.mkdir(parents=True, exist_ok=True)
+            for name in sync_tree(new, root):
+                print(f"updated: {(root / name).relative_to(REPO_ROOT)}")
         if not OPENAPI_PATH.is_file() or OPENAPI_PATH.read_text(encoding="utf-8") != document:
             OPENAPI_PATH.write_text(document, encoding="utf-8")
             print(f"updated: {OPENAPI_PATH.relative_to(REPO_ROOT)}")

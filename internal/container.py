@@ -22,6 +22,7 @@ from internal.biz.credentials import CredentialUsecase
 from internal.biz.kms import KeyDefaults, KeyEvents, KeyRepo, NoKeyEvents
 from internal.biz.kms_admin import KeyAdmin
 from internal.biz.kms_cipher import KmsCipher, UsersPiiCipher
+from internal.biz.kms_datakey import DataKeyUsecase
 from internal.biz.kms_keyring import KeyRing, RootKeySource
 from internal.biz.lockout import Lockout, LockoutPolicy
 from internal.biz.password import Argon2PasswordHasher
@@ -139,6 +140,7 @@ class Biz(containers.DeclarativeContainer):
         max_batch_items=config.provided.kms.max_batch_items,
     )
     cipher = providers.Singleton(UsersPiiCipher, kms_cipher)
+    data_keys = providers.Singleton(DataKeyUsecase, kms_cipher, key_ring)
     key_admin = providers.Singleton(
         KeyAdmin, key_ring, cipher, data.users_pii, config.provided.kms.maintenance_batch_size
     )
@@ -214,7 +216,12 @@ class Container(containers.DeclarativeContainer):
         AuthService, biz.auth, biz.tokens, biz.totp, biz.users, biz.captcha, biz.credentials
     )
     kms_service = providers.Singleton(
-        KMSService, biz.kms_cipher, biz.key_admin, biz.credentials, config.provided.security.kms_require_credentials
+        KMSService,
+        biz.kms_cipher,
+        biz.key_admin,
+        biz.credentials,
+        config.provided.security.kms_require_credentials,
+        data_keys=biz.data_keys,
     )
     # The gRPC services to serve, as internal.server.grpc.ServiceRegistration values.
     services = providers.List(

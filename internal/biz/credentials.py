@@ -25,7 +25,7 @@ from internal.biz.errors import InvalidArgument, NotFound, PermissionDenied, Una
 from internal.biz.kms import DEFAULT_KEY, key_allowed, key_denied, validate_key_pattern
 from internal.biz.token import AuditLog
 
-SCOPES = frozenset({"kms.encrypt", "kms.decrypt", "kms.admin", "auth.admin", "auth.introspect"})
+SCOPES = frozenset({"kms.encrypt", "kms.decrypt", "kms.datakey", "kms.admin", "auth.admin", "auth.introspect"})
 TOKEN_PREFIX = "akms_"
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]{1,63}$")
 

@@ -7,8 +7,9 @@ PERMISSION_DENIED to every caller. Replies carry key metadata only, never key ma
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any, Protocol
 
 import grpc
 
@@ -18,12 +19,18 @@ from internal.biz.errors import DomainError, InvalidArgument, Unauthenticated
 from internal.biz.kms import is_reserved, key_denied, key_name_or_default
 from internal.biz.kms_admin import KeyAdmin, KeyInfo, NamedKeyInfo
 from internal.biz.kms_cipher import KmsCipher
+from internal.biz.kms_datakey import DATA_KEY_FIELD, DataKeyUsecase, refuse_reserved_field, reserved_field
 from internal.pkg.kms.envelope import sealed_algorithm
 from internal.service.metadata import bearer_token
 from internal.service.status import domain_status_proto
 from internal.service.wire import EncodedReply, encode_encrypt_batch
 
-ENCRYPT, DECRYPT, ADMIN = "kms.encrypt", "kms.decrypt", "kms.admin"
+ENCRYPT, DECRYPT, DATAKEY, ADMIN = "kms.encrypt", "kms.decrypt", "kms.datakey", "kms.admin"
+
+
+class HasField(Protocol):
+    @property
+    def field(self) -> str: ...
 
 
 def _unix(moment: datetime | None) -> int:
@@ -60,11 +67,25 @@ def named_key_info(key: NamedKeyInfo) -> kms_pb2.NamedKeyInfo:
     )
 
 
+def _refuse_reserved_items(items: Sequence[HasField], results: list[Any]) -> None:
+    """A batch item naming the data keys' reserved field fails alone, whatever the cipher made of it."""
+    for index, item in enumerate(items):
+        if item.field == DATA_KEY_FIELD:
+            results[index] = reserved_field()
+
+
 class KMSService(kms_pb2_grpc.KMSServicer):
     def __init__(
-        self, cipher: KmsCipher, admin: KeyAdmin, credentials: CredentialUsecase, require_credentials: bool = True
+        self,
+        cipher: KmsCipher,
+        admin: KeyAdmin,
+        credentials: CredentialUsecase,
+        require_credentials: bool = True,
+        *,
+        data_keys: DataKeyUsecase,
     ) -> None:
         self._cipher = cipher
+        self._data_keys = data_keys
         self._admin = admin
         self._credentials = credentials
         self._require_credentials = require_credentials
@@ -95,6 +116,7 @@ class KMSService(kms_pb2_grpc.KMSServicer):
     async def Encrypt(self, request: kms_pb2.EncryptRequest, context: grpc.aio.ServicerContext) -> kms_pb2.EncryptReply:
         """Encrypt one field value under the key's active version, bound to the key, field name and context."""
         key_name = await self._authorize(context, "Encrypt", request.key_name, ENCRYPT)
+        refuse_reserved_field(request.field)
         sealed = await self._cipher.encrypt(key_name, request.field, request.plaintext, request.context)
         return kms_pb2.EncryptReply(
             ciphertext=sealed.ciphertext,
@@ -106,6 +128,7 @@ class KMSService(kms_pb2_grpc.KMSServicer):
         """Decrypt with the version named inside the ciphertext; another key's ciphertext, a wrong field/context
         or tampering is CIPHERTEXT_INVALID."""
         key_name = await self._authorize(context, "Decrypt", request.key_name, DECRYPT)
+        refuse_reserved_field(request.field)
         opened = await self._cipher.decrypt(key_name, request.field, request.ciphertext, request.context)
         return kms_pb2.DecryptReply(plaintext=opened.plaintext, key_version=opened.key_version)
 
@@ -115,6 +138,7 @@ class KMSService(kms_pb2_grpc.KMSServicer):
         """Encrypt many values under one active version; each item succeeds or fails on its own (status unset: OK)."""
         key_name = await self._authorize(context, "EncryptBatch", request.key_name, ENCRYPT)
         batch = await self._cipher.encrypt_batch(key_name, request.items)
+        _refuse_reserved_items(request.items, batch.results)
         return encode_encrypt_batch(batch.results, batch.key_version, batch.algorithm)
 
     async def DecryptBatch(
@@ -123,6 +147,7 @@ class KMSService(kms_pb2_grpc.KMSServicer):
         """Decrypt many values; each item succeeds or fails on its own."""
         key_name = await self._authorize(context, "DecryptBatch", request.key_name, DECRYPT)
         opened = await self._cipher.decrypt_batch(key_name, request.items)
+        _refuse_reserved_items(request.items, opened)
         reply = kms_pb2.DecryptBatchReply()
         add = reply.results.add
         for result in opened:
@@ -142,6 +167,7 @@ class KMSService(kms_pb2_grpc.KMSServicer):
     async def Rewrap(self, request: kms_pb2.RewrapRequest, context: grpc.aio.ServicerContext) -> kms_pb2.RewrapReply:
         """Re-encrypt under the key's active version; the plaintext never leaves the server."""
         key_name = await self._authorize(context, "Rewrap", request.key_name, ENCRYPT)
+        refuse_reserved_field(request.field)
         sealed = await self._cipher.rewrap(key_name, request.field, request.ciphertext, dict(request.context))
         return kms_pb2.RewrapReply(ciphertext=sealed.ciphertext, key_version=sealed.key_version)
 
@@ -274,3 +300,32 @@ class KMSService(kms_pb2_grpc.KMSServicer):
         await self._credential(context, "Rekey", None, ADMIN)
         report = await self._admin.rekey(request.batch_size)
         return kms_pb2.RekeyReply(rewrapped=report.rewrapped, remaining=report.remaining, done=report.remaining == 0)
+
+    async def GenerateDataKey(
+        self, request: kms_pb2.GenerateDataKeyRequest, context: grpc.aio.ServicerContext
+    ) -> kms_pb2.GenerateDataKeyReply:
+        """A fresh data key for the caller to encrypt with locally, and its copy wrapped under the named key."""
+        key_name = key_name_or_default(request.key_name)
+        credential = await self._credential(context, "GenerateDataKey", key_name, DATAKEY)
+        key = await self._data_keys.generate(key_name, request.context, caller=_caller(credential))
+        return kms_pb2.GenerateDataKeyReply(
+            plaintext=key.plaintext,
+            wrapped_key=key.wrapped_key,
+            key_version=key.key_version,
+            key_name=key.key_name,
+            algorithm=key.algorithm,
+        )
+
+    async def DecryptDataKey(
+        self, request: kms_pb2.DecryptDataKeyRequest, context: grpc.aio.ServicerContext
+    ) -> kms_pb2.DecryptDataKeyReply:
+        """The data key inside a wrapped key from GenerateDataKey, under the same key and context."""
+        key_name = key_name_or_default(request.key_name)
+        credential = await self._credential(context, "DecryptDataKey", key_name, DATAKEY)
+        key = await self._data_keys.decrypt(key_name, request.wrapped_key, request.context, caller=_caller(credential))
+        return kms_pb2.DecryptDataKeyReply(plaintext=key.plaintext, key_version=key.key_version)
+
+
+def _caller(credential: ServiceCredential | None) -> str:
+    """Who the audit names: the credential, or "anonymous" where credentials are not required."""
+    return credential.name if credential is not None else "anonymous"

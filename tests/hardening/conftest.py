@@ -112,4 +112,4 @@ def cluster(hardening_dir: Path, hardening_database: str, private_redis: Private
 @pytest.fixture(scope="session")
 def credential(cluster: Cluster) -> str:
     """A KMS service credential with every scope, made with the CLI."""
-    return create_credential(cluster.cli_env(), "hardening", "kms.encrypt,kms.decrypt,kms.admin")
+    return create_credential(cluster.cli_env(), "hardening", "kms.encrypt,kms.decrypt,kms.datakey,kms.admin")

@@ -58,6 +58,8 @@ ALLOWED: dict[str, set[str]] = {
     "ScheduleKeyDestruction": {"OK", "NOT_FOUND", "FAILED_PRECONDITION", *_KMS_AUTH},
     "CancelKeyDestruction": {"OK", "NOT_FOUND", "FAILED_PRECONDITION", *_KMS_AUTH},
     "Rekey": {"OK", *_KMS_AUTH},
+    "GenerateDataKey": {"OK", "NOT_FOUND", "FAILED_PRECONDITION", *_KMS_AUTH},
+    "DecryptDataKey": {"OK", "NOT_FOUND", "FAILED_PRECONDITION", *_KMS_AUTH},
 }
 # Statuses a batch item may carry.
 ITEM_ALLOWED = {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION"}

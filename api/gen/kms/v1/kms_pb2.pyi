@@ -479,3 +479,57 @@ class RekeyReply(_message.Message):
     remaining: int
     done: bool
     def __init__(self, rewrapped: _Optional[int] = ..., remaining: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...
+
+class GenerateDataKeyRequest(_message.Message):
+    __slots__ = ("key_name", "context")
+    class ContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    key_name: str
+    context: _containers.ScalarMap[str, str]
+    def __init__(self, key_name: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class GenerateDataKeyReply(_message.Message):
+    __slots__ = ("plaintext", "wrapped_key", "key_version", "key_name", "algorithm")
+    PLAINTEXT_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    plaintext: bytes
+    wrapped_key: bytes
+    key_version: int
+    key_name: str
+    algorithm: str
+    def __init__(self, plaintext: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ..., key_version: _Optional[int] = ..., key_name: _Optional[str] = ..., algorithm: _Optional[str] = ...) -> None: ...
+
+class DecryptDataKeyRequest(_message.Message):
+    __slots__ = ("key_name", "wrapped_key", "context")
+    class ContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KEY_NAME_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    key_name: str
+    wrapped_key: bytes
+    context: _containers.ScalarMap[str, str]
+    def __init__(self, key_name: _Optional[str] = ..., wrapped_key: _Optional[bytes] = ..., context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class DecryptDataKeyReply(_message.Message):
+    __slots__ = ("plaintext", "key_version")
+    PLAINTEXT_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    plaintext: bytes
+    key_version: int
+    def __init__(self, plaintext: _Optional[bytes] = ..., key_version: _Optional[int] = ...) -> None: ...

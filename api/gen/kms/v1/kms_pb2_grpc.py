@@ -130,6 +130,16 @@ class KMSStub:
                 request_serializer=kms_dot_v1_dot_kms__pb2.RekeyRequest.SerializeToString,
                 response_deserializer=kms_dot_v1_dot_kms__pb2.RekeyReply.FromString,
                 _registered_method=True)
+        self.GenerateDataKey = channel.unary_unary(
+                '/kms.v1.KMS/GenerateDataKey',
+                request_serializer=kms_dot_v1_dot_kms__pb2.GenerateDataKeyRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.GenerateDataKeyReply.FromString,
+                _registered_method=True)
+        self.DecryptDataKey = channel.unary_unary(
+                '/kms.v1.KMS/DecryptDataKey',
+                request_serializer=kms_dot_v1_dot_kms__pb2.DecryptDataKeyRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.DecryptDataKeyReply.FromString,
+                _registered_method=True)
 
 
 class KMSServicer:
@@ -282,6 +292,25 @@ class KMSServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GenerateDataKey(self, request, context):
+        """Makes a fresh 256-bit data key for the caller to encrypt with locally (as AWS KMS
+        GenerateDataKey, Vault `datakey`): returned in plaintext, together with a copy
+        wrapped under the named key's active version, bound to `context`. Store the
+        wrapped copy beside the data; DecryptDataKey gives the plaintext key back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecryptDataKey(self, request, context):
+        """Unwraps a data key made by GenerateDataKey, under the same key and context.
+        Another key's or context's wrapped key, or tampering → CIPHERTEXT_INVALID; a
+        version scheduled for destruction → KEY_PENDING_DESTRUCTION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KMSServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -379,6 +408,16 @@ def add_KMSServicer_to_server(servicer, server):
                     servicer.Rekey,
                     request_deserializer=kms_dot_v1_dot_kms__pb2.RekeyRequest.FromString,
                     response_serializer=kms_dot_v1_dot_kms__pb2.RekeyReply.SerializeToString,
+            ),
+            'GenerateDataKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GenerateDataKey,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.GenerateDataKeyRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.GenerateDataKeyReply.SerializeToString,
+            ),
+            'DecryptDataKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecryptDataKey,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.DecryptDataKeyRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.DecryptDataKeyReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -895,6 +934,60 @@ class KMS:
             '/kms.v1.KMS/Rekey',
             kms_dot_v1_dot_kms__pb2.RekeyRequest.SerializeToString,
             kms_dot_v1_dot_kms__pb2.RekeyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateDataKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.KMS/GenerateDataKey',
+            kms_dot_v1_dot_kms__pb2.GenerateDataKeyRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.GenerateDataKeyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecryptDataKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.KMS/DecryptDataKey',
+            kms_dot_v1_dot_kms__pb2.DecryptDataKeyRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.DecryptDataKeyReply.FromString,
             options,
             channel_credentials,
             insecure,

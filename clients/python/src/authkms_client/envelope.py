@@ -1,0 +1,259 @@
+"""Local envelope encryption with cached data keys: one GenerateDataKey per data key, not one RPC per value.
+
+``EnvelopeEncryptor.seal`` encrypts a value in this process with AES-256-GCM under a data key from
+``GenerateDataKey``; the output carries the wrapped copy of that key, so ``open`` asks the server
+(``DecryptDataKey``) at most once per data key and then opens locally too.
+
+Sealed value layout (all integers big-endian)::
+
+    offset  size  field
+    0       1     magic 0xAE
+    1       1     format version (1)
+    2       1     key-name length k (1..63)
+    3       k     key name (ASCII)
+    3+k     2     wrapped-key length w
+    5+k     w     wrapped data key (from GenerateDataKey: it names the key version that wrapped it)
+    5+k+w   12    nonce (fresh random per value)
+    17+k+w  n+16  ciphertext + 16-byte tag
+
+The associated data authenticates everything before the nonce (so neither the key name nor the wrapped key can be
+swapped), the field name and the sorted context, each length-prefixed as the server's envelope does, so a value
+opens only under the field and context it was sealed with.
+
+Cache limits follow the AWS Encryption SDK's caching materials manager: a data key stops sealing once it is older
+than ``max_age``, has sealed ``max_messages`` values or ``max_bytes`` bytes, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from authkms_client.client import KmsClient
+from authkms_client.errors import CiphertextInvalidError
+
+MAGIC = 0xAE
+FORMAT_VERSION = 1
+NONCE_SIZE = 12
+TAG_SIZE = 16
+DATA_KEY_SIZE = 32
+MAX_FIELD_CHARS = 128
+MAX_CACHED_FIELDS = 1024  # associated data cached per data key, by field name
+_AD_DOMAIN = b"authkms-client/envelope/v1"
+_LENGTH = struct.Struct(">I")
+_EMPTY: Mapping[str, str] = {}
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class CacheLimits:
+    """How long and how much one data key may seal, and how many unwrapped keys ``open`` keeps.
+
+    ``max_messages`` defaults to 2**32, the NIST SP 800-38D bound for random 96-bit GCM nonces under one key."""
+
+    max_age: float = 300.0  # seconds a data key is used (for sealing and, once unwrapped, for opening)
+    max_messages: int = 2**32
+    max_bytes: int = 2**62
+    max_open_keys: int = 1000
+
+    def __post_init__(self) -> None:
+        if not (self.max_age > 0 and self.max_messages > 0 and self.max_bytes > 0 and self.max_open_keys > 0):
+            raise ValueError("cache limits must be positive")
+        if self.max_messages > 2**32:
+            raise ValueError("max_messages above 2**32 risks nonce reuse under one AES-GCM key")
+
+
+def _validate(field: str, context: Mapping[str, str]) -> None:
+    if not isinstance(field, str) or not field or len(field) > MAX_FIELD_CHARS:
+        raise ValueError(f"field must be 1..{MAX_FIELD_CHARS} characters")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in context.items()):
+        raise ValueError("context keys and values must be strings")
+
+
+def associated_data(header: bytes, field: str, context: Mapping[str, str]) -> bytes:
+    """Canonical encoding of (header, field, sorted context), each part length-prefixed."""
+    _validate(field, context)
+    pack = _LENGTH.pack
+    name = field.encode("utf-8")
+    parts = [_AD_DOMAIN, pack(len(header)), header, pack(len(name)), name, pack(len(context))]
+    for key in sorted(context):
+        encoded_key, encoded_value = key.encode("utf-8"), context[key].encode("utf-8")
+        parts += (pack(len(encoded_key)), encoded_key, pack(len(encoded_value)), encoded_value)
+    return b"".join(parts)
+
+
+def header_for(key_name: str, wrapped_key: bytes) -> bytes:
+    name = key_name.encode("ascii")
+    return bytes((MAGIC, FORMAT_VERSION, len(name))) + name + struct.pack(">H", len(wrapped_key)) + wrapped_key
+
+
+def parse(sealed: bytes) -> tuple[bytes, str]:
+    """(header, key name) of a sealed value; CiphertextInvalidError if it is not one."""
+    if not isinstance(sealed, bytes) or len(sealed) < 5 or sealed[0] != MAGIC or sealed[1] != FORMAT_VERSION:
+        raise CiphertextInvalidError()
+    name_end = 3 + sealed[2]
+    header_end = name_end + 2 + int.from_bytes(sealed[name_end : name_end + 2], "big")
+    if sealed[2] == 0 or len(sealed) < header_end + NONCE_SIZE + TAG_SIZE:
+        raise CiphertextInvalidError()
+    try:
+        return sealed[:header_end], sealed[3:name_end].decode("ascii")
+    except UnicodeDecodeError:
+        raise CiphertextInvalidError() from None
+
+
+class _Key:
+    """An unwrapped data key with its header and the associated data it has built, by field."""
+
+    __slots__ = ("aead", "bindings", "bytes", "expires", "header", "messages")
+
+    def __init__(self, material: bytes, header: bytes, expires: float) -> None:
+        if len(material) != DATA_KEY_SIZE:
+            raise CiphertextInvalidError("the server returned a data key of the wrong size")
+        self.aead = AESGCM(material)
+        self.header = header
+        self.expires = expires
+        self.messages = 0
+        self.bytes = 0
+        self.bindings: dict[str, tuple[Mapping[str, str], bytes]] = {}
+
+    def ad(self, field: str, context: Mapping[str, str] | None) -> bytes:
+        """The associated data for ``field`` and ``context`` (cached: callers repeat a few of each)."""
+        context = context or _EMPTY
+        cached = self.bindings.get(field)
+        if cached is not None and cached[0] == context:
+            return cached[1]
+        ad = associated_data(self.header, field, context)
+        if len(self.bindings) >= MAX_CACHED_FIELDS:
+            self.bindings.clear()  # callers choose field names: keep this bounded
+        self.bindings[field] = (dict(context), ad)
+        return ad
+
+
+class EnvelopeEncryptor:
+    """Seals and opens values locally under data keys of one named key (``key_name``, empty: ``default``).
+
+    ``key_context`` is bound to every data key's wrapped copy (e.g. ``{"service": "orders"}``): every encryptor
+    that opens the values needs the same one. The per-value ``context`` of ``seal``/``open`` binds a value to
+    its row (e.g. ``{"row": "42"}``) and is checked locally. ``clock`` (monotonic seconds) can be injected."""
+
+    def __init__(
+        self,
+        client: KmsClient,
+        *,
+        key_name: str = "",
+        key_context: Mapping[str, str] | None = None,
+        limits: CacheLimits | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._client = client
+        self.key_name = key_name or "default"
+        self._key_context = dict(key_context or {})
+        self.limits = limits or CacheLimits()
+        self._clock = clock
+        self._sealing: _Key | None = None
+        self._refresh = asyncio.Lock()
+        self._opening: OrderedDict[bytes, _Key] = OrderedDict()  # by header: key name + wrapped key
+        self._unwrapping: dict[bytes, asyncio.Future[_Key]] = {}
+        self.data_keys_generated = 0
+        self.data_keys_unwrapped = 0
+
+    def __repr__(self) -> str:
+        return f"EnvelopeEncryptor(key_name={self.key_name!r}, <keys hidden>)"
+
+    def forget(self) -> None:
+        """Drop every cached data key (e.g. after a suspected compromise); the next calls fetch new ones."""
+        self._sealing = None
+        self._opening.clear()
+
+    def _usable(self, key: _Key | None, size: int, now: float) -> bool:
+        limits = self.limits
+        return (
+            key is not None
+            and now < key.expires
+            and key.messages < limits.max_messages
+            and key.bytes + size <= limits.max_bytes
+        )
+
+    async def seal(self, field: str, value: bytes, context: Mapping[str, str] | None = None) -> bytes:
+        """``value`` encrypted locally, bound to ``field`` and ``context``; an RPC only when the cached data key
+        has reached a limit (or there is none yet)."""
+        if type(value) is not bytes:
+            value = bytes(value)
+        size = len(value)
+        key = self._sealing
+        if key is None or not self._usable(key, size, self._clock()):
+            key = await self._fresh_key(size, self._clock())
+        ad = key.ad(field, context)
+        key.messages += 1
+        key.bytes += size
+        nonce = os.urandom(NONCE_SIZE)
+        return key.header + nonce + key.aead.encrypt(nonce, value, ad)
+
+    async def _fresh_key(self, size: int, now: float) -> _Key:
+        async with self._refresh:
+            if self._usable(self._sealing, size, now):
+                assert self._sealing is not None
+                return self._sealing  # another call already replaced it
+            generated = await self._client.generate_data_key(key_name=self.key_name, context=self._key_context)
+            self.data_keys_generated += 1
+            header = header_for(self.key_name, generated.wrapped_key)
+            key = _Key(generated.plaintext, header, self._clock() + self.limits.max_age)
+            # A value larger than max_bytes alone still gets this fresh key, which it then fills.
+            self._sealing = key
+            self._remember(header, _Key(generated.plaintext, header, key.expires))
+            return key
+
+    async def open(self, field: str, sealed: bytes, context: Mapping[str, str] | None = None) -> bytes:
+        """The value ``seal`` sealed; CiphertextInvalidError for tampering, or the wrong field, context or key."""
+        if type(sealed) is not bytes:
+            sealed = bytes(sealed)
+        header, key_name = parse(sealed)
+        if key_name != self.key_name:
+            raise CiphertextInvalidError(f"sealed under the key {key_name!r}, not {self.key_name!r}")
+        key = self._opening.get(header)
+        if key is None or self._clock() >= key.expires:
+            key = await self._unwrap(header, sealed)
+        start = len(header)
+        nonce = sealed[start : start + NONCE_SIZE]
+        try:
+            return key.aead.decrypt(nonce, sealed[start + NONCE_SIZE :], key.ad(field, context))
+        except InvalidTag:
+            raise CiphertextInvalidError() from None
+
+    async def _unwrap(self, header: bytes, sealed: bytes) -> _Key:
+        """The data key of ``header``: one DecryptDataKey however many opens wait for it at once."""
+        pending = self._unwrapping.get(header)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[_Key] = asyncio.get_running_loop().create_future()
+        self._unwrapping[header] = future
+        try:
+            wrapped = header[5 + sealed[2] :]
+            material = await self._client.decrypt_data_key(
+                wrapped, key_name=self.key_name, context=self._key_context
+            )
+            self.data_keys_unwrapped += 1
+            key = _Key(material, header, self._clock() + self.limits.max_age)
+            self._remember(header, key)
+            future.set_result(key)
+            return key
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here, so a future nobody else awaits logs nothing
+            raise
+        finally:
+            del self._unwrapping[header]
+
+    def _remember(self, header: bytes, key: _Key) -> None:
+        self._opening[header] = key
+        self._opening.move_to_end(header)
+        while len(self._opening) > self.limits.max_open_keys:
+            self._opening.popitem(last=False)
