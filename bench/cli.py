@@ -14,6 +14,11 @@ One run, one fresh database and Redis prefix, one credential; everything below i
    ``--workers 2`` too, for comparison with 2. (the baseline there stays one core's AES-GCM rate).
 6. HTTP/JSON on the same server as 1.-4.: Encrypt rate ÷ gRPC Encrypt rate and sequential Login p50 ÷ gRPC
    Login p50, in alternating rounds (``bench.http_load``).
+7. Server CPU per RPC, read from /proc for the server process tree alone (so it holds while the load clients
+   share the cores): health Check, Encrypt and EncryptBatch per field, beside a bare grpc.aio servicer's Check
+   (``bench.floor``).
+8. The client library's envelope encryptor (local AES-GCM under a cached data key): fields/s ÷ in-process
+   AES-GCM/s (alternating rounds) and its RPCs per 100,000 fields, beside EncryptBatch over gRPC.
 
 Goals are reported, not enforced: the exit status is 0 whenever the measurements ran, 1 on errors.
 """
@@ -46,6 +51,7 @@ from bench.measure import (
     argon2_hash_times,
     create_keys,
     db_queries,
+    envelope_rate,
     login_times,
     register_user,
     sealer_rate,
@@ -63,6 +69,10 @@ DEFAULT_OUTPUT = ROOT / "bench" / "results" / "latest.json"
 QUERIES_PER_CALL_BOUND = 0.01
 ONE_KEY = "bench.one"
 SPREAD_KEYS = tuple(f"bench.spread.k{i:03d}" for i in range(100))
+ENVELOPE_KEY = "bench.envelope"
+# The envelope encryptor's cache limit in the benchmark: a new data key every 10,000 values.
+ENVELOPE_MAX_MESSAGES = 10_000
+BATCH_SIZE = 1000
 
 
 @dataclass(frozen=True)
@@ -223,11 +233,17 @@ def _mean(results: list[LoadResult]) -> LoadResult:
     )
 
 
+def _cpu_per_call_us(results: list[LoadResult], per_item: bool = False) -> float:
+    """Server CPU µs per call (or per item), the mean over rounds of server CPU cores ÷ rate."""
+    values = [r.server_cpu / (r.item_rate if per_item else r.rate) * 1e6 for r in results]
+    return sum(values) / len(values)
+
+
 def _measure(run: Run, token: str) -> None:
     s, report, details = run.s, run.report, run.report.details
     _say("starting the server (1 worker)")
     server = run.start()
-    create_keys(server.target, token, (ONE_KEY, *SPREAD_KEYS))
+    create_keys(server.target, token, (ONE_KEY, ENVELOPE_KEY, *SPREAD_KEYS))
     warm_up_kms(server.target, token, (ONE_KEY, *SPREAD_KEYS))
 
     # 1 + 3: Encrypt vs health Check, and statements per Encrypt around the Encrypt run.
@@ -259,16 +275,45 @@ def _measure(run: Run, token: str) -> None:
                              "per_second_during_encrypt": busy_rate, "per_second_idle": idle_rate}
 
     # 2: EncryptBatch vs in-process AES-GCM.
-    batch = run.load(server, "batch", s.batch_concurrency, token=token, batch_size=1000, key_names=(ONE_KEY,))
+    batch = run.load(server, "batch", s.batch_concurrency, token=token, batch_size=BATCH_SIZE, key_names=(ONE_KEY,))
     details["batch"] = asdict(batch)
     _say("in-process AES-GCM and batch sealing")
     aes = aesgcm_rate(s.seconds)
     sealing = sealer_rate(s.seconds)
-    _say("the bare EncryptBatch servicer (bench.floor)")
+    _say("the bare servicer (bench.floor): EncryptBatch and health Check")
     floor_server = run.start_floor()
-    floor = run.load(floor_server, "batch", s.batch_concurrency, token=token, batch_size=1000)
+    floor = run.load(floor_server, "batch", s.batch_concurrency, token=token, batch_size=BATCH_SIZE)
+    floor_checks = [run.load(floor_server, "check", s.concurrency) for _ in range(s.rounds)]
     run.stop(floor_server)
     details["batch_floor"] = asdict(floor)
+    details["check_floor"] = asdict(_mean(floor_checks)) | {"rounds": [c.rate for c in floor_checks]}
+
+    # 6: server CPU per RPC.
+    cpu_us = {
+        "bare_check": _cpu_per_call_us(floor_checks),
+        "check": _cpu_per_call_us(checks),
+        "encrypt": _cpu_per_call_us(encrypts),
+        "batch_field": _cpu_per_call_us([batch], per_item=True),
+        "bare_batch_field": _cpu_per_call_us([floor], per_item=True),
+    }
+    details["server_cpu_us"] = cpu_us
+
+    # 7: the client library's envelope encryptor, in rounds alternating with in-process AES-GCM.
+    _say("the client library's envelope encryptor (local AES-GCM, cached data keys)")
+    envelope_rounds, aes_rounds = [], []
+    for _ in range(s.rounds):
+        aes_rounds.append(aesgcm_rate(s.seconds / 2))
+        envelope_rounds.append(envelope_rate(server.target, token, ENVELOPE_KEY, s.seconds / 2, ENVELOPE_MAX_MESSAGES))
+    envelope_per_s = sum(e.fields_per_s for e in envelope_rounds) / len(envelope_rounds)
+    envelope_aes = sum(aes_rounds) / len(aes_rounds)
+    envelope_rpcs = max(e.rpcs_per_100k for e in envelope_rounds)
+    implied = envelope_rounds[0].data_keys_implied
+    details["envelope"] = {
+        "fields_per_s_rounds": [e.fields_per_s for e in envelope_rounds],
+        "aesgcm_per_s_rounds": aes_rounds,
+        "rpcs_per_100k_fields": [e.rpcs_per_100k for e in envelope_rounds],
+        "max_messages_per_data_key": ENVELOPE_MAX_MESSAGES,
+    }
 
     # 4: Login p50 vs one Argon2id hash; Register and Login rates.
     tag = uuid.uuid4().hex[:6]
@@ -347,6 +392,28 @@ def _measure(run: Run, token: str) -> None:
                    digits=1))
     report.add(Row("grpc_login_p50_ms_beside_http", "   gRPC Login p50 (alternating with HTTP)",
                    http["grpc_login_p50_ms"], "ms", digits=1))
+    report.add(Row("cpu_bare_check_us", "7. server CPU per bare grpc.aio Check (bench.floor)", cpu_us["bare_check"],
+                   "µs", digits=0))
+    report.add(Row("cpu_check_us", "   server CPU per health Check", cpu_us["check"], "µs", digits=0))
+    report.add(Row("cpu_check_bare_ratio", "   Check CPU ÷ bare servicer's Check CPU",
+                   cpu_us["check"] / cpu_us["bare_check"], goal=at_most(1.1)))
+    report.add(Row("cpu_encrypt_us", "   server CPU per Encrypt", cpu_us["encrypt"], "µs", digits=0))
+    report.add(Row("cpu_encrypt_check_ratio", "   Encrypt CPU ÷ Check CPU", cpu_us["encrypt"] / cpu_us["check"],
+                   goal=at_most(1.3)))
+    report.add(Row("cpu_batch_field_us", f"   server CPU per EncryptBatch field ({BATCH_SIZE:,} × 32 B)",
+                   cpu_us["batch_field"], "µs", goal=at_most(2.0)))
+    report.add(Row("cpu_bare_batch_field_us", "   server CPU per field, bare EncryptBatch servicer (bench.floor)",
+                   cpu_us["bare_batch_field"], "µs"))
+    report.add(Row("envelope_aesgcm_ratio", "8. envelope encryptor fields/s ÷ in-process AES-GCM/s",
+                   envelope_per_s / envelope_aes, goal=at_least(0.8)))
+    report.add(Row("envelope_fields_per_s", "   envelope encryptor (32 B, one task, local AES-GCM)", envelope_per_s,
+                   "fields/s"))
+    report.add(Row("envelope_rpcs_per_100k", f"   its RPCs per 100,000 fields (≤ {ENVELOPE_MAX_MESSAGES:,} per key)",
+                   envelope_rpcs, goal=at_most(implied, f"≤ {implied}"), digits=0))
+    report.add(Row("batch_grpc_aesgcm_ratio", "   EncryptBatch over gRPC: fields/s ÷ in-process AES-GCM/s",
+                   batch.item_rate / aes, digits=3))
+    report.add(Row("batch_rpcs_per_100k", f"   EncryptBatch RPCs per 100,000 fields ({BATCH_SIZE:,} per call)",
+                   100_000 / BATCH_SIZE, digits=0))
     per_round = ", ".join(f"{e.rate / c.rate:.2f}" for c, e in zip(checks, encrypts, strict=True))
     report.notes.append(f"1: Encrypt ÷ Check per round (alternating): {per_round}")
     report.notes.append(
@@ -368,6 +435,16 @@ def _measure(run: Run, token: str) -> None:
     spread = details["encrypt_2_workers"]["connections_per_worker"]
     if spread:
         report.notes.append(f"5: client connections per worker with --workers 2: {spread}")
+    report.notes.append(
+        "7: CPU per call = the server process tree's CPU time (/proc/<pid>/stat, children included) over the "
+        "measured window ÷ the calls completed in it; the load clients' CPU is not counted"
+    )
+    report.notes.append(
+        f"8: envelope encryptor ÷ AES-GCM per round: "
+        f"{', '.join(f'{e.fields_per_s / a:.2f}' for e, a in zip(envelope_rounds, aes_rounds, strict=True))}; "
+        f"EncryptBatch runs {s.batch_concurrency} calls in flight from {s.processes} client processes, the "
+        "encryptor one task in the benchmark process"
+    )
 
 
 def _measure_http(run: Run, server: ServerProcess, token: str, username: str) -> dict[str, float]:
@@ -432,7 +509,9 @@ def main(argv: list[str] | None = None) -> int:
         _say(backend.describe())
         backend.cli("migrate", "up")
         token = backend.create_credential(
-            f"bench-{backend.run_id}", "kms.encrypt,kms.decrypt,kms.admin", f"default,{ONE_KEY},bench.spread.*"
+            f"bench-{backend.run_id}",
+            "kms.encrypt,kms.decrypt,kms.datakey,kms.admin",
+            f"default,{ONE_KEY},{ENVELOPE_KEY},bench.spread.*",
         )
         run = Run(settings, backend, log_dir)
         _measure(run, token)

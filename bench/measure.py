@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from authkms_client import CacheLimits, EnvelopeEncryptor, KmsClient
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
@@ -97,6 +98,39 @@ def sealer_rate(seconds: float, batch_size: int = 1000) -> float:
         once()
         done += batch_size
     return done / (now - started)
+
+
+@dataclass(frozen=True)
+class EnvelopeResult:
+    fields_per_s: float  # EnvelopeEncryptor.seal of 32-byte values, one caller task, data key cached
+    rpcs_per_100k: int  # RPCs a fresh encryptor made to seal 100,000 values
+    data_keys_implied: int  # data keys 100,000 values need under the cache limits used
+
+
+def envelope_rate(
+    target: str, token: str, key_name: str, seconds: float, max_messages: int, fields: int = 100_000
+) -> EnvelopeResult:
+    """The client library's envelope encryptor against the server: its sealing rate once a data key is cached
+    (a time-bound loop after the count run) and the RPCs a fresh encryptor makes for ``fields`` values."""
+    limits = CacheLimits(max_age=3600, max_messages=max_messages)
+
+    async def run() -> EnvelopeResult:
+        async with KmsClient(target, token, deadline=30) as client:
+            encryptor = EnvelopeEncryptor(client, key_name=key_name, key_context={"service": "bench"}, limits=limits)
+            value = os.urandom(PLAINTEXT_BYTES)
+            seal = encryptor.seal
+            for _ in range(fields):
+                await seal(FIELD, value, CONTEXT)
+            rpcs = client.calls
+            done = 0
+            started = time.perf_counter()
+            while (now := time.perf_counter()) < started + seconds or done == 0:
+                for _ in range(1000):
+                    await seal(FIELD, value, CONTEXT)
+                done += 1000
+            return EnvelopeResult(done / (now - started), rpcs, -(-fields // max_messages))
+
+    return asyncio.run(run())
 
 
 def argon2_hash_times(params: Argon2Params, seconds: float, min_samples: int, max_samples: int = 200) -> Samples:

@@ -32,6 +32,17 @@ METRICS = (
     "http_encrypt_rps",
     "http_grpc_login_p50_ratio",
     "http_login_p50_ms",
+    "cpu_bare_check_us",
+    "cpu_check_us",
+    "cpu_check_bare_ratio",
+    "cpu_encrypt_us",
+    "cpu_encrypt_check_ratio",
+    "cpu_batch_field_us",
+    "envelope_aesgcm_ratio",
+    "envelope_fields_per_s",
+    "envelope_rpcs_per_100k",
+    "batch_grpc_aesgcm_ratio",
+    "batch_rpcs_per_100k",
 )
 
 

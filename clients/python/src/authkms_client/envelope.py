@@ -30,6 +30,7 @@ import asyncio
 import os
 import struct
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ TAG_SIZE = 16
 DATA_KEY_SIZE = 32
 MAX_FIELD_CHARS = 128
 MAX_CACHED_FIELDS = 1024  # associated data cached per data key, by field name
+NONCE_POOL_BYTES = NONCE_SIZE * 1024
 _AD_DOMAIN = b"authkms-client/envelope/v1"
 _LENGTH = struct.Struct(">I")
 _EMPTY: Mapping[str, str] = {}
@@ -122,18 +124,18 @@ class _Key:
         self.expires = expires
         self.messages = 0
         self.bytes = 0
-        self.bindings: dict[str, tuple[Mapping[str, str], bytes]] = {}
+        # field → (the context as given, copied; its associated data)
+        self.bindings: dict[str, tuple[Mapping[str, str] | None, bytes]] = {}
 
     def ad(self, field: str, context: Mapping[str, str] | None) -> bytes:
         """The associated data for ``field`` and ``context`` (cached: callers repeat a few of each)."""
-        context = context or _EMPTY
         cached = self.bindings.get(field)
         if cached is not None and cached[0] == context:
             return cached[1]
-        ad = associated_data(self.header, field, context)
+        ad = associated_data(self.header, field, context or _EMPTY)
         if len(self.bindings) >= MAX_CACHED_FIELDS:
             self.bindings.clear()  # callers choose field names: keep this bounded
-        self.bindings[field] = (dict(context), ad)
+        self.bindings[field] = (None if context is None else dict(context), ad)
         return ad
 
 
@@ -157,21 +159,27 @@ class EnvelopeEncryptor:
         self.key_name = key_name or "default"
         self._key_context = dict(key_context or {})
         self.limits = limits or CacheLimits()
+        self._max_messages = self.limits.max_messages
+        self._max_bytes = self.limits.max_bytes
         self._clock = clock
+        self._nonces: list[bytes] = []
         self._sealing: _Key | None = None
         self._refresh = asyncio.Lock()
         self._opening: OrderedDict[bytes, _Key] = OrderedDict()  # by header: key name + wrapped key
         self._unwrapping: dict[bytes, asyncio.Future[_Key]] = {}
         self.data_keys_generated = 0
         self.data_keys_unwrapped = 0
+        _LIVE.add(self)
 
     def __repr__(self) -> str:
         return f"EnvelopeEncryptor(key_name={self.key_name!r}, <keys hidden>)"
 
     def forget(self) -> None:
-        """Drop every cached data key (e.g. after a suspected compromise); the next calls fetch new ones."""
+        """Drop every cached data key and the nonce pool (e.g. after a suspected compromise); the next calls
+        fetch new keys."""
         self._sealing = None
         self._opening.clear()
+        self._nonces = []
 
     def _usable(self, key: _Key | None, size: int, now: float) -> bool:
         limits = self.limits
@@ -183,19 +191,32 @@ class EnvelopeEncryptor:
         )
 
     async def seal(self, field: str, value: bytes, context: Mapping[str, str] | None = None) -> bytes:
-        """``value`` encrypted locally, bound to ``field`` and ``context``; an RPC only when the cached data key
-        has reached a limit (or there is none yet)."""
-        if type(value) is not bytes:
-            value = bytes(value)
+        """``value`` (bytes-like) encrypted locally, bound to ``field`` and ``context``; an RPC only when the
+        cached data key has reached a limit (or there is none yet)."""
+        # Every caller's hot path: the limit checks and the cached associated data are inlined, each step counts.
         size = len(value)
         key = self._sealing
-        if key is None or not self._usable(key, size, self._clock()):
+        if (
+            key is None
+            or key.messages >= self._max_messages
+            or key.bytes + size > self._max_bytes
+            or self._clock() >= key.expires
+        ):
             key = await self._fresh_key(size, self._clock())
-        ad = key.ad(field, context)
+        cached = key.bindings.get(field)
+        ad = cached[1] if cached is not None and cached[0] == context else key.ad(field, context)
         key.messages += 1
         key.bytes += size
-        nonce = os.urandom(NONCE_SIZE)
+        nonces = self._nonces
+        nonce = nonces.pop() if nonces else self._new_nonces()
         return key.header + nonce + key.aead.encrypt(nonce, value, ad)
+
+    def _new_nonces(self) -> bytes:
+        """A fresh pool of random nonces, from one os.urandom call (a system call per value would cost more than
+        the encryption); returns one of them. The pool is dropped in a forked child, with the keys."""
+        pool = os.urandom(NONCE_POOL_BYTES)
+        self._nonces = [pool[i : i + NONCE_SIZE] for i in range(0, NONCE_POOL_BYTES, NONCE_SIZE)]
+        return self._nonces.pop()
 
     async def _fresh_key(self, size: int, now: float) -> _Key:
         async with self._refresh:
@@ -257,3 +278,16 @@ class EnvelopeEncryptor:
         self._opening.move_to_end(header)
         while len(self._opening) > self.limits.max_open_keys:
             self._opening.popitem(last=False)
+
+
+# A forked child must never seal with its parent's data key and nonce pool (the two would reuse nonces under one
+# key): every encryptor alive at a fork forgets both in the child.
+_LIVE: weakref.WeakSet[EnvelopeEncryptor] = weakref.WeakSet()
+
+
+def _forget_all_in_child() -> None:
+    for encryptor in list(_LIVE):
+        encryptor.forget()
+
+
+os.register_at_fork(after_in_child=_forget_all_in_child)

@@ -1,0 +1,100 @@
+"""The client library's envelope format without a server (a fake KmsClient): the layout, what the associated data
+binds, fresh nonces, concurrent opens sharing one unwrap, and a forked child never sealing with its parent's key."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+from typing import Any
+
+import pytest
+from authkms_client import CacheLimits, CiphertextInvalidError, EnvelopeEncryptor
+from authkms_client.client import DataKey
+from authkms_client.envelope import FORMAT_VERSION, MAGIC, NONCE_SIZE, TAG_SIZE, parse
+
+
+class FakeKms:
+    """Generates keys like the server (wrapped copy = an opaque token here) and unwraps the ones it made."""
+
+    def __init__(self) -> None:
+        self.keys: dict[bytes, bytes] = {}
+        self.unwraps = 0
+
+    async def generate_data_key(self, *, key_name: str, context: Any) -> DataKey:
+        material, wrapped = os.urandom(32), os.urandom(67)
+        self.keys[wrapped] = material
+        return DataKey(material, wrapped, key_name, 1, "AES-256-GCM")
+
+    async def decrypt_data_key(self, wrapped: bytes, *, key_name: str, context: Any) -> bytes:
+        self.unwraps += 1
+        await asyncio.sleep(0.01)  # let concurrent opens pile up
+        return self.keys[wrapped]
+
+
+def encryptor(kms: FakeKms, **options: Any) -> EnvelopeEncryptor:
+    return EnvelopeEncryptor(kms, key_name="orders", **options)  # type: ignore[arg-type]
+
+
+async def test_layout_is_self_describing() -> None:
+    kms = FakeKms()
+    sealed = await encryptor(kms).seal("email", b"a" * 32, {"row": "1"})
+    (wrapped,) = kms.keys
+    assert sealed[:3] == bytes((MAGIC, FORMAT_VERSION, len("orders")))
+    assert sealed[3:9] == b"orders"
+    assert struct.unpack(">H", sealed[9:11]) == (len(wrapped),) and sealed[11 : 11 + len(wrapped)] == wrapped
+    assert len(sealed) == 11 + len(wrapped) + NONCE_SIZE + 32 + TAG_SIZE
+    assert parse(sealed) == (sealed[: 11 + len(wrapped)], "orders")
+
+
+async def test_associated_data_binds_field_context_key_name_and_wrapped_key() -> None:
+    kms = FakeKms()
+    enc = encryptor(kms)
+    sealed = await enc.seal("email", b"secret", {"row": "1", "tenant": "t"})
+    assert await enc.open("email", sealed, {"tenant": "t", "row": "1"}) == b"secret"  # order does not matter
+    for field, context in (("phone", {"row": "1", "tenant": "t"}), ("email", {"row": "1"}), ("email", None)):
+        with pytest.raises(CiphertextInvalidError):
+            await enc.open(field, sealed, context)
+    # Another of the encryptor's wrapped keys put in the header (same length) no longer opens the value.
+    other = await encryptor(kms, limits=CacheLimits(max_messages=1)).seal("email", b"x")
+    swapped = parse(other)[0] + sealed[len(parse(sealed)[0]) :]
+    with pytest.raises(CiphertextInvalidError):
+        await enc.open("email", swapped, {"row": "1", "tenant": "t"})
+    with pytest.raises(CiphertextInvalidError):
+        await enc.open("email", b"\xae\x01\x00\x00", None)
+
+
+async def test_nonces_are_fresh_and_context_changes_rebind() -> None:
+    enc = encryptor(FakeKms())
+    sealed = [await enc.seal("f", b"same", {"row": str(i % 3)}) for i in range(3000)]
+    header = len(parse(sealed[0])[0])
+    assert len({s[header : header + NONCE_SIZE] for s in sealed}) == 3000
+    for i, value in enumerate(sealed):
+        assert await enc.open("f", value, {"row": str(i % 3)}) == b"same"
+
+
+async def test_concurrent_opens_of_one_data_key_unwrap_it_once() -> None:
+    kms = FakeKms()
+    values = [await encryptor(kms).seal("f", str(i).encode()) for i in range(5)]
+    values += [await encryptor(kms).seal("f", b"other key")]
+    reader = encryptor(kms)
+    opened = await asyncio.gather(*(reader.open("f", v) for v in values * 20))
+    assert opened == [v for v in [str(i).encode() for i in range(5)] + [b"other key"]] * 20
+    assert kms.unwraps == 6 and reader.data_keys_unwrapped == 6
+
+
+def test_a_forked_child_forgets_the_data_key_and_nonces() -> None:
+    kms = FakeKms()
+    enc = encryptor(kms)
+    asyncio.run(enc.seal("f", b"v"))
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report whether it still holds the parent's key and nonces, then leave at once
+        os.write(write, b"kept" if enc._sealing is not None or enc._nonces else b"gone")
+        os._exit(0)
+    os.close(write)
+    answer = os.read(read, 16)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert answer == b"gone"
+    assert enc._sealing is not None  # the parent keeps both
