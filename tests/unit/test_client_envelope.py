@@ -98,3 +98,24 @@ def test_a_forked_child_forgets_the_data_key_and_nonces() -> None:
     os.waitpid(pid, 0)
     assert answer == b"gone"
     assert enc._sealing is not None  # the parent keeps both
+
+
+async def test_the_next_data_key_is_fetched_in_the_background_before_the_limit() -> None:
+    kms = FakeKms()
+    enc = encryptor(kms, limits=CacheLimits(max_messages=4096))
+    for _ in range(2048):
+        await enc.seal("f", b"v")
+    assert enc._next is None and len(kms.keys) == 1  # far from the limit: nothing asked yet
+    await enc.seal("f", b"v")  # the 2,049th value refills the nonce pool: within two pools of the limit
+    assert enc._next is not None
+    await asyncio.sleep(0.01)
+    assert len(kms.keys) == 2 and enc.data_keys_generated == 2
+    first = parse(await enc.seal("f", b"v"))[0]
+    for _ in range(4096 - 2050):
+        await enc.seal("f", b"v")
+    switched = await enc.seal("f", b"v")  # value 4,097: the prefetched key, no new request
+    assert parse(switched)[0] != first and len(kms.keys) == 2
+    without = encryptor(FakeKms(), limits=CacheLimits(max_messages=4096), prefetch=False)
+    for _ in range(4000):
+        await without.seal("f", b"v")
+    assert without._next is None and without.data_keys_generated == 1
