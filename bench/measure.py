@@ -108,7 +108,13 @@ class EnvelopeResult:
 
 
 def envelope_rate(
-    target: str, token: str, key_name: str, seconds: float, max_messages: int, fields: int = 100_000
+    target: str,
+    token: str,
+    key_name: str,
+    seconds: float,
+    max_messages: int,
+    fields: int = 100_000,
+    prefetch: bool = False,
 ) -> EnvelopeResult:
     """The client library's envelope encryptor against the server: the RPCs a fresh encryptor makes for ``fields``
     values, then its sealing rate over a time-bound loop (data-key changes and their RPCs included)."""
@@ -116,7 +122,9 @@ def envelope_rate(
 
     async def run() -> EnvelopeResult:
         async with KmsClient(target, token, deadline=30) as client:
-            encryptor = EnvelopeEncryptor(client, key_name=key_name, key_context={"service": "bench"}, limits=limits)
+            encryptor = EnvelopeEncryptor(
+                client, key_name=key_name, key_context={"service": "bench"}, limits=limits, prefetch=prefetch
+            )
             value = os.urandom(PLAINTEXT_BYTES)
             seal = encryptor.seal
             # Every 1,000 values the loop yields to the event loop, as a service does between requests (so the

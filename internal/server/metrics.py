@@ -57,6 +57,8 @@ _KMS_OPERATIONS = {
     "CreateKey": "create_key",
     "ScheduleKeyDestruction": "schedule_destruction",
     "CancelKeyDestruction": "cancel_destruction",
+    "GenerateDataKey": "generate_data_key",
+    "DecryptDataKey": "decrypt_data_key",
 }
 _ITEM_KEY_VERSION = attrgetter("key_version")
 

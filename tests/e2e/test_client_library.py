@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import urllib.request
 import uuid
 import zipfile
 from collections.abc import AsyncIterator, Iterator
@@ -314,6 +315,11 @@ def test_audit_records_data_key_calls_without_key_bytes(module_server: ServerPro
         details = json.loads(row["details"])
         assert int(details.get("key_version", 1)) >= 1
         assert plaintext.hex() not in row["details"] and "plaintext" not in row["details"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{module_server.http_port}/metrics", timeout=10) as reply:
+        metrics = reply.read().decode()
+    for operation in ("generate_data_key", "decrypt_data_key"):
+        labels = f'key_name="{keys["orders"]}",key_version="1",operation="{operation}",outcome="OK"'
+        assert f"kms_operations_total{{{labels}}}" in metrics
 
 
 def test_the_client_package_builds_on_its_own(tmp_path: Path) -> None:

@@ -102,11 +102,11 @@ def test_a_forked_child_forgets_the_data_key_and_nonces() -> None:
 
 async def test_the_next_data_key_is_fetched_in_the_background_before_the_limit() -> None:
     kms = FakeKms()
-    enc = encryptor(kms, limits=CacheLimits(max_messages=4096))
+    enc = encryptor(kms, limits=CacheLimits(max_messages=4096), prefetch=True)
     for _ in range(2048):
         await enc.seal("f", b"v")
-    assert enc._next is None and len(kms.keys) == 1  # far from the limit: nothing asked yet
-    await enc.seal("f", b"v")  # the 2,049th value refills the nonce pool: within two pools of the limit
+    assert enc._next is None and len(kms.keys) == 1  # checked at nonce-pool refills: 1,024 used so far
+    await enc.seal("f", b"v")  # the 2,049th value refills the nonce pool: half the messages are used
     assert enc._next is not None
     await asyncio.sleep(0.01)
     assert len(kms.keys) == 2 and enc.data_keys_generated == 2
@@ -115,7 +115,7 @@ async def test_the_next_data_key_is_fetched_in_the_background_before_the_limit()
         await enc.seal("f", b"v")
     switched = await enc.seal("f", b"v")  # value 4,097: the prefetched key, no new request
     assert parse(switched)[0] != first and len(kms.keys) == 2
-    without = encryptor(FakeKms(), limits=CacheLimits(max_messages=4096), prefetch=False)
+    without = encryptor(FakeKms(), limits=CacheLimits(max_messages=4096))  # the default: no look-ahead
     for _ in range(4000):
         await without.seal("f", b"v")
     assert without._next is None and without.data_keys_generated == 1

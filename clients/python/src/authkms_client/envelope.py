@@ -146,9 +146,9 @@ class EnvelopeEncryptor:
     that opens the values needs the same one. The per-value ``context`` of ``seal``/``open`` binds a value to
     its row (e.g. ``{"row": "42"}``) and is checked locally. ``clock`` (monotonic seconds) can be injected.
 
-    ``prefetch``: while sealing steadily, the next data key is asked for in the background once the current one
-    nears a limit, so ``seal`` does not wait for GenerateDataKey at each change of key (the same number of
-    keys and RPCs; each key's age counts from its generation)."""
+    ``prefetch``: while sealing steadily, ask for the next data key in the background once the current one has
+    used half of a limit, so ``seal`` does not wait for GenerateDataKey at each change of key. It costs at most
+    one key more than the limits imply (the one asked ahead); each key's age counts from its generation."""
 
     def __init__(
         self,
@@ -158,7 +158,7 @@ class EnvelopeEncryptor:
         key_context: Mapping[str, str] | None = None,
         limits: CacheLimits | None = None,
         clock: Clock = time.monotonic,
-        prefetch: bool = True,
+        prefetch: bool = False,
     ) -> None:
         self._client = client
         self._prefetch = prefetch
@@ -231,16 +231,15 @@ class EnvelopeEncryptor:
         return self._nonces.pop()
 
     def _prefetch_if_due(self) -> None:
-        """Ask for the next data key in the background once the current one has used 90% of a limit (or will
-        within two more nonce pools)."""
+        """Ask for the next data key in the background once the current one has used half of a limit: early
+        enough for the RPC to finish before the key is spent, even when sealing fast."""
         key, limits = self._sealing, self.limits
         if key is None:
             return
-        pools = 2 * NONCE_POOL_BYTES // NONCE_SIZE
         if (
-            key.messages + pools < limits.max_messages
-            and key.bytes < 0.9 * limits.max_bytes
-            and self._clock() < key.expires - 0.1 * limits.max_age
+            2 * key.messages < limits.max_messages
+            and 2 * key.bytes < limits.max_bytes
+            and self._clock() < key.expires - limits.max_age / 2
         ):
             return
         self._next = asyncio.get_running_loop().create_task(self._generate())
