@@ -68,7 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     create = creds.add_parser("create", help="create a credential and print its token once")
     create.add_argument("--name", required=True)
-    create.add_argument("--scopes", required=True, help="comma-separated: kms.encrypt,kms.decrypt,kms.admin,auth.admin")
+    create.add_argument(
+        "--scopes",
+        required=True,
+        help="comma-separated: kms.encrypt,kms.decrypt,kms.datakey,kms.admin,auth.admin,auth.introspect",
+    )
     create.add_argument(
         "--keys", default="default", help="comma-separated key names or prefix.* patterns (default: default)"
     )
