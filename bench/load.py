@@ -16,7 +16,7 @@ import os
 import queue
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Barrier
 from typing import Any
@@ -219,7 +219,7 @@ async def _client(spec: LoadSpec, proc: int, barrier: Barrier) -> dict[str, Any]
             await channel.close()
 
 
-Client = Callable[[Any, int, Barrier], Awaitable[dict[str, Any]]]  # (spec, process index, barrier) -> counts
+Client = Callable[[Any, int, Barrier], Coroutine[Any, Any, dict[str, Any]]]  # (spec, process index, barrier) -> counts
 
 
 def _client_process(
