@@ -1,4 +1,4 @@
-"""Registration, login and lock status (SECURITY.md items 7-9, 11, 17, 21, 23, 24).
+"""Registration, login and lock status (docs/security.md items 7-9, 11, 17, 21, 23, 24).
 
 Login is built so that an observer learns nothing about which accounts exist: an unknown identifier,
 a malformed one and a wrong password all answer ``INVALID_CREDENTIALS`` after one password verification

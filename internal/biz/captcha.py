@@ -1,6 +1,6 @@
 """Captchas and one-time codes (image, SMS, email): issue, verify, consume once.
 
-Security properties (SECURITY.md item 10):
+Security properties (docs/security.md item 10):
 
 * codes come from ``secrets`` (a CSPRNG); ids are 192-bit random URL-safe strings;
 * the store sees only ``HMAC-SHA256(code_key, id + code)``. A plain SHA-256 of id + code would stop

@@ -106,7 +106,7 @@ class LoginGuard(Protocol):
 
 
 def account_locked(unlock_at: float) -> PermissionDenied:
-    # The proto's ErrorReason declares ACCOUNT_LOCKED as PERMISSION_DENIED (API.md allowed either).
+    # The proto's ErrorReason declares ACCOUNT_LOCKED as PERMISSION_DENIED (docs/api.md allowed either).
     return PermissionDenied(
         "ACCOUNT_LOCKED", "too many failed attempts; the account is locked", {"unlock_time": str(math.ceil(unlock_at))}
     )

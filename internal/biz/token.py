@@ -4,7 +4,7 @@
   registered claims they carry ``sid``, the refresh-token family ("session") they belong to, so one
   revocation of the family ends every access token issued in it.
 * Refresh tokens are opaque 256-bit random strings; only their SHA-256 is stored. Each use rotates
-  them (SECURITY.md item 13): the old one is consumed atomically in PostgreSQL, a second use of it
+  them (docs/security.md item 13): the old one is consumed atomically in PostgreSQL, a second use of it
   revokes the whole family and answers ``REFRESH_TOKEN_REUSED``. A family has an absolute lifetime
   that rotation never extends.
 * Revocation (logout, reuse) is durable in PostgreSQL; Redis only caches it (``SessionRepo``).

@@ -342,7 +342,7 @@ def _secret_value(inline: str, file: str, key: str) -> str:
 
 
 def production_problems(config: Bootstrap) -> list[str]:
-    """Every development or unsafe setting, one line each naming its key (SECURITY.md item 25).
+    """Every development or unsafe setting, one line each naming its key (docs/security.md item 25).
 
     Values are checked after every source has been applied (YAML, ``APP__…`` environment, ``*_file``
     contents), so the dev seed is refused however it arrives.

@@ -1,4 +1,4 @@
-"""Security audit trail in PostgreSQL (implements ``internal.biz.token.AuditLog``; SECURITY.md item 17).
+"""Security audit trail in PostgreSQL (implements ``internal.biz.token.AuditLog``; docs/security.md item 17).
 
 Callers pass ids, outcomes, reasons and client addresses only — never PII, passwords, codes or tokens.
 The request id comes from the logging context so an audit row can be matched to the access log.

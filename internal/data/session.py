@@ -1,6 +1,6 @@
 """Sessions: refresh-token families and revocations (PostgreSQL, cached in Redis) and login lock counters.
 
-Revocation cache (SECURITY.md item 14). PostgreSQL is the truth; Redis holds two kinds of entries per
+Revocation cache (docs/security.md item 14). PostgreSQL is the truth; Redis holds two kinds of entries per
 access token (``jti``) and per session (``sid``, the refresh family):
 
 * ``"1"`` (revoked) — written with a plain SET right after the PostgreSQL commit; revocation is

@@ -1,4 +1,4 @@
-"""Access-token signing: key loading/generation and the PyJWT-backed ``TokenSigner`` (SECURITY.md item 12).
+"""Access-token signing: key loading/generation and the PyJWT-backed ``TokenSigner`` (docs/security.md item 12).
 
 * EdDSA (Ed25519) by default: other services verify with the public key from GetJwks. HS256 is an
   opt-in compatibility mode with a shared secret of at least 32 bytes.

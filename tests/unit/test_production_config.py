@@ -1,4 +1,4 @@
-"""Production mode refuses every development or unsafe setting, however it is supplied (SECURITY.md item 25)."""
+"""Production mode refuses every development or unsafe setting, however it is supplied (docs/security.md item 25)."""
 
 from __future__ import annotations
 

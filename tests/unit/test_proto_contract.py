@@ -1,4 +1,4 @@
-"""The protobuf contract: generated code is fresh, auth.v1 matches API.md, buf lint is clean."""
+"""The protobuf contract: generated code is fresh, auth.v1 matches docs/api.md, buf lint is clean."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 T = FieldDescriptor
 STRING, BOOL, INT32, INT64 = T.TYPE_STRING, T.TYPE_BOOL, T.TYPE_INT32, T.TYPE_INT64
 
-# The wire contract of the earlier Go service, copied from docs API.md (auth.v1.Auth table).
+# The wire contract of the earlier Go service, copied from docs/api.md (auth.v1.Auth table).
 # (field name, number, type) in declaration order. Existing entries never change; a field added
 # to one of these messages (new number) is appended here in the same change.
 AUTH_MESSAGES: dict[str, list[tuple[str, int, int]]] = {

@@ -1,4 +1,4 @@
-"""Data-key wrapping under the root key (SECURITY.md item 4).
+"""Data-key wrapping under the root key (docs/security.md item 4).
 
 A wrapped key is ``0x01 | nonce(12) | AES-256-GCM(wrap key, material, AD)`` where the AD names the key's
 id (a UUID), version and algorithm: a wrapped key copied into another row, or given another version or

@@ -1,4 +1,4 @@
-"""Self-describing ciphertext envelope and the AEAD algorithms behind it (SECURITY.md items 1, 2).
+"""Self-describing ciphertext envelope and the AEAD algorithms behind it (docs/security.md items 1, 2).
 
 Layout (all integers big-endian)::
 

@@ -1,4 +1,4 @@
-"""The root key: PBKDF2-HMAC-SHA256 over the configured seed and salt (SECURITY.md item 3).
+"""The root key: PBKDF2-HMAC-SHA256 over the configured seed and salt (docs/security.md item 3).
 
 The root key never leaves this process and is never stored. It only derives purpose-bound subkeys
 (HKDF-SHA256, one ``info`` label per purpose): the key that wraps data keys, the key behind the

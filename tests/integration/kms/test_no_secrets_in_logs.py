@@ -1,4 +1,4 @@
-"""No key bytes, seed, salt or plaintext reaches a log record in a full KMS scenario (SECURITY.md 16)."""
+"""No key bytes, seed, salt or plaintext reaches a log record in a full KMS scenario (docs/security.md 16)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every error reason the auth code raises is declared in auth.v1.ErrorReason (API.md)."""
+"""Every error reason the auth code raises is declared in auth.v1.ErrorReason (docs/api.md)."""
 
 from __future__ import annotations
 
