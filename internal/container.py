@@ -16,6 +16,7 @@ from grpc_health.v1 import health
 
 from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
+from internal.biz.audit import DenialAuditLimit
 from internal.biz.auth import AuthPolicy, AuthUsecase
 from internal.biz.captcha import CaptchaSettings, CaptchaUsecase
 from internal.biz.credentials import CredentialUsecase
@@ -30,19 +31,21 @@ from internal.biz.token import TokenPolicy, TokenUsecase
 from internal.biz.totp import TotpUsecase
 from internal.biz.user import UserUsecase
 from internal.conf.config import Bootstrap, Kms, read_secret
-from internal.data.audit import DenialAuditLimit, PgAuditLog
+from internal.data.audit import PgAuditLog
+from internal.data.audit_suppressed import RedisSuppressedDenials
 from internal.data.captcha import ImageCaptchaRenderer, RedisCaptchaStore
 from internal.data.credentials import PgCredentialRepo
 from internal.data.data import pg_pool_resource, redis_resource
 from internal.data.kms import PgKeyRepo
 from internal.data.kms_events import RedisKeyEvents, channel_name
 from internal.data.kms_file import FileKeyRepo
-from internal.data.kms_reencrypt import PgUsersPiiStore
+from internal.data.login_guard import RedisLoginGuard
 from internal.data.ratelimit import RedisRateLimiter
 from internal.data.senders import build_senders
-from internal.data.session import PgSessionRepo, RedisLoginGuard
+from internal.data.session import PgSessionRepo
 from internal.data.signing_keys import build_signer
 from internal.data.user import PgUserRepo
+from internal.data.users_pii import PgUsersPiiStore
 from internal.server.grpc import ServiceRegistration
 from internal.server.health import DependencyHealth
 from internal.server.peer import TrustedProxies
@@ -105,6 +108,7 @@ class Data(containers.DeclarativeContainer):
     users_pii = providers.Singleton(PgUsersPiiStore, pool=pg_pool)
 
     audit = providers.Singleton(PgAuditLog, pool=pg_pool)
+    suppressed_denials = providers.Singleton(RedisSuppressedDenials, redis=redis, key_prefix=key_prefix)
     users = providers.Singleton(PgUserRepo, pool=pg_pool)
     sessions = providers.Singleton(
         PgSessionRepo,
@@ -182,9 +186,7 @@ class Biz(containers.DeclarativeContainer):
     )
     users = providers.Singleton(UserUsecase, data.users, cipher)
     # Refused anonymous calls write a bounded number of audit rows per client network.
-    denial_audit = providers.Singleton(
-        DenialAuditLimit, data.audit, data.rate_limiter, data.redis, config.provided.data.redis.key_prefix
-    )
+    denial_audit = providers.Singleton(DenialAuditLimit, data.audit, data.rate_limiter, data.suppressed_denials)
     credentials = providers.Singleton(CredentialUsecase, data.credentials, denial_audit)
 
 

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Protocol
 from internal.biz import pii
 from internal.biz.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unauthenticated
 from internal.biz.identifiers import (
+    USERNAME,
+    classify,
     email_key,
     normalize_email,
     normalize_phone,
@@ -40,7 +42,8 @@ from internal.biz.lockout import (
     user_account,
 )
 from internal.biz.password import PasswordHasher, check_password_policy, normalize_password
-from internal.biz.token import AuditLog, Caller, TokenPair, TokenUsecase
+from internal.biz.ports import AuditLog, Caller, RateLimiter
+from internal.biz.token import TokenPair, TokenUsecase
 from internal.biz.totp import TotpVerifier, check_code_shape
 from internal.biz.user import EMAIL_KEY_INDEX, NewUser, User, UserRepo, validate_name
 
@@ -48,20 +51,6 @@ if TYPE_CHECKING:
     from internal.conf.config import Auth
 
 MAX_IDENTIFIER_CHARS = 254
-
-
-class RateVerdict(Protocol):
-    @property
-    def allowed(self) -> bool: ...
-
-    @property
-    def retry_after(self) -> float: ...
-
-
-class RateLimiter(Protocol):
-    """Shared sliding-window limiter (``internal.data.ratelimit.RedisRateLimiter``)."""
-
-    async def hit(self, bucket: str, limit: int, window_seconds: float) -> RateVerdict: ...
 
 
 class CaptchaChecker(Protocol):
@@ -194,28 +183,23 @@ class AuthUsecase:
         password_hash = await self._hasher.hash(reg.password)
         user_id = await self._users.next_id()
         context = pii.user_context(user_id)
-        email_sealed = await self._cipher.encrypt(pii.EMAIL, email.encode(), context)
-        versions = [email_sealed.key_version]
-        phone_sealed = name_sealed = None
-        if phone:
-            phone_sealed = await self._cipher.encrypt(pii.PHONE, phone.encode(), context)
-            versions.append(phone_sealed.key_version)
-        if name:
-            name_sealed = await self._cipher.encrypt(pii.NAME, name.encode(), context)
-            versions.append(name_sealed.key_version)
+        email_field = await pii.seal_indexed(self._cipher, pii.EMAIL, email, context)
+        phone_field = await pii.seal_indexed(self._cipher, pii.PHONE, phone, context)
+        name_field = await pii.seal_indexed(self._cipher, pii.NAME, name, context)
+        assert email_field is not None  # normalize_email never returns ""
         new_user = NewUser(
             id=user_id,
             username=username,
             username_key=username_key(username),
             password_hash=password_hash,
-            email_encrypted=email_sealed.ciphertext,
-            email_hash=self._cipher.blind_index(pii.EMAIL, email),
+            email_encrypted=email_field.ciphertext,
+            email_hash=email_field.blind_index,
             email_key_hash=self._cipher.blind_index(EMAIL_KEY_INDEX, email_key(email)),
-            phone_encrypted=phone_sealed.ciphertext if phone_sealed else None,
-            phone_hash=self._cipher.blind_index(pii.PHONE, phone) if phone else None,
-            name_encrypted=name_sealed.ciphertext if name_sealed else None,
-            name_hash=self._cipher.blind_index(pii.NAME, name) if name else None,
-            pii_key_version=min(versions),
+            phone_encrypted=phone_field.ciphertext if phone_field else None,
+            phone_hash=phone_field.blind_index if phone_field else None,
+            name_encrypted=name_field.ciphertext if name_field else None,
+            name_hash=name_field.blind_index if name_field else None,
+            pii_key_version=min(f.key_version for f in (email_field, phone_field, name_field) if f),
             earlier_hashes=self._earlier_hashes((pii.EMAIL, email), (pii.PHONE, phone)),
         )
         try:
@@ -232,10 +216,11 @@ class AuthUsecase:
         if not identifier or len(identifier) > MAX_IDENTIFIER_CHARS:
             raise InvalidArgument("VALIDATION_ERROR", "username, email or phone is required", {"field": "username"})
         await self._throttle(f"login:{client_network(client_addr)}")
-        field, normalized = self._classify(identifier)
+        # A malformed identifier is treated as an unknown user: same error, same cost.
+        field, normalized = classify(identifier)
         if self._captcha.enabled:
             # sms/email codes are bound to the address they were sent to.
-            targets = [normalized] if normalized and field != "username" else []
+            targets = [normalized] if normalized and field != USERNAME else []
             await self._captcha.consume(attempt.captcha_id, attempt.captcha_code, targets)
         identity = await self._resolve(identifier, field, normalized)
         user = identity.user
@@ -312,19 +297,6 @@ class AuthUsecase:
         if not verdict.allowed:
             raise throttled(verdict.retry_after)
 
-    def _classify(self, identifier: str) -> tuple[str, str | None]:
-        """Detect the identifier by shape: "@" → email, leading "+" → phone, else username.
-
-        Returns the field and the normalized value, or None when it is malformed (then it is treated
-        as an unknown user: same error, same cost).
-        """
-        kind = pii.EMAIL if "@" in identifier else pii.PHONE if identifier.startswith("+") else "username"
-        normalize = {pii.EMAIL: normalize_email, pii.PHONE: normalize_phone, "username": normalize_username}[kind]
-        try:
-            return kind, normalize(identifier)
-        except InvalidArgument:
-            return kind, None
-
     def _earlier_hashes(self, *values: tuple[str, str]) -> tuple[str, ...]:
         """Blind indexes rows stored before the users' key may hold for these values (they block them too)."""
         return tuple(h for field, value in values if value for h in self._cipher.lookup_hashes(field, value)[1:])
@@ -338,7 +310,7 @@ class AuthUsecase:
         user: User | None = None
         if normalized is None:
             key = "raw:" + identifier.casefold()
-        elif field == "username":
+        elif field == USERNAME:
             key = "username:" + username_key(normalized)
             user = await self._users.find_by_username(normalized)
         else:

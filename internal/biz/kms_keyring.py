@@ -49,7 +49,7 @@ from internal.biz.kms import (
     not_initialized,
     pending_destruction,
 )
-from internal.biz.token import AuditLog
+from internal.biz.ports import AuditLog
 from internal.pkg.kms.datakey import KeyUnwrapError, KeyWrapper, new_material
 from internal.pkg.kms.envelope import Algorithm, DataKey, Sealer, algorithm_for_new_key
 from internal.pkg.kms.rootkey import RootKey, derive_root_key_async

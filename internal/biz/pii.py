@@ -44,3 +44,20 @@ class FieldCipher(Protocol):
     def lookup_hashes(self, field: str, value: str) -> list[str]:
         """Every blind index a stored row for ``value`` may hold (``blind_index`` first, then any earlier one)."""
         ...
+
+
+@dataclass(frozen=True)
+class IndexedField:
+    """A PII value as a users row stores it: ciphertext, the users' key version it is under, blind index."""
+
+    ciphertext: bytes
+    key_version: int
+    blind_index: str
+
+
+async def seal_indexed(cipher: FieldCipher, field: str, value: str, context: Mapping[str, str]) -> IndexedField | None:
+    """Encrypt a normalised value and compute its blind index; None for an empty (absent) value."""
+    if not value:
+        return None
+    sealed = await cipher.encrypt(field, value.encode(), context)
+    return IndexedField(sealed.ciphertext, sealed.key_version, cipher.blind_index(field, value))

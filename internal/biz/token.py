@@ -1,4 +1,4 @@
-"""Access and refresh tokens, sessions (refresh-token families), revocation and the ``Caller``.
+"""Access and refresh tokens, sessions (refresh-token families) and revocation.
 
 * Access tokens are JWTs signed by a ``TokenSigner`` (EdDSA by default; HS256 opt-in). Besides the
   registered claims they carry ``sid``, the refresh-token family ("session") they belong to, so one
@@ -24,54 +24,17 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from internal.biz.errors import PermissionDenied, Unauthenticated
+from internal.biz.ports import AuditLog, Caller
 
 if TYPE_CHECKING:
     from internal.conf.config import Auth
 
 ACCESS = "access"
-ADMIN_SCOPE = "auth.admin"
 INTROSPECT_SCOPE = "auth.introspect"
 _REFRESH_TOKEN_BYTES = 32  # 256 bits
 _REFRESH_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{32,128}")
 MAX_TOKEN_CHARS = 4096
 _DECIMAL = re.compile(r"[0-9]{1,19}")  # not str.isdigit(): it accepts "²", which int() refuses
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is calling: a user (from an access token) or, later, a service credential with scopes.
-
-    Use cases decide with ``may_act_for`` so a new kind of caller (an admin credential carrying
-    ``auth.admin``) needs no change in them.
-    """
-
-    user_id: int | None = None
-    username: str = ""
-    scopes: frozenset[str] = frozenset()
-    token_id: str = ""
-    session_id: str = ""
-    expires_at: int = 0
-
-    @property
-    def is_admin(self) -> bool:
-        return ADMIN_SCOPE in self.scopes
-
-    def may_act_for(self, user_id: int) -> bool:
-        return self.user_id == user_id or self.is_admin
-
-
-class AuditLog(Protocol):
-    """Security audit trail (implemented by ``internal.data.audit.PgAuditLog``). Never pass PII."""
-
-    async def record(
-        self,
-        event: str,
-        outcome: str,
-        *,
-        actor: str | None = None,
-        subject: str | None = None,
-        details: Mapping[str, str | int | bool] | None = None,
-    ) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ from internal.biz import pii
 from internal.biz.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from internal.biz.lockout import AttemptKey, Lockout, account_locked, source_key, user_account
 from internal.biz.password import PasswordHasher
-from internal.biz.token import AuditLog, Caller, TokenUsecase
+from internal.biz.ports import AuditLog, Caller
+from internal.biz.token import TokenUsecase
 from internal.biz.user import User, UserRepo
 
 TOTP_DIGITS = 6

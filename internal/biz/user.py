@@ -10,7 +10,7 @@ from internal.biz import pii
 from internal.biz.errors import InvalidArgument, NotFound
 from internal.biz.identifiers import email_key, username_key
 from internal.biz.masking import mask_email, mask_phone
-from internal.biz.token import Caller
+from internal.biz.ports import Caller
 
 MAX_NAME_CHARS = 128
 # Blind-index field of an email's confusable key (``identifiers.email_key``): UNIQUE in users.email_key_hash.

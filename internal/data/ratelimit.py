@@ -16,8 +16,8 @@ from typing import Any
 
 from redis import exceptions as redis_errors
 
-from internal.biz.captcha import RateDecision
 from internal.biz.errors import Unavailable
+from internal.biz.ports import RateDecision
 
 # KEYS[1] bucket; ARGV: limit, window (µs), unique member. Returns {allowed (0/1), retry_after (µs)}.
 _HIT = """

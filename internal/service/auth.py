@@ -21,7 +21,8 @@ from internal.biz.auth import AuthUsecase, LoginAttempt, Registration
 from internal.biz.captcha import CaptchaUsecase
 from internal.biz.credentials import TOKEN_PREFIX, CredentialUsecase
 from internal.biz.errors import PermissionDenied, Unauthenticated
-from internal.biz.token import Caller, TokenUsecase
+from internal.biz.ports import Caller
+from internal.biz.token import TokenUsecase
 from internal.biz.totp import TotpUsecase
 from internal.biz.user import UserUsecase
 from internal.service.metadata import bearer_token, client_address

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import secrets
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -18,7 +19,6 @@ from internal.biz.captcha import (
     CaptchaSettings,
     CaptchaUsecase,
     CodeSenders,
-    derive_code_key,
 )
 from internal.biz.errors import InvalidArgument, ResourceExhausted, Unavailable
 from internal.data.captcha import ImageCaptchaRenderer, RedisCaptchaStore
@@ -26,7 +26,7 @@ from internal.data.ratelimit import RedisRateLimiter
 from internal.data.senders import DevOutboxSender
 from tests.integration.test_ratelimit import closed_port_url
 
-KEY = derive_code_key(b"integration-test-secret")
+KEY = secrets.token_bytes(32)
 PHONE = "+8613812345678"
 EMAIL_ADDR = "jane@example.com"
 

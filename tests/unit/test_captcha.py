@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+import secrets
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -18,16 +19,14 @@ from internal.biz.captcha import (
     CaptchaSettings,
     CaptchaUsecase,
     CodeSenders,
-    RateDecision,
-    derive_code_key,
-    normalize_email,
-    normalize_phone,
 )
 from internal.biz.errors import InvalidArgument, ResourceExhausted, Unavailable
+from internal.biz.identifiers import normalize_email, normalize_phone
 from internal.biz.masking import mask_email, mask_phone
+from internal.biz.ports import RateDecision
 from internal.conf.config import Auth, Captcha
 
-KEY = derive_code_key(b"unit-test-root-secret")
+KEY = secrets.token_bytes(32)
 PHONE = "+8613812345678"
 EMAIL_ADDR = "john.doe@example.com"
 
@@ -398,7 +397,7 @@ async def test_code_hash_depends_on_key_and_id() -> None:
         env.renderer,
         CodeSenders(env.email, env.sms),
         env.limiter,
-        derive_code_key(b"another replica's wrong secret"),
+        secrets.token_bytes(32),  # another replica with the wrong secret
     )
     challenge = await env.usecase.issue("image", "", "c")
     code = env.renderer.codes[-1]

@@ -52,8 +52,8 @@ NONCE_SIZE = 12
 TAG_SIZE = 16
 DATA_KEY_SIZE = 32
 _PREFIX = struct.Struct(">BBIB")
-# Byte offset of the uint32 key version (0-based); SQL reads it with substring(c FROM 3 FOR 4).
-KEY_VERSION_OFFSET = 2
+KEY_VERSION_OFFSET = 2  # of the uint32 key version (0-based)
+PREFIX_SIZE = _PREFIX.size  # magic, format, key version, algorithm: enough to tell which version a value needs
 HEADER_SIZE = _PREFIX.size + NONCE_SIZE
 MIN_CIPHERTEXT_SIZE = HEADER_SIZE + TAG_SIZE
 MAX_KEY_VERSION = 2**31 - 1  # the version column is a PostgreSQL INTEGER
@@ -220,6 +220,18 @@ def parse_header(ciphertext: bytes) -> Header:
 def is_legacy(ciphertext: bytes) -> bool:
     """Whether a stored envelope predates named keys (format 1, so it belongs to ``default``)."""
     return parse_header(ciphertext).format == LEGACY_FORMAT_VERSION
+
+
+def named_key_version(prefix: bytes) -> int | None:
+    """The key version an envelope of the current format names in its first ``PREFIX_SIZE`` bytes; None for a
+    format 1 envelope (it belongs to ``default``) or bytes that are no envelope of ours. Lets storage hand over
+    only a prefix of each stored value (no layout knowledge outside this module)."""
+    if len(prefix) < PREFIX_SIZE:
+        return None
+    magic, fmt, version, alg_id = _PREFIX.unpack_from(prefix)
+    if magic != MAGIC or fmt != FORMAT_VERSION or alg_id not in _BY_ID or not 0 < version <= MAX_KEY_VERSION:
+        return None
+    return int(version)
 
 
 def sealed_algorithm(ciphertext: bytes) -> str:

@@ -24,8 +24,9 @@ from internal.biz.token import TokenPolicy, TokenUsecase
 from internal.biz.totp import TotpUsecase
 from internal.biz.user import UserUsecase
 from internal.data.audit import PgAuditLog
+from internal.data.login_guard import RedisLoginGuard
 from internal.data.ratelimit import RedisRateLimiter
-from internal.data.session import PgSessionRepo, RedisLoginGuard
+from internal.data.session import PgSessionRepo
 from internal.data.signing_keys import JwtSigner
 from internal.data.user import PgUserRepo
 from tests.unit.auth.fakes import ED25519_KEY

@@ -8,10 +8,11 @@ import json
 import uuid
 from collections.abc import Iterator
 
+from internal.biz.audit import DenialAuditLimit
 from internal.biz.auth import LoginAttempt, Registration
 from internal.biz.credentials import CredentialUsecase
 from internal.biz.errors import DomainError
-from internal.data.audit import DenialAuditLimit
+from internal.data.audit_suppressed import RedisSuppressedDenials
 from internal.data.credentials import PgCredentialRepo
 from internal.data.ratelimit import RedisRateLimiter
 from internal.pkg.log import request_id, request_network
@@ -80,7 +81,9 @@ async def test_anonymous_refusals_write_a_bounded_number_of_rows_per_network(sta
     """A flood of calls without (valid) credentials must not fill audit_events: `limit` rows per client
     network and window, then one row saying how many were left out; other networks and events unaffected."""
     limiter = RedisRateLimiter(stack.redis, stack.prefix)
-    limited = DenialAuditLimit(stack.audit, limiter, stack.redis, stack.prefix, limit=3, window=0.5)
+    limited = DenialAuditLimit(
+        stack.audit, limiter, RedisSuppressedDenials(stack.redis, stack.prefix), limit=3, window=0.5
+    )
     credentials = CredentialUsecase(PgCredentialRepo(stack.pool), limited)
     flood, other = f"198.51.{uuid.uuid4().int % 250}.0/24", "203.0.113.0/24"
 

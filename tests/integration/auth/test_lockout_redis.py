@@ -12,7 +12,7 @@ import asyncpg
 from internal.biz.auth import LoginAttempt, Registration
 from internal.biz.captcha import CaptchaSettings
 from internal.biz.errors import DomainError
-from internal.biz.token import Caller
+from internal.biz.ports import Caller
 from tests.integration.auth.conftest import Stack, build_stack, unique
 from tests.integration.test_captcha_repo import Env as CaptchaEnv
 

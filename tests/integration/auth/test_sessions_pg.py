@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 
 from internal.biz.auth import LoginAttempt, Registration
 from internal.biz.errors import Unauthenticated
-from internal.biz.token import Caller, TokenPair, hash_refresh_token
+from internal.biz.ports import Caller
+from internal.biz.token import TokenPair, hash_refresh_token
 from internal.data.session import PgSessionRepo
 from tests.integration.auth.conftest import Stack, unique
 

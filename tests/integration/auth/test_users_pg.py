@@ -14,7 +14,7 @@ from internal.biz.errors import Conflict, DomainError, InvalidArgument, Unavaila
 from internal.biz.identifiers import username_key
 from internal.biz.lockout import AttemptKey, LockoutPolicy
 from internal.biz.password import Argon2Params, Argon2PasswordHasher
-from internal.data.session import RedisLoginGuard
+from internal.data.login_guard import RedisLoginGuard
 from internal.data.user import PgUserRepo
 from tests.integration.auth.conftest import Stack, unique, unique_phone
 

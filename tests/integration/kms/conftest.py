@@ -21,8 +21,8 @@ from internal.biz.kms import KeyEvents, KeyRepo
 from internal.data.audit import PgAuditLog
 from internal.data.kms import PgKeyRepo
 from internal.data.kms_events import RedisKeyEvents, channel_name
-from internal.data.kms_reencrypt import PgUsersPiiStore
 from internal.data.migrate import migrate_up
+from internal.data.users_pii import PgUsersPiiStore
 from tests.unit.kms.stack import FakeClock, KmsStack, build_kms, kms_config
 
 SEED = "integration-test-seed-0123456789"

@@ -21,7 +21,7 @@ from internal.biz.kms import KeySpec
 from internal.data.audit import PgAuditLog
 from internal.data.kms import PgKeyRepo
 from internal.data.kms_file import FileKeyRepo
-from internal.data.kms_reencrypt import PgUsersPiiStore
+from internal.data.users_pii import PgUsersPiiStore
 from tests.e2e.test_named_keys import empty_database, own_database  # noqa: F401 - fixtures
 from tests.unit.kms.stack import FakeClock, KmsStack, build_kms
 

@@ -13,7 +13,7 @@ from internal.biz import pii
 from internal.biz.errors import FailedPrecondition, NotFound
 from internal.biz.kms import DEFAULT_KEY, USERS_KEY
 from internal.biz.kms_admin import MaintenanceProgress
-from internal.data.kms_reencrypt import PgUsersPiiStore
+from internal.data.users_pii import PgUsersPiiStore
 from internal.pkg.kms.envelope import parse_header
 from tests.integration.kms.conftest import MakeKms, eventually
 from tests.unit.kms.stack import FakeClock, KmsStack, user_values
@@ -217,9 +217,8 @@ async def test_concurrent_user_update_is_not_overwritten(make_kms: MakeKms, db: 
     assert row is not None and row["pii_key_version"] == 2
     opened = await kms.users.decrypt(pii.EMAIL, row["email_encrypted"], pii.user_context(user_id))
     assert opened == b"changed@example.com"
-    store = PgUsersPiiStore(db)
-    assert await store.versions_in_use() == {2}
-    assert await store.pending_count(2) == 0
+    assert await kms.admin.users_versions_in_use() == {2}
+    assert await PgUsersPiiStore(db).pending_count(2) == 0
     other = await db.fetchrow("SELECT email_encrypted, pii_key_version FROM users WHERE id = $1", other_id)
     assert other is not None and other["pii_key_version"] == 2
     assert await kms.users.decrypt(pii.EMAIL, other["email_encrypted"], pii.user_context(other_id)) == (

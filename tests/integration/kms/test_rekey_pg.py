@@ -15,7 +15,7 @@ from internal.biz import pii
 from internal.biz.kms import DEFAULT_KEY, USERS_KEY
 from internal.biz.kms_keyring import RootKeyMismatch
 from internal.data.kms import PgKeyRepo
-from internal.data.kms_reencrypt import PgUsersPiiStore
+from internal.data.users_pii import PgUsersPiiStore
 from tests.e2e.test_named_keys import empty_database, own_database  # noqa: F401 - fixtures
 from tests.unit.kms.stack import KmsStack, build_kms
 

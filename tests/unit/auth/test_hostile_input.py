@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from internal.biz.auth import LoginAttempt, Registration
 from internal.biz.errors import DomainError
-from internal.biz.token import Caller
+from internal.biz.ports import Caller
 from tests.unit.auth.fakes import build_world
 
 text = st.one_of(

@@ -9,7 +9,7 @@ import pytest
 
 from internal.biz.auth import LoginAttempt, Registration
 from internal.biz.errors import DomainError, InvalidArgument, PermissionDenied, ResourceExhausted, Unauthenticated
-from internal.biz.token import Caller
+from internal.biz.ports import Caller
 from internal.biz.totp import generate_code
 from tests.unit.auth.fakes import World, build_world
 

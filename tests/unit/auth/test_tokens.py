@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from internal.biz.auth import LoginAttempt, Registration
 from internal.biz.errors import PermissionDenied, Unauthenticated
-from internal.biz.token import Caller, Introspection, TokenPair
+from internal.biz.ports import Caller
+from internal.biz.token import Introspection, TokenPair
 from internal.conf.config import ConfigError
 from internal.data.signing_keys import JwtSigner, ed25519_thumbprint
 from tests.unit.auth.fakes import ED25519_KEY, World, build_world

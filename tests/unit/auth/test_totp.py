@@ -11,7 +11,7 @@ import pytest
 from internal.biz import pii
 from internal.biz.auth import LoginAttempt, Registration
 from internal.biz.errors import DomainError, FailedPrecondition, InvalidArgument, Unauthenticated
-from internal.biz.token import Caller
+from internal.biz.ports import Caller
 from internal.biz.totp import encode_secret, generate_code, matching_step, otpauth_uri
 from tests.unit.auth.fakes import World, build_world
 

@@ -21,7 +21,7 @@ from internal.biz.kms import KeyDefaults, KeyEvents, KeyRepo, NoKeyEvents
 from internal.biz.kms_admin import KeyAdmin, ResealedPii, StoredPii, UsersPiiStore
 from internal.biz.kms_cipher import KmsCipher, UsersPiiCipher
 from internal.biz.kms_keyring import KeyRing, RootKeySource
-from internal.biz.token import AuditLog
+from internal.biz.ports import AuditLog
 from internal.conf.config import Kms
 from internal.pkg.kms.envelope import ALGORITHM_IDS, MAGIC, NONCE_SIZE, DataKey, associated_data, parse_header
 from tests.unit.auth.fakes import FakeAudit
@@ -74,8 +74,8 @@ class FakeUsersPii:
                 applied += 1
         return applied
 
-    async def versions_in_use(self) -> set[int]:
-        return {parse_header(c).key_version for row in self.rows.values() for c in row.values() if c is not None}
+    async def ciphertext_prefixes(self, size: int) -> set[bytes]:
+        return {c[:size] for row in self.rows.values() for c in row.values() if c is not None}
 
 
 @dataclass

@@ -1,4 +1,7 @@
-"""The users table as KMS maintenance sees it (implements ``internal.biz.kms_admin.UsersPiiStore``).
+"""The users table as KMS maintenance sees it (implements ``internal.biz.kms_admin.UsersPiiStore``): SQL only.
+
+The re-encryption itself (what to decrypt, reseal and re-index) is ``KeyAdmin.maintenance`` in biz, and so is
+reading key versions out of envelopes: this module never looks inside a ciphertext.
 
 ``pii_key_version`` is the lowest version of the users' key among a row's ciphertexts (0: the row was
 written under ``default`` before named keys), so rows to re-encrypt are found by index. A batch of changes
@@ -15,7 +18,6 @@ import asyncpg
 from internal.biz import pii
 from internal.biz.kms_admin import ResealedPii, StoredPii
 from internal.data.errors import translate_driver_errors
-from internal.pkg.kms.envelope import FORMAT_VERSION, KEY_VERSION_OFFSET, MAGIC, MIN_CIPHERTEXT_SIZE
 
 # (field name bound into the ciphertext, column)
 _COLUMNS: tuple[tuple[str, str], ...] = (
@@ -36,13 +38,11 @@ _UPDATE = f"""
                      name_hash = COALESCE($8, name_hash), pii_key_version = $13
      WHERE id = $1 AND {_GUARD}
 """
-# The version of the users' key inside each stored envelope of the current format (uint32 big-endian at
-# KEY_VERSION_OFFSET); format 1 envelopes belong to `default` and never hold a version of the users' key.
-_VERSIONS_IN_USE = f"""
-    SELECT DISTINCT ('x' || encode(substring(c FROM {KEY_VERSION_OFFSET + 1} FOR 4), 'hex'))::bit(32)::int AS v
+# The distinct leading bytes of every stored PII ciphertext; biz reads the key version out of them.
+_PREFIXES = f"""
+    SELECT DISTINCT substring(c FROM 1 FOR $1) AS p
       FROM users, LATERAL (VALUES {", ".join(f"({column})" for _, column in _COLUMNS)}) AS t(c)
-     WHERE c IS NOT NULL AND length(c) >= {MIN_CIPHERTEXT_SIZE} AND get_byte(c, 0) = {MAGIC}
-       AND get_byte(c, 1) = {FORMAT_VERSION}
+     WHERE c IS NOT NULL
 """
 
 
@@ -87,5 +87,5 @@ class PgUsersPiiStore:
         return applied
 
     @translate_driver_errors
-    async def versions_in_use(self) -> set[int]:
-        return {int(r["v"]) for r in await self._pool.fetch(_VERSIONS_IN_USE) if r["v"] is not None}
+    async def ciphertext_prefixes(self, size: int) -> set[bytes]:
+        return {bytes(r["p"]) for r in await self._pool.fetch(_PREFIXES, size)}
