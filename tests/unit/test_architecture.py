@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -21,3 +22,45 @@ def test_cmd_is_not_a_package() -> None:
     # A package named cmd shadows the standard library module that pdb (and so pytest) imports.
     assert not (ROOT / "cmd" / "__init__.py").exists()
     assert not (ROOT / "cmd" / "server" / "__init__.py").exists()
+
+
+def _modules(*roots: str) -> list[tuple[Path, ast.Module]]:
+    files = [p for root in roots for p in sorted((ROOT / root).rglob("*.py")) if "gen" not in p.parts]
+    return [(p, ast.parse(p.read_text(encoding="utf-8"), str(p))) for p in files]
+
+
+PORTS = "internal.biz.ports"
+PORT_NAMES = {"Caller", "AuditLog", "RateLimiter", "RateDecision", "RateVerdict", "ADMIN_SCOPE"}
+
+
+def test_cross_cutting_ports_have_one_home() -> None:
+    """Caller, AuditLog and the rate limiter are defined in biz/ports.py only, and imported from there."""
+    home = ROOT / "internal" / "biz" / "ports.py"
+    wrong: list[str] = []
+    for path, tree in _modules("internal", "tests", "bench", "cmd"):
+        where = str(path.relative_to(ROOT))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.name in PORT_NAMES and path.is_relative_to(ROOT / "internal"):
+                wrong += [f"{where}: defines {node.name}"] if path != home else []
+            if isinstance(node, ast.ImportFrom) and node.module != PORTS:
+                wrong += [f"{where}: {a.name} from {node.module}" for a in node.names if a.name in PORT_NAMES]
+    assert not wrong, wrong
+
+
+def test_one_repository_per_data_module() -> None:
+    """Each internal/data module holds at most one PostgreSQL or Redis adapter."""
+    crowded = {}
+    for path, tree in _modules("internal/data"):
+        adapters = [n.name for n in tree.body if isinstance(n, ast.ClassDef) and n.name.startswith(("Pg", "Redis"))]
+        if len(adapters) > 1:
+            crowded[path.name] = adapters
+    assert not crowded, crowded
+
+
+def test_audit_events_has_one_writer() -> None:
+    writers = [
+        str(p.relative_to(ROOT))
+        for p in sorted((ROOT / "internal").rglob("*.py"))
+        if "INSERT INTO audit_events" in p.read_text(encoding="utf-8")
+    ]
+    assert writers == ["internal/data/audit.py"]

@@ -110,3 +110,21 @@ async def test_anonymous_refusals_write_a_bounded_number_of_rows_per_network(sta
     assert [d.get("suppressed") for d in denied if d["network"] == flood] == [None, None, None, 17]
     assert [d["network"] for d in denied].count(other) == 1
     assert [r["event"] for r in rows].count("auth.login") == 1
+
+
+async def test_every_writer_goes_through_one_bound(stack: Stack) -> None:
+    """Whatever a caller passes, the row fits its columns and the details stay bounded."""
+    rid = uuid.uuid4().hex
+    token = request_id.set(rid)
+    try:
+        await stack.audit.record(
+            "e" * 100, "o" * 40, actor="a" * 300, subject="s" * 300, details={"keys": "k," * 500, "n": 7}
+        )
+    finally:
+        request_id.reset(token)
+    row = await stack.pool.fetchrow(
+        "SELECT event, outcome, actor, subject, details FROM audit_events WHERE request_id = $1", rid
+    )
+    assert row is not None
+    assert (len(row["event"]), len(row["outcome"]), len(row["actor"]), len(row["subject"])) == (64, 16, 128, 128)
+    assert json.loads(row["details"]) == {"keys": ("k," * 500)[:200], "n": 7}

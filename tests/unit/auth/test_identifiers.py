@@ -5,12 +5,16 @@ from __future__ import annotations
 import unicodedata
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from internal.biz.errors import InvalidArgument
 from internal.biz.identifiers import (
+    classify,
     email_key,
     normalize_email,
     normalize_identifier,
+    normalize_index_value,
     normalize_phone,
     normalize_username,
     skeleton,
@@ -78,3 +82,45 @@ def test_unknown_kind_is_a_programming_error() -> None:
 )
 def test_client_network_prefixes(address: str, network: str) -> None:
     assert client_network(address) == network
+
+
+@pytest.mark.parametrize(
+    ("identifier", "kind", "normalized"),
+    [
+        (" Alice@Example.org ", "email", "alice@example.org"),
+        ("+86 138 1234 5678", "phone", "+8613812345678"),
+        ("＋８６１３８１２３４５６７８", "phone", "+8613812345678"),  # fullwidth plus too
+        ("ａｌｉｃｅ", "username", "alice"),
+        ("not an email@", "email", None),
+        ("+12", "phone", None),
+        ("1alice", "username", None),
+    ],
+)
+def test_classify_by_shape_then_normalise(identifier: str, kind: str, normalized: str | None) -> None:
+    assert classify(identifier) == (kind, normalized)
+
+
+def test_blind_index_values_use_the_identifier_rules_for_email_and_phone() -> None:
+    nfd = unicodedata.normalize("NFD", " José@Example.org")
+    assert normalize_index_value("email", nfd) == normalize_email(nfd)
+    assert normalize_index_value("phone", "＋８６１３８１２３４５６７８") == "+8613812345678"
+    assert normalize_index_value("name", unicodedata.normalize("NFD", " José ")) == "José"
+    for bad in ("   ", "x" * 1025):
+        with pytest.raises(InvalidArgument):
+            normalize_index_value("name", bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40), st.sampled_from(["email", "phone", "username"]))
+@example(unicodedata.normalize("NFD", " José@Example.ORG"), "email")
+@example("＋８６ １３８-１２３４-５６７８", "phone")
+@example("ａｌｉｃｅ_1", "username")
+def test_normalising_twice_changes_nothing(value: str, kind: str) -> None:
+    # Values are normalised again further down (blind index, confusable key, captcha target), which is
+    # only harmless because every normaliser is idempotent.
+    try:
+        once = normalize_identifier(kind, value)
+    except InvalidArgument:
+        return
+    assert normalize_identifier(kind, once) == once
+    assert classify(once) == (kind, once)

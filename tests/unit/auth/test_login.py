@@ -26,7 +26,10 @@ async def fail(w: World, attempt: LoginAttempt, client: str = "1.2.3.4") -> Doma
     return err.value
 
 
-@pytest.mark.parametrize("identifier", ["alice", "ALICE", "Alice@Example.com", " alice@example.com", "+8613812345678"])
+@pytest.mark.parametrize(
+    "identifier",
+    ["alice", "ALICE", "Alice@Example.com", " alice@example.com", "+8613812345678", "＋８６ １３８ １２３４ ５６７８"],
+)
 async def test_login_by_username_email_or_phone(identifier: str) -> None:
     w = build_world()
     user_id = await registered(w)

@@ -370,3 +370,19 @@ def test_sealer_cache_is_bounded_and_never_crosses_contexts() -> None:
             if other != context:
                 with pytest.raises(InvalidArgument):
                     open_sealed(key, "email", ciphertext, other)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_named_key_version_from_a_prefix_alone(algorithm: Algorithm) -> None:
+    # Storage hands over only the first PREFIX_SIZE bytes of each value; the version is read here.
+    sealed = seal(DataKey("authkms.users", 12, algorithm, KEY_MATERIAL), "email", b"a@example.org", {})
+    assert envelope.named_key_version(sealed[: envelope.PREFIX_SIZE]) == 12
+    assert envelope.named_key_version(sealed) == parse_header(sealed).key_version == 12
+
+
+def test_named_key_version_is_none_for_format_1_and_for_what_is_no_envelope() -> None:
+    legacy = seal_legacy(KEYS[Algorithm.AES_256_GCM], "email", b"a@example.org", {})
+    assert envelope.named_key_version(legacy[: envelope.PREFIX_SIZE]) is None
+    current = seal(KEYS[Algorithm.AES_256_GCM], "f", b"v", {})[: envelope.PREFIX_SIZE]
+    for bad in (b"", current[:-1], b"\x00" + current[1:], current[:-1] + b"\x09", current[:2] + bytes(4) + current[6:]):
+        assert envelope.named_key_version(bad) is None
