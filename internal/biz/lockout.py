@@ -78,7 +78,7 @@ class LockState:
 
 
 class LoginGuard(Protocol):
-    """Shared failure counters (``internal.data.session.RedisLoginGuard``), atomic across replicas."""
+    """Shared failure counters (``internal.data.login_guard.RedisLoginGuard``), atomic across replicas."""
 
     async def begin_attempt(self, key: AttemptKey, policy: LockoutPolicy) -> AttemptDecision:
         """Refuse while the source's delay runs; otherwise count the attempt on the source and the account."""

@@ -46,7 +46,7 @@ def redis_unavailable(what: str) -> Iterator[None]:
 
 
 class RedisRateLimiter:
-    """Implements ``internal.biz.captcha.RateLimiter``; keys are ``{key_prefix}ratelimit:{bucket}``."""
+    """Implements ``internal.biz.ports.RateLimiter``; keys are ``{key_prefix}ratelimit:{bucket}``."""
 
     def __init__(self, redis: Any, key_prefix: str = "") -> None:
         self._prefix = key_prefix

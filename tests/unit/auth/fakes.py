@@ -18,6 +18,7 @@ from internal.biz import pii
 from internal.biz.auth import AuthPolicy, AuthUsecase
 from internal.biz.errors import Conflict, InvalidArgument
 from internal.biz.lockout import AttemptDecision, AttemptKey, Lockout, LockoutPolicy, LockState
+from internal.biz.ports import RateDecision
 from internal.biz.token import Rotation, RotationResult, TokenPolicy, TokenUsecase
 from internal.biz.totp import TotpUsecase
 from internal.biz.user import KeylessUser, NewUser, User, UserUsecase
@@ -327,21 +328,15 @@ class FakeAudit:
         return [str(e["details"].get("reason", e["outcome"])) for e in self.events if e["event"] == event]
 
 
-@dataclass(frozen=True)
-class Verdict:
-    allowed: bool
-    retry_after: float = 0.0
-
-
 class FakeLimiter:
     def __init__(self, limit: int | None = None) -> None:
         self.limit = limit
         self.hits: dict[str, int] = {}
 
-    async def hit(self, bucket: str, limit: int, window_seconds: float) -> Verdict:
+    async def hit(self, bucket: str, limit: int, window_seconds: float) -> RateDecision:
         self.hits[bucket] = self.hits.get(bucket, 0) + 1
         cap = self.limit if self.limit is not None else limit
-        return Verdict(True) if self.hits[bucket] <= cap else Verdict(False, 12.3)
+        return RateDecision(True, 0.0) if self.hits[bucket] <= cap else RateDecision(False, 12.3)
 
 
 class FakeCaptcha:
