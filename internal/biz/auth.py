@@ -26,7 +26,6 @@ from internal.biz.errors import InvalidArgument, NotFound, PermissionDenied, Res
 from internal.biz.identifiers import (
     USERNAME,
     classify,
-    email_key,
     normalize_email,
     normalize_phone,
     normalize_username,
@@ -45,7 +44,7 @@ from internal.biz.password import PasswordHasher, check_password_policy, normali
 from internal.biz.ports import AuditLog, Caller, RateLimiter
 from internal.biz.token import TokenPair, TokenUsecase
 from internal.biz.totp import TotpVerifier, check_code_shape
-from internal.biz.user import EMAIL_KEY_INDEX, NewUser, User, UserRepo, validate_name
+from internal.biz.user import NewUser, User, UserRepo, email_key_hash, validate_name
 
 if TYPE_CHECKING:
     from internal.conf.config import Auth
@@ -184,9 +183,8 @@ class AuthUsecase:
         user_id = await self._users.next_id()
         context = pii.user_context(user_id)
         email_field = await pii.seal_indexed(self._cipher, pii.EMAIL, email, context)
-        phone_field = await pii.seal_indexed(self._cipher, pii.PHONE, phone, context)
-        name_field = await pii.seal_indexed(self._cipher, pii.NAME, name, context)
-        assert email_field is not None  # normalize_email never returns ""
+        phone_field = await pii.seal_indexed(self._cipher, pii.PHONE, phone, context) if phone else None
+        name_field = await pii.seal_indexed(self._cipher, pii.NAME, name, context) if name else None
         new_user = NewUser(
             id=user_id,
             username=username,
@@ -194,7 +192,7 @@ class AuthUsecase:
             password_hash=password_hash,
             email_encrypted=email_field.ciphertext,
             email_hash=email_field.blind_index,
-            email_key_hash=self._cipher.blind_index(EMAIL_KEY_INDEX, email_key(email)),
+            email_key_hash=email_key_hash(self._cipher, email),
             phone_encrypted=phone_field.ciphertext if phone_field else None,
             phone_hash=phone_field.blind_index if phone_field else None,
             name_encrypted=name_field.ciphertext if name_field else None,

@@ -55,9 +55,7 @@ class IndexedField:
     blind_index: str
 
 
-async def seal_indexed(cipher: FieldCipher, field: str, value: str, context: Mapping[str, str]) -> IndexedField | None:
-    """Encrypt a normalised value and compute its blind index; None for an empty (absent) value."""
-    if not value:
-        return None
+async def seal_indexed(cipher: FieldCipher, field: str, value: str, context: Mapping[str, str]) -> IndexedField:
+    """Encrypt a normalised value and compute its blind index."""
     sealed = await cipher.encrypt(field, value.encode(), context)
     return IndexedField(sealed.ciphertext, sealed.key_version, cipher.blind_index(field, value))

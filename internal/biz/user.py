@@ -130,6 +130,11 @@ def validate_name(name: str) -> str:
     return text
 
 
+def email_key_hash(cipher: pii.FieldCipher, email: str) -> str:
+    """The blind index of an email's confusable key: what ``users.email_key_hash`` holds (UNIQUE)."""
+    return cipher.blind_index(EMAIL_KEY_INDEX, email_key(email))
+
+
 def mask_name(name: str) -> str:
     """``Alice Smith`` → ``A***``: the initial only."""
     return f"{name[:1]}***" if name else ""
@@ -173,7 +178,7 @@ class UserUsecase:
         while rows := await self._users.without_identifier_keys(after, batch):
             for row in rows:
                 email = await self._decrypt(pii.EMAIL, row.email_encrypted, pii.user_context(row.id))
-                email_hash = self._cipher.blind_index(EMAIL_KEY_INDEX, email_key(email)) if email else None
+                email_hash = email_key_hash(self._cipher, email) if email else None
                 done += await self._users.set_identifier_keys(row.id, username_key(row.username), email_hash)
             after = rows[-1].id
         return done
