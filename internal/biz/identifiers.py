@@ -1,10 +1,10 @@
 """The one normaliser of login identifiers (email, phone, username) and their confusable keys.
 
 Everything that compares, indexes or looks up an identifier goes through these functions: registration,
-login, captcha target binding, the stored blind indexes and the KMS ``HashField`` RPC. Each is idempotent,
-so a value normalised again further down (a blind index of an already normal email) is unchanged. Two normalisers
+login, captcha target binding, the stored blind indexes and the KMS ``HashField`` RPC. Two normalisers
 that disagree (as an email typed in NFD once hashed differently from the same address in NFC) turn into
-duplicate accounts and failed logins.
+duplicate accounts and failed logins. Each function is idempotent, so a value normalised again further
+down (the blind index of an email already normal) is unchanged.
 
 * ``normalize_email``: trimmed, Unicode NFC, syntactically valid (no DNS), lower-cased. What is stored
   (encrypted), what codes are sent to and what ``users.email_hash`` indexes.
