@@ -1,23 +1,24 @@
-"""Process lifecycle: dependencies up, migrations, gRPC + monitoring servers, graceful shutdown."""
+"""The service process: gRPC + HTTP servers on the composition root, background jobs, graceful shutdown.
+
+Start-up before this (flags, configuration, the embedded servers of the development default, migrations,
+the supervisor for ``--workers``) belongs to the entry script, ``cmd/server/main.py``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
-import inspect
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from internal.biz.kms import DEFAULT_KEY
 from internal.conf.config import Bootstrap
-from internal.container import Container
-from internal.data.migrate import migrate_up
+from internal.container import Wired, build
 from internal.pkg.tracing import setup_tracing, shutdown_tracing
 from internal.server.gateway import Invoker, routes
 from internal.server.grpc import new_grpc_server, server_interceptors
@@ -67,38 +68,8 @@ def once_in_background(job: Callable[[], Awaitable[int]], name: str) -> Abstract
     return _in_background(_logged(job, name), name)
 
 
-async def resolve(value: Any) -> Any:
-    """Providers that depend on async resources return awaitables; everything else is ready."""
-    return await value if inspect.isawaitable(value) else value
-
-
-@contextlib.asynccontextmanager
-async def dependencies(config: Bootstrap) -> AsyncIterator[Bootstrap]:
-    """Yield the config with database/Redis URLs filled in, starting embedded servers for empty ones."""
-    stack = contextlib.ExitStack()
-    database, redis = config.data.database, config.data.redis
-    data_dir = Path(config.data.data_dir).resolve()
-    try:
-        if not database.url or not redis.url:
-            from internal.pkg.embedded import EmbeddedPostgres, EmbeddedRedis
-
-            if not database.url:
-                pg = EmbeddedPostgres(data_dir / "postgres")
-                stack.callback(pg.stop)
-                database = database.model_copy(update={"url": await asyncio.to_thread(pg.start)})
-                log.info("using embedded postgresql", extra={"data_dir": str(data_dir / "postgres")})
-            if not redis.url:
-                rd = EmbeddedRedis(data_dir / "redis")
-                stack.callback(rd.stop)
-                redis = redis.model_copy(update={"url": await asyncio.to_thread(rd.start)})
-                log.info("using embedded redis", extra={"data_dir": str(data_dir / "redis")})
-        data = config.data.model_copy(update={"database": database, "redis": redis})
-        yield config.model_copy(update={"data": data})
-    finally:
-        await asyncio.to_thread(stack.close)
-
-
-def _stop_event() -> asyncio.Event:
+def stop_event() -> asyncio.Event:
+    """An event set by SIGTERM/SIGINT; install it before any start-up work, so no signal is lost."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -106,36 +77,23 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
-async def serve(config: Bootstrap) -> None:
-    """Run until SIGTERM/SIGINT, then drain in-flight RPCs within the grace period and release everything."""
-    stop = _stop_event()
+async def serve(config: Bootstrap, stop: asyncio.Event) -> None:
+    """Serve ``config`` (database and Redis URLs resolved) until ``stop``, then drain in-flight RPCs within
+    the grace period and release everything."""
     setup_tracing(config.monitoring)
     try:
-        await _serve(config, stop)
+        async with build(config) as wired:
+            await _run_servers(wired, config, stop)
+        log.info("stopped")
     finally:
         await asyncio.to_thread(shutdown_tracing)
 
 
-async def _serve(config: Bootstrap, stop: asyncio.Event) -> None:
-    async with dependencies(config) as config:
-        if config.data.database.auto_migrate:
-            applied = await migrate_up(config.data.database.url)
-            if applied:
-                log.info("migrations applied", extra={"versions": applied})
-        container = Container(config=config)
-        await resolve(container.init_resources())
-        try:
-            await _run_servers(container, config, stop)
-        finally:
-            await resolve(container.shutdown_resources())
-    log.info("stopped")
-
-
-async def _run_servers(container: Container, config: Bootstrap, stop: asyncio.Event) -> None:
-    health_check = await resolve(container.dependency_health())
-    services = await resolve(container.services())
-    proxies = container.trusted_proxies()
-    server, port = new_grpc_server(config.server.grpc, services, container.health_servicer(), proxies)
+async def _run_servers(wired: Wired, config: Bootstrap, stop: asyncio.Event) -> None:
+    health_check = wired.dependency_health
+    services = wired.services
+    proxies = wired.trusted_proxies
+    server, port = new_grpc_server(config.server.grpc, services, wired.health_servicer, proxies)
     route_table = routes(services)
     grace = config.server.grpc.grace_period.total_seconds()
     http = HttpServer(
@@ -153,12 +111,10 @@ async def _run_servers(container: Container, config: Bootstrap, stop: asyncio.Ev
     names = [s.full_name for s in services]
     log.info("serving", extra={"grpc_port": port, "http_routes": len(route_table), "services": names})
     try:
-        tokens = await resolve(container.biz.tokens())
-        users = await resolve(container.biz.users())
         async with (
-            kms_gauges(functools.partial((await resolve(container.biz.key_admin())).status, DEFAULT_KEY)),
-            every(config.auth.session_purge_interval, tokens.purge_expired, "session purge"),
-            once_in_background(users.backfill_identifier_keys, "identifier key backfill"),
+            kms_gauges(functools.partial(wired.key_admin.status, DEFAULT_KEY)),
+            every(config.auth.session_purge_interval, wired.tokens.purge_expired, "session purge"),
+            once_in_background(wired.users.backfill_identifier_keys, "identifier key backfill"),
         ):
             await stop.wait()
     finally:

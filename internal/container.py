@@ -1,13 +1,17 @@
 """The composition root (Kratos' wire.go): builds every object once, at start-up, never at import.
 
-One container per layer, joined in ``Container``. Resources (the asyncpg pool, the Redis client, the
-initialized KMS) open in ``init_resources`` and close in ``shutdown_resources``. Providers that depend
-on them resolve to awaitables; ``internal.app.resolve`` awaits them.
+One dependency-injector container per layer, joined in ``Container``: the declarations say what depends
+on what. ``build(config)`` is the one way in, for the server and every CLI command alike: it opens the
+resources (the asyncpg pool, the Redis client, the initialized KMS), resolves what a process uses into
+``Wired``, and closes the resources when its block ends.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -18,7 +22,7 @@ from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
 from internal.biz.audit import DenialAuditLimit
 from internal.biz.auth import AuthPolicy, AuthUsecase
-from internal.biz.captcha import CaptchaSettings, CaptchaUsecase
+from internal.biz.captcha import CaptchaSettings, CaptchaUsecase, CodeSenders
 from internal.biz.credentials import CredentialUsecase
 from internal.biz.kms import KeyDefaults, KeyEvents, KeyRepo, NoKeyEvents
 from internal.biz.kms_admin import KeyAdmin
@@ -239,3 +243,54 @@ class Container(containers.DeclarativeContainer):
         service_names=[AUTH_SERVICE, KMS_SERVICE],
         probes=providers.Callable(dependency_probes, pool=data.pg_pool, redis=data.redis),
     )
+
+
+@dataclass(frozen=True)
+class Wired:
+    """Everything a process takes from the composition root, resolved (no providers, no awaitables)."""
+
+    config: Bootstrap
+    services: list[ServiceRegistration]
+    health_servicer: health.aio.HealthServicer
+    dependency_health: DependencyHealth
+    trusted_proxies: TrustedProxies
+    auth: AuthUsecase
+    tokens: TokenUsecase
+    users: UserUsecase
+    key_admin: KeyAdmin
+    credentials: CredentialUsecase
+    senders: CodeSenders
+
+
+async def _ready(value: Any) -> Any:
+    # dependency-injector hands out an awaitable for any provider that depends on an async resource
+    # and a plain value otherwise; build() is the only place that needs to know.
+    return await value if inspect.isawaitable(value) else value
+
+
+@contextlib.asynccontextmanager
+async def build(config: Bootstrap) -> AsyncIterator[Wired]:
+    """Open the resources, yield the resolved objects, close the resources.
+
+    A small function around a plainly used container rather than a container API at every call site:
+    callers get typed values, and the one place that awaits providers is here (as wire.go's
+    ``wireApp`` returns the assembled app and its cleanup).
+    """
+    container = Container(config=config)
+    await _ready(container.init_resources())
+    try:
+        yield Wired(
+            config=config,
+            services=await _ready(container.services()),
+            health_servicer=container.health_servicer(),
+            dependency_health=await _ready(container.dependency_health()),
+            trusted_proxies=container.trusted_proxies(),
+            auth=await _ready(container.biz.auth()),
+            tokens=await _ready(container.biz.tokens()),
+            users=await _ready(container.biz.users()),
+            key_admin=await _ready(container.biz.key_admin()),
+            credentials=await _ready(container.biz.credentials()),
+            senders=await _ready(container.data.senders()),
+        )
+    finally:
+        await _ready(container.shutdown_resources())

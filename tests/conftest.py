@@ -67,7 +67,7 @@ def postgres_server_url() -> Iterator[str]:
     if _reachable_postgres(LOCAL_DATABASE_URL):
         yield LOCAL_DATABASE_URL
         return
-    from internal.pkg.embedded import EmbeddedPostgres
+    from internal.devenv.embedded import EmbeddedPostgres
 
     server = EmbeddedPostgres(ROOT / ".data" / "test-postgres")
     try:
@@ -108,7 +108,7 @@ def redis_url() -> Iterator[str]:
     if _reachable_redis(LOCAL_REDIS_URL):
         yield LOCAL_REDIS_URL
         return
-    from internal.pkg.embedded import EmbeddedRedis
+    from internal.devenv.embedded import EmbeddedRedis
 
     server = EmbeddedRedis(ROOT / ".data" / "test-redis")
     try:

@@ -1,42 +1,65 @@
 """authkms entry point: `python cmd/server/main.py [-conf configs] [--workers N] <command>`.
 
-Commands: serve (default), migrate up|down|version,
-kms create|rotate|status|maintenance|schedule-destroy|cancel-destroy|rekey, credentials create|revoke|list,
-users lock|unlock. Every command exits non-zero with a one-line reason.
+This script is the front door: it owns the flags, the configuration and start-up. ``serve`` starts what a
+machine needs once (the embedded PostgreSQL/Redis of the development default, the migrations), then
+serves in this process or supervises ``--workers`` copies of itself; the other commands build the same
+composition root (``internal.container.build``) and call one use case. Commands and their arguments are
+the ``COMMANDS`` table. Every command exits non-zero with a one-line reason.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from internal.conf.config import Bootstrap, ConfigError, load_config
 from internal.pkg.log import setup_logging
 
+if TYPE_CHECKING:
+    from internal.biz.auth import AuthUsecase
+    from internal.biz.credentials import CredentialUsecase
+    from internal.biz.kms_admin import KeyAdmin
+    from internal.container import Wired
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="authkms", description="Authentication and field-level encryption service")
-    parser.add_argument("-conf", "--conf", default="configs", help="config file or folder (default: configs)")
-    parser.add_argument("--workers", type=int, default=None, help="serve with N processes sharing the port")
-    commands = parser.add_subparsers(dest="command", metavar="command")
-    commands.add_parser("serve", help="run the gRPC service (default)")
+log = logging.getLogger("authkms.cli")
 
-    migrate = commands.add_parser("migrate", help="database schema migrations").add_subparsers(
-        dest="action", required=True, metavar="action"
-    )
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its help line, its arguments and what it runs (an exit code)."""
+
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[Bootstrap, argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def _actions(parser: argparse.ArgumentParser) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    return parser.add_subparsers(dest="action", required=True, metavar="action")
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    del parser  # --workers is a top-level flag (serve is also the default command)
+
+
+def _migrate_arguments(parser: argparse.ArgumentParser) -> None:
+    migrate = _actions(parser)
     up = migrate.add_parser("up", help="apply pending migrations")
     up.add_argument("n", nargs="?", type=int, help="apply at most N migrations")
     down = migrate.add_parser("down", help="revert migrations")
     down.add_argument("n", nargs="?", type=int, default=1, help="revert N migrations (default 1)")
     migrate.add_parser("version", help="print the current schema version")
 
-    kms = commands.add_parser("kms", help="key management").add_subparsers(
-        dest="action", required=True, metavar="action"
-    )
+
+def _kms_arguments(parser: argparse.ArgumentParser) -> None:
+    kms = _actions(parser)
     create_key = kms.add_parser("create", help="create a named key with its first version")
     create_key.add_argument("name")
     create_key.add_argument("--description", default="")
@@ -63,9 +86,9 @@ def _parser() -> argparse.ArgumentParser:
         if verb == "schedule-destroy":
             destroy.add_argument("--wait-days", type=int, default=0, help="waiting period (default: the key's, 30)")
 
-    creds = commands.add_parser("credentials", help="service credentials for kms.v1 callers").add_subparsers(
-        dest="action", required=True, metavar="action"
-    )
+
+def _credentials_arguments(parser: argparse.ArgumentParser) -> None:
+    creds = _actions(parser)
     create = creds.add_parser("create", help="create a credential and print its token once")
     create.add_argument("--name", required=True)
     create.add_argument(
@@ -80,34 +103,54 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("--name", required=True)
     creds.add_parser("list", help="list credentials (never tokens)")
 
-    users = commands.add_parser("users", help="user accounts").add_subparsers(dest="action", required=True)
+
+def _users_arguments(parser: argparse.ArgumentParser) -> None:
+    users = _actions(parser)
     unlock = users.add_parser("unlock", help="clear a user's login lock and failure count")
     unlock.add_argument("username")
     lock = users.add_parser("lock", help="hard-lock a user's logins (auth.lock_duration unless --minutes)")
     lock.add_argument("username")
     lock.add_argument("--minutes", type=float, default=None, help="lock duration in minutes")
-    return parser
+
+
+def _dev_arguments(parser: argparse.ArgumentParser) -> None:
+    dev = _actions(parser)
+    outbox = dev.add_parser("outbox", help="print the newest code sent to an email address or phone (auth.dev_outbox)")
+    outbox.add_argument("target", help="the email address or E.164 phone the code was sent to")
+    outbox.add_argument("--all", action="store_true", help="every kept code, newest first")
 
 
 def _when(moment: datetime | None) -> str:
     return moment.isoformat(timespec="seconds") if moment else "-"
 
 
-async def _with_container(config: Bootstrap, action: Callable[[Any], Awaitable[int]]) -> int:
-    from internal.app import dependencies, resolve
-    from internal.container import Container
+@asynccontextmanager
+async def _dependencies(config: Bootstrap, *, share: bool) -> AsyncIterator[Bootstrap]:
+    """``config`` with its database/Redis URLs; empty ones are the development default, served by the
+    embedded servers (``internal.devenv``), which CLI commands share with a running service."""
+    if config.data.database.url and config.data.redis.url:
+        yield config
+        return
+    from internal.devenv.servers import embedded_servers
 
-    async with dependencies(config) as config:
-        container = Container(config=config)
-        await resolve(container.init_resources())
-        try:
-            return await action(container)
-        finally:
-            await resolve(container.shutdown_resources())
+    async with embedded_servers(config, share=share) as resolved:
+        yield resolved
 
 
-async def _kms(container: Any, args: argparse.Namespace) -> int:
-    admin = await container.biz.key_admin()
+@asynccontextmanager
+async def _wired(config: Bootstrap) -> AsyncIterator[Wired]:
+    from internal.container import build
+
+    async with _dependencies(config, share=True) as resolved, build(resolved) as wired:
+        yield wired
+
+
+async def _kms(config: Bootstrap, args: argparse.Namespace) -> int:
+    async with _wired(config) as wired:
+        return await _kms_action(wired.key_admin, args)
+
+
+async def _kms_action(admin: KeyAdmin, args: argparse.Namespace) -> int:
     if args.action == "create":
         named = await admin.create_key(args.name, description=args.description)
         print(f"created key {named.name} (active version {named.active_version}, {named.policy.algorithm})")
@@ -138,7 +181,7 @@ async def _kms(container: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _rekey(admin: Any, args: argparse.Namespace) -> int:
+async def _rekey(admin: KeyAdmin, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     total = rewrapped = 0
@@ -165,7 +208,7 @@ async def _rekey(admin: Any, args: argparse.Namespace) -> int:
     return 0 if report.remaining == 0 else 1
 
 
-async def _maintenance(admin: Any, args: argparse.Namespace) -> int:
+async def _maintenance(admin: KeyAdmin, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     names = args.key or [k.name for k in (await admin.list_keys(500, "", lambda _: True)).items]
@@ -187,8 +230,12 @@ async def _maintenance(admin: Any, args: argparse.Namespace) -> int:
     return 0 if report.records_failed == 0 else 1
 
 
-async def _credentials(container: Any, args: argparse.Namespace) -> int:
-    usecase = await container.biz.credentials()
+async def _credentials(config: Bootstrap, args: argparse.Namespace) -> int:
+    async with _wired(config) as wired:
+        return await _credentials_action(wired.credentials, args)
+
+
+async def _credentials_action(usecase: CredentialUsecase, args: argparse.Namespace) -> int:
     if args.action == "create":
         scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
         patterns = [k.strip() for k in args.keys.split(",") if k.strip()]
@@ -208,11 +255,15 @@ async def _credentials(container: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _users(container: Any, args: argparse.Namespace) -> int:
-    auth = await container.biz.auth()
+async def _users(config: Bootstrap, args: argparse.Namespace) -> int:
+    if args.action == "lock" and args.minutes is not None and args.minutes <= 0:
+        raise SystemExit("authkms: --minutes must be positive")
+    async with _wired(config) as wired:
+        return await _users_action(wired.auth, args)
+
+
+async def _users_action(auth: AuthUsecase, args: argparse.Namespace) -> int:
     if args.action == "lock":
-        if args.minutes is not None and args.minutes <= 0:
-            raise SystemExit("--minutes must be positive")
         seconds = args.minutes * 60 if args.minutes is not None else None
         unlock_at = await auth.lock(args.username, seconds)
         print(f"locked {args.username} until {datetime.fromtimestamp(unlock_at, UTC).isoformat(timespec='seconds')}")
@@ -223,10 +274,9 @@ async def _users(container: Any, args: argparse.Namespace) -> int:
 
 
 async def _migrate(config: Bootstrap, args: argparse.Namespace) -> int:
-    from internal.app import dependencies
     from internal.data import migrate
 
-    async with dependencies(config) as config:
+    async with _dependencies(config, share=True) as config:
         url = config.data.database.url
         if args.action == "up":
             print("applied:", await migrate.migrate_up(url, steps=args.n) or "nothing")
@@ -238,21 +288,84 @@ async def _migrate(config: Bootstrap, args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(config: Bootstrap, args: argparse.Namespace) -> int:
-    from internal.app import serve
+async def _dev(config: Bootstrap, args: argparse.Namespace) -> int:
+    """Development helpers; refused in production mode, whatever the rest of the configuration says."""
+    from internal.biz.identifiers import normalize_email, normalize_phone
+    from internal.data.senders import DevOutboxSender
+
+    if config.security.mode == "production":
+        print("authkms: dev commands are refused in production mode", file=sys.stderr)
+        return 2
+    if not config.auth.dev_outbox:
+        print("authkms: auth.dev_outbox is off: codes go out by email/SMS and are not kept", file=sys.stderr)
+        return 2
+    # The outbox keys its lists by the normalized target, as the captcha use case sends them.
+    target = normalize_email(args.target) if "@" in args.target else normalize_phone(args.target)
+    async with _wired(config) as wired:
+        outbox = wired.senders.email if "@" in target else wired.senders.sms
+        if not isinstance(outbox, DevOutboxSender):  # a real sender is configured for this channel
+            print("authkms: this channel has a real sender (SMTP or SMS webhook); no code is kept", file=sys.stderr)
+            return 2
+        codes = await outbox.codes(target)
+    if not codes:
+        print(f"authkms: no code kept for {args.target} (none sent, or expired)", file=sys.stderr)
+        return 1
+    print("\n".join(codes) if args.all else codes[0])
+    return 0
+
+
+async def _serve(config: Bootstrap, args: argparse.Namespace) -> int:
+    """Once per machine: the embedded servers (when no URL is configured) and the migrations; then serve
+    here, or supervise ``--workers`` copies of this script that inherit the resolved URLs."""
+    from internal.app import serve, stop_event
+    from internal.data.migrate import migrate_up
     from internal.server.supervisor import supervise, workers_to_supervise
 
-    if args.command == "migrate":
-        return asyncio.run(_migrate(config, args))
-    handlers = {"kms": _kms, "credentials": _credentials, "users": _users}
-    if args.command in handlers:
-        handler = handlers[args.command]
-        return asyncio.run(_with_container(config, lambda container: handler(container, args)))
     workers = workers_to_supervise(config, args.workers)
-    if workers:
-        return asyncio.run(supervise(config, args.conf, workers))
-    asyncio.run(serve(config))
+    stop = stop_event()
+    async with _dependencies(config, share=False) as config:
+        if config.data.database.auto_migrate:
+            applied = await migrate_up(config.data.database.url)
+            if applied:
+                log.info("migrations applied", extra={"versions": applied})
+        if workers:
+            worker_argv = [sys.executable, str(Path(__file__).resolve()), "-conf", args.conf, "serve"]
+            return await supervise(config, worker_argv, workers)
+        await serve(config, stop)
     return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "serve": Command("run the gRPC and HTTP service (default)", _serve_arguments, _serve),
+    "migrate": Command("database schema migrations", _migrate_arguments, _migrate),
+    "kms": Command("key management", _kms_arguments, _kms),
+    "credentials": Command("service credentials for kms.v1 callers", _credentials_arguments, _credentials),
+    "users": Command("user accounts", _users_arguments, _users),
+    "dev": Command("development helpers (refused in production mode)", _dev_arguments, _dev),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="authkms", description="Authentication and field-level encryption service")
+    parser.add_argument("-conf", "--conf", default="configs", help="config file or folder (default: configs)")
+    parser.add_argument("--workers", type=int, default=None, help="serve with N processes sharing the port")
+    subparsers = parser.add_subparsers(dest="command", metavar="command")
+    for name, command in COMMANDS.items():
+        command.arguments(subparsers.add_parser(name, help=command.help))
+    return parser
+
+
+def _failure(exc: BaseException) -> str:
+    """One line for a failed command, never a traceback or an exception's class name."""
+    from internal.biz.errors import DomainError
+
+    if isinstance(exc, DomainError):
+        return f"{exc.reason}: {exc.message}"
+    if isinstance(exc, ConnectionError | TimeoutError) or type(exc).__module__.split(".")[0] in ("asyncpg", "redis"):
+        detail = str(exc).strip()
+        return "cannot reach PostgreSQL or Redis" + (f": {detail}" if detail else "") + "; is it running?"
+    detail = str(exc).strip()
+    return detail or "unexpected error; run with APP__MONITORING__LOG_LEVEL=DEBUG for the details"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,15 +376,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"authkms: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.monitoring.log_level, config.monitoring.log_format, config.security.mode == "production")
-    from internal.biz.errors import DomainError
-
+    if args.workers is not None and args.workers < 1:
+        print("authkms: --workers must be at least 1", file=sys.stderr)
+        return 2
+    command = COMMANDS[args.command or "serve"]
     try:
-        return _run(config, args)
-    except DomainError as exc:
-        print(f"authkms: {exc.reason}: {exc.message}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # one clear line instead of a traceback
-        print(f"authkms: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return asyncio.run(command.run(config, args))
+    except Exception as exc:
+        log.debug("command failed", exc_info=exc)
+        print(f"authkms: {_failure(exc)}", file=sys.stderr)
         return 1
 
 

@@ -1,10 +1,11 @@
 """Several server processes on one port, kept alive by one supervisor (``--workers N``).
 
-Each worker is a full ``cmd/server/main.py serve`` with ``server.grpc.workers`` = N, which makes it bind
-the gRPC and HTTP ports with SO_REUSEPORT, so the kernel spreads new
-connections over the workers. The supervisor owns what must exist once per machine: it starts the
-embedded PostgreSQL/Redis when no URL is configured (only one process may own their data folder) and
-hands their URLs to the workers, and it runs the migrations before any worker starts.
+The supervisor only runs processes. The entry script (``cmd/server/main.py``) owns flags, configuration and
+start-up: it starts what must exist once per machine (the embedded PostgreSQL/Redis when no URL is
+configured, the migrations) and then hands the supervisor the resolved configuration and the worker
+command line. Each worker is a full ``serve`` with ``server.grpc.workers`` = N, which makes it bind the
+gRPC and HTTP ports with SO_REUSEPORT, so the kernel spreads new connections over the workers; it gets the
+URLs in its environment and never migrates.
 
 Workers that exit while the supervisor is not stopping are restarted after a growing back-off; after
 ``CRASH_LIMIT`` exits within ``CRASH_WINDOW`` seconds the supervisor stops the rest and exits 1.
@@ -20,39 +21,32 @@ supervisor marks exited workers dead so their live gauges (RPCs in flight) drop 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 
 from prometheus_client import multiprocess
 
 from internal.conf.config import Bootstrap
+from internal.pkg.pdeathsig import die_with_parent
 
 log = logging.getLogger(__name__)
 
 # Present in every worker's environment: a worker serves, it never supervises.
 WORKER_ENV = "AUTHKMS_WORKER"
-ENTRY = Path(__file__).resolve().parents[2] / "cmd" / "server" / "main.py"
 CRASH_LIMIT = 5
 CRASH_WINDOW = 30.0
 BACKOFF_FIRST = 0.25
 BACKOFF_MAX = 8.0
 # Beyond the workers' own grace period, before the supervisor kills stragglers.
 STOP_MARGIN = 10.0
-
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def workers_to_supervise(config: Bootstrap, flag: int | None = None) -> int:
@@ -64,15 +58,6 @@ def workers_to_supervise(config: Bootstrap, flag: int | None = None) -> int:
         return 0
     wanted = config.server.grpc.workers if flag is None else flag
     return wanted if wanted > 1 else 0
-
-
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    def preexec() -> None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:  # the supervisor died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return preexec
 
 
 class _Supervisor:
@@ -138,7 +123,9 @@ class _Supervisor:
 
     async def _spawn(self, slot: int) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(
-            *self._argv, env={**self._env, WORKER_ENV: str(slot)}, preexec_fn=_die_with_parent(os.getpid())
+            *self._argv,
+            env={**self._env, WORKER_ENV: str(slot)},
+            preexec_fn=die_with_parent(os.getpid(), signal.SIGTERM),
         )
         self._live[slot] = proc
         if self._stopping.is_set():  # the stop signal arrived while this worker was being forked
@@ -224,49 +211,17 @@ def worker_env(config: Bootstrap, workers: int, base: Mapping[str, str], metrics
     }
 
 
-async def supervise(config: Bootstrap, conf_path: str, workers: int) -> int:
-    """Start the shared dependencies once, migrate, then run ``workers`` server processes. Exit code."""
-    from internal.app import dependencies
-    from internal.data.migrate import migrate_up
-
+async def supervise(config: Bootstrap, worker_argv: list[str], workers: int) -> int:
+    """Run ``workers`` copies of ``worker_argv`` (the entry script's ``serve``) on ``config``'s resolved
+    database/Redis URLs until stopped. Exit code."""
     if config.server.grpc.addr.endswith(":0"):
         log.error("server.grpc.addr: several workers need a fixed port, not 0")
         return 2
-    async with dependencies(config) as resolved:
-        if resolved.data.database.auto_migrate:
-            applied = await migrate_up(resolved.data.database.url)
-            if applied:
-                log.info("migrations applied", extra={"versions": applied})
-        argv = [sys.executable, str(ENTRY), "-conf", conf_path, "serve"]
-        stop_timeout = resolved.server.grpc.grace_period.total_seconds() + STOP_MARGIN
-        log.info("supervising workers", extra={"workers": workers, "addr": resolved.server.grpc.addr})
-        metrics_dir = tempfile.mkdtemp(prefix="authkms-metrics-")
-        try:
-            env = worker_env(resolved, workers, os.environ, metrics_dir)
-            return await run_workers(workers, argv, env, stop_timeout, metrics_dir)
-        finally:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from internal.conf.config import ConfigError, load_config
-    from internal.pkg.log import setup_logging
-
-    parser = argparse.ArgumentParser(prog="python -m internal.server.supervisor")
-    parser.add_argument("-conf", "--conf", default="configs", help="config file or folder (default: configs)")
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: server.grpc.workers)")
-    args = parser.parse_args(argv)
+    stop_timeout = config.server.grpc.grace_period.total_seconds() + STOP_MARGIN
+    log.info("supervising workers", extra={"workers": workers, "addr": config.server.grpc.addr})
+    metrics_dir = tempfile.mkdtemp(prefix="authkms-metrics-")
     try:
-        config = load_config(args.conf)
-    except ConfigError as exc:
-        print(f"authkms: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(config.monitoring.log_level, config.monitoring.log_format, config.security.mode == "production")
-    workers = args.workers if args.workers is not None else config.server.grpc.workers
-    if workers < 1:
-        parser.error("--workers must be at least 1")
-    return asyncio.run(supervise(config, args.conf, workers))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        env = worker_env(config, workers, os.environ, metrics_dir)
+        return await run_workers(workers, worker_argv, env, stop_timeout, metrics_dir)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

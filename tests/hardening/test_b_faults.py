@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2
 from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
 from internal.biz.kms import USERS_KEY
 from internal.data.migrate import migrate_up
-from internal.pkg.embedded import EmbeddedPostgres
+from internal.devenv.embedded import EmbeddedPostgres
 from tests.conftest import _with_database
 from tests.e2e.test_kms_e2e import create_credential
 from tests.hardening.cluster import (

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from internal.pkg.embedded import EmbeddedPostgres, EmbeddedRedis
+from internal.devenv.embedded import EmbeddedPostgres, EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,7 +129,7 @@ async def test_postgres_adopts_the_server_of_a_killed_owner(pg_dir: Path) -> Non
     owner = _spawn_owner(f"""
         import time
         from pathlib import Path
-        from internal.pkg.embedded import EmbeddedPostgres
+        from internal.devenv.embedded import EmbeddedPostgres
         print(EmbeddedPostgres(Path({str(pg_dir)!r})).start(), flush=True)
         time.sleep(60)
     """)
@@ -215,7 +215,7 @@ async def test_redis_dies_with_its_killed_owner(tmp_path: Path) -> None:
     owner = _spawn_owner(f"""
         import threading, time
         from pathlib import Path
-        from internal.pkg.embedded import EmbeddedRedis
+        from internal.devenv.embedded import EmbeddedRedis
         server = EmbeddedRedis(Path({str(tmp_path)!r}))
         worker = threading.Thread(target=server.start)
         worker.start()

