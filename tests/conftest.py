@@ -12,13 +12,16 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
 from internal.data.migrate import migrate_up
+from tests.helpers import admin_sql, with_database
+
+_with_database = with_database  # the older name, still imported by some test modules
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -50,9 +53,15 @@ def _reachable_redis(url: str) -> bool:
     return asyncio.run(probe())
 
 
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + name))
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``e2e`` marks every test that starts server processes (tests/e2e, tests/hardening): ``-m "not e2e"``
+    is the fast loop (``make test-fast``)."""
+    for item in items:
+        path = item.path.as_posix()
+        if "/tests/e2e/" in path or "/tests/hardening/" in path:
+            item.add_marker(pytest.mark.e2e)
+        if "/tests/hardening/" in path:
+            item.add_marker(pytest.mark.hardening)
 
 
 @pytest.fixture(scope="session")
@@ -81,20 +90,13 @@ def database_url(postgres_server_url: str) -> Iterator[str]:
     """A fresh, migrated database for this run, dropped afterwards."""
     name = f"test_{uuid.uuid4().hex[:12]}"
 
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(postgres_server_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    url = _with_database(postgres_server_url, name)
+    asyncio.run(admin_sql(postgres_server_url, f'CREATE DATABASE "{name}"'))
+    url = with_database(postgres_server_url, name)
     asyncio.run(migrate_up(url))
     try:
         yield url
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(admin_sql(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")

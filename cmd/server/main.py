@@ -357,14 +357,31 @@ def _parser() -> argparse.ArgumentParser:
 
 def _failure(exc: BaseException) -> str:
     """One line for a failed command, never a traceback or an exception's class name."""
+    import socket
+
+    import asyncpg
+    import redis.exceptions
+
     from internal.biz.errors import DomainError
 
+    detail = str(exc).strip()
     if isinstance(exc, DomainError):
         return f"{exc.reason}: {exc.message}"
-    if isinstance(exc, ConnectionError | TimeoutError) or type(exc).__module__.split(".")[0] in ("asyncpg", "redis"):
-        detail = str(exc).strip()
-        return "cannot reach PostgreSQL or Redis" + (f": {detail}" if detail else "") + "; is it running?"
-    detail = str(exc).strip()
+    if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedColumnError):
+        return "the database schema is missing or out of date: run `migrate up` (serve migrates at start)"
+    unreachable = (
+        ConnectionError,
+        TimeoutError,
+        socket.gaierror,
+        asyncpg.InterfaceError,
+        asyncpg.CannotConnectNowError,
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+    )
+    if isinstance(exc, unreachable):
+        return "cannot reach PostgreSQL or Redis" + (f" ({detail})" if detail else "") + "; is it running?"
+    if isinstance(exc, asyncpg.PostgresError):
+        return f"PostgreSQL refused the command: {detail}"
     return detail or "unexpected error; run with APP__MONITORING__LOG_LEVEL=DEBUG for the details"
 
 

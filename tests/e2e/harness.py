@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from internal.biz.credentials import TOKEN_PREFIX, token_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -126,3 +132,45 @@ def start_server(tmp_path: Path, env: dict[str, str], args: tuple[str, ...] = ()
             stderr=subprocess.STDOUT,
         )
     return ServerProcess(proc, grpc_port, http_port, log_path, full_env)
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd/server/main.py`` with ``args`` (a CLI command) in ``env``."""
+    return subprocess.run(
+        [sys.executable, "cmd/server/main.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def create_credential(env: dict[str, str], name: str, scopes: str) -> str:
+    """A service credential made with ``credentials create``; its token."""
+    result = cli(env, "credentials", "create", "--name", name, "--scopes", scopes)
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip().splitlines()[-1]
+    assert token.startswith("akms_")
+    return token
+
+
+def introspection_credential(database_url: str) -> str:
+    """A service credential with auth.introspect, stored the way the credentials command stores one."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+    async def insert() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(
+                "INSERT INTO service_credentials (id, name, token_hash, scopes) VALUES ($1, $2, $3, $4)",
+                uuid.uuid4(),
+                f"introspect-{uuid.uuid4().hex[:6]}",
+                token_hash(token),
+                ["auth.introspect"],
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(insert())
+    return token

@@ -13,24 +13,17 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from internal.data.migrate import migrate_up
-from tests.conftest import _with_database
-from tests.e2e.test_kms_e2e import create_credential
+from tests.e2e.harness import create_credential
 from tests.hardening.cluster import Cluster, PrivateRedis, data_root, server_env
 from tests.hardening.summary import SUMMARY
+from tests.helpers import admin_sql, with_database
 
 SUMMARY_FILE = data_root() / "hardening-summary.txt"
 _started = time.monotonic()
 _outcomes: dict[str, str] = {}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/hardening/" in item.nodeid:
-            item.add_marker(pytest.mark.e2e)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -74,25 +67,17 @@ def private_redis(hardening_dir: Path) -> Iterator[PrivateRedis]:
         server.stop()
 
 
-async def _admin(url: str, statement: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session")
 def hardening_database(postgres_server_url: str) -> Iterator[str]:
     """A fresh, migrated database of its own (key counts and users are asserted exactly)."""
     name = f"hardening_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(postgres_server_url, f'CREATE DATABASE "{name}"'))
-    url = _with_database(postgres_server_url, name)
+    asyncio.run(admin_sql(postgres_server_url, f'CREATE DATABASE "{name}"'))
+    url = with_database(postgres_server_url, name)
     asyncio.run(migrate_up(url))
     try:
         yield url
     finally:
-        asyncio.run(_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(admin_sql(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")

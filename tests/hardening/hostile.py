@@ -173,9 +173,8 @@ def forged_tokens(real: str, public_x: str, private_pem: bytes | None) -> dict[s
 
     header, claims = unverified(real)
     raw_public = base64.urlsafe_b64decode(public_x + "=" * (-len(public_x) % 4))
-    pem_public = (
-        Ed25519PublicKey.from_public_bytes(raw_public)
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem_public = Ed25519PublicKey.from_public_bytes(raw_public).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
     def hs256(key: bytes, head: dict[str, Any], body: dict[str, Any]) -> str:
@@ -196,8 +195,7 @@ def forged_tokens(real: str, public_x: str, private_pem: bytes | None) -> dict[s
         "signature stripped": real.rsplit(".", 1)[0] + ".",
         "signature of another length": real + "AA",
         "kid swapped": f"{b64url(json.dumps({**header, 'kid': 'other'}).encode())}.{real.split('.', 1)[1]}",
-        "jku/x5u injected": f"{b64url(json.dumps({**header, 'jku': 'http://evil/'}).encode())}."
-        f"{real.split('.', 1)[1]}",
+        "jku/x5u injected": f"{b64url(json.dumps({**header, 'jku': 'http://evil/'}).encode())}.{real.split('.', 1)[1]}",
         "four segments": real + ".AAAA",
         "not base64": "!!!.@@@.###",
         "huge (5 kB)": "a" * 2500 + "." + "b" * 2500 + "." + "c",
@@ -235,20 +233,70 @@ def forged_tokens(real: str, public_x: str, private_pem: bytes | None) -> dict[s
 # ---- generated messages --------------------------------------------------------------------------------
 
 HOSTILE_STRINGS = [
-    "", " ", "\x00", "a\x00b", "' OR 1=1 --", "\"; DROP TABLE users; --", "%s%s%n", "{0}{1}", "${jndi:x}",
-    "../../etc/passwd", "é" * 40, "𝕏" * 20, "\u202eevil", "\ufeff", "admin", "alice@example.com",
-    "+8613812345678", "Bearer x", "users.email", "email", "active", "inactive", "-1", "99999999999999999999",
-    "\n\r\t", "a" * 33, "A" * 255, "x@" + "y" * 300 + ".com",
+    "",
+    " ",
+    "\x00",
+    "a\x00b",
+    "' OR 1=1 --",
+    '"; DROP TABLE users; --',
+    "%s%s%n",
+    "{0}{1}",
+    "${jndi:x}",
+    "../../etc/passwd",
+    "é" * 40,
+    "𝕏" * 20,
+    "\u202eevil",
+    "\ufeff",
+    "admin",
+    "alice@example.com",
+    "+8613812345678",
+    "Bearer x",
+    "users.email",
+    "email",
+    "active",
+    "inactive",
+    "-1",
+    "99999999999999999999",
+    "\n\r\t",
+    "a" * 33,
+    "A" * 255,
+    "x@" + "y" * 300 + ".com",
 ]
 # Shapes that reach the email/phone normalizers (email_validator, libphonenumber) and the blind index.
 IDENTIFIERS = [
-    "@", "a@", "@b", "a@b", "a@b..c", "a@[127.0.0.1]", "a@[IPv6:::1]", "é@é.é", "ß@ß.de", "a@xn--",
+    "@",
+    "a@",
+    "@b",
+    "a@b",
+    "a@b..c",
+    "a@[127.0.0.1]",
+    "a@[IPv6:::1]",
+    "é@é.é",
+    "ß@ß.de",
+    "a@xn--",
     "a@xn--80ak6aa92e.com",
-    "\"quoted local\"@example.com", "a+tag@example.com", "a@example.com\x00", " A@EXAMPLE.COM ", "a" * 65 + "@b.co",
-    "a@" + "b" * 64 + ".com", "+", "+0", "+1", "+" + "9" * 40, "+86 138 1234 5678", "+86-138-1234-5678",
-    "+٨٦١٣٨١٢٣٤٥٦٧٨", "+８６１３８１２３４５６７８", "+8613812345678;ext=1", "+1 (555) 010-0000 x 99999",
+    '"quoted local"@example.com',
+    "a+tag@example.com",
+    "a@example.com\x00",
+    " A@EXAMPLE.COM ",
+    "a" * 65 + "@b.co",
+    "a@" + "b" * 64 + ".com",
+    "+",
+    "+0",
+    "+1",
+    "+" + "9" * 40,
+    "+86 138 1234 5678",
+    "+86-138-1234-5678",
+    "+٨٦١٣٨١٢٣٤٥٦٧٨",
+    "+８６１３８１２３４５６７８",
+    "+8613812345678;ext=1",
+    "+1 (555) 010-0000 x 99999",
     "+" + "1" * 15,
-    "ａｄｍｉｎ", "İstanbul", "admin\u0000", "Admin", "root@localhost",
+    "ａｄｍｉｎ",
+    "İstanbul",
+    "admin\u0000",
+    "Admin",
+    "root@localhost",
 ]
 TEXT = st.one_of(
     st.text(max_size=40),

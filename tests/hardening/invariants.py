@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2
 
 from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
-from tests.e2e.test_auth_e2e import introspection_credential
+from tests.e2e.harness import introspection_credential
 from tests.hardening.cluster import Cluster, health_status, in_threads, sql
 from tests.hardening.load import LoadOutcome
 from tests.hardening.summary import SUMMARY

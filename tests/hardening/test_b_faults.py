@@ -20,8 +20,7 @@ from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
 from internal.biz.kms import USERS_KEY
 from internal.data.migrate import migrate_up
 from internal.devenv.embedded import EmbeddedPostgres
-from tests.conftest import _with_database
-from tests.e2e.test_kms_e2e import create_credential
+from tests.e2e.harness import create_credential
 from tests.hardening.cluster import (
     Cluster,
     PrivateRedis,
@@ -32,12 +31,12 @@ from tests.hardening.cluster import (
     sql_poll,
     wait_all_serving,
 )
-from tests.hardening.conftest import _admin
 from tests.hardening.invariants import check_invariants
 from tests.hardening.load import Event, LoadOutcome, run_load
 from tests.hardening.summary import SUMMARY
 from tests.hardening.users_pii import all_pii_decrypts, seed_users, seeded_emails, users_key_version
 from tests.hardening.workload import ATTEMPT_DEADLINE
+from tests.helpers import admin_sql, with_database
 
 # Errors a healthy service gives this workload on purpose (deliberate reuse and wrong passwords).
 EXPECTED_REASONS = {"REFRESH_TOKEN_REUSED", "TOKEN_REVOKED", "INVALID_CREDENTIALS", "ACCOUNT_LOCKED", "RATE_LIMITED"}
@@ -249,8 +248,8 @@ def pg_cluster(hardening_dir: Path, private_redis: PrivateRedis) -> Iterator[tup
     server = EmbeddedPostgres(hardening_dir / "postgres")
     dsn = server.start()
     try:
-        asyncio.run(_admin(dsn, 'CREATE DATABASE "hardening"'))
-        url = _with_database(dsn, "hardening")
+        asyncio.run(admin_sql(dsn, 'CREATE DATABASE "hardening"'))
+        url = with_database(dsn, "hardening")
         asyncio.run(migrate_up(url))
         logs = hardening_dir / "pg-logs"
         logs.mkdir()

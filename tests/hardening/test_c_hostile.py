@@ -20,8 +20,7 @@ from hypothesis import strategies as st
 
 from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
-from tests.e2e.test_auth_e2e import introspection_credential
-from tests.e2e.test_kms_e2e import create_credential
+from tests.e2e.harness import create_credential, introspection_credential
 from tests.hardening.cluster import Cluster, health_status
 from tests.hardening.hostile import (
     ALLOWED,
@@ -52,9 +51,11 @@ class Hostile:
     tokens: dict[str, str]
     introspector: str  # a service credential with auth.introspect
     problems: list[str] = field(default_factory=list)
+    sent: int = 0
 
     def send(self, rpc: Rpc, payload: bytes, md: Any, kind: str, *, oversized: bool = False) -> str:
         SUMMARY.add_hostile(kind)
+        self.sent += 1
         try:
             raw = call_raw(self.channel, rpc, payload, md)
         except grpc.RpcError as err:
@@ -229,11 +230,23 @@ def test_identifier_shapes_through_every_normalizer(hostile: Hostile) -> None:
     for value in IDENTIFIERS:
         requests: list[tuple[str, Any, Any]] = [
             ("Login", auth_pb2.LoginRequest(username=value, password="Password123"), None),
-            ("Register", auth_pb2.RegisterRequest(
-                username=f"id_{secrets.token_hex(4)}", password="Password123", email=value, phone=value), None),
-            ("Register", auth_pb2.RegisterRequest(
-                username=f"id_{secrets.token_hex(4)}", password="Password123", email=f"{secrets.token_hex(4)}@e.co",
-                phone=value), None),
+            (
+                "Register",
+                auth_pb2.RegisterRequest(
+                    username=f"id_{secrets.token_hex(4)}", password="Password123", email=value, phone=value
+                ),
+                None,
+            ),
+            (
+                "Register",
+                auth_pb2.RegisterRequest(
+                    username=f"id_{secrets.token_hex(4)}",
+                    password="Password123",
+                    email=f"{secrets.token_hex(4)}@e.co",
+                    phone=value,
+                ),
+                None,
+            ),
             ("GetCaptcha", auth_pb2.GetCaptchaRequest(captcha_type="email", target=value), None),
             ("GetCaptcha", auth_pb2.GetCaptchaRequest(captcha_type="sms", target=value), None),
             ("LockStatus", auth_pb2.LockStatusRequest(username=value), md["user access token"]),
@@ -250,21 +263,45 @@ def test_huge_batches_and_random_ciphertexts(hostile: Hostile) -> None:
     kms = kms_pb2_grpc.KMSStub(hostile.channel)
     md = dict(hostile.metadata)["admin credential"]
     expectations = [
-        ("EncryptBatch 1001 items", lambda: kms.EncryptBatch(
-            kms_pb2.EncryptBatchRequest(items=[kms_pb2.EncryptItem(field="f", plaintext=b"x")] * 1001),
-            metadata=md, timeout=30), {"INVALID_ARGUMENT BATCH_TOO_LARGE"}),
-        ("EncryptBatch 200000 empty items", lambda: kms.EncryptBatch(
-            kms_pb2.EncryptBatchRequest(items=[kms_pb2.EncryptItem()] * 200_000), metadata=md, timeout=30),
-         {"INVALID_ARGUMENT BATCH_TOO_LARGE"}),
-        ("DecryptBatch 1001 random ciphertexts", lambda: kms.DecryptBatch(
-            kms_pb2.DecryptBatchRequest(items=[kms_pb2.DecryptItem(field="f", ciphertext=os.urandom(40))] * 1001),
-            metadata=md, timeout=30), {"INVALID_ARGUMENT BATCH_TOO_LARGE"}),
-        ("EncryptBatch 60 x 64 KiB", lambda: kms.EncryptBatch(
-            kms_pb2.EncryptBatchRequest(items=[kms_pb2.EncryptItem(field="f", plaintext=b"p" * 65536)] * 60),
-            metadata=md, timeout=60), {"OK"}),
-        ("Encrypt 64 KiB + 1", lambda: kms.Encrypt(
-            kms_pb2.EncryptRequest(field="f", plaintext=b"p" * 65537), metadata=md, timeout=30),
-         {"INVALID_ARGUMENT PLAINTEXT_TOO_LARGE"}),
+        (
+            "EncryptBatch 1001 items",
+            lambda: kms.EncryptBatch(
+                kms_pb2.EncryptBatchRequest(items=[kms_pb2.EncryptItem(field="f", plaintext=b"x")] * 1001),
+                metadata=md,
+                timeout=30,
+            ),
+            {"INVALID_ARGUMENT BATCH_TOO_LARGE"},
+        ),
+        (
+            "EncryptBatch 200000 empty items",
+            lambda: kms.EncryptBatch(
+                kms_pb2.EncryptBatchRequest(items=[kms_pb2.EncryptItem()] * 200_000), metadata=md, timeout=30
+            ),
+            {"INVALID_ARGUMENT BATCH_TOO_LARGE"},
+        ),
+        (
+            "DecryptBatch 1001 random ciphertexts",
+            lambda: kms.DecryptBatch(
+                kms_pb2.DecryptBatchRequest(items=[kms_pb2.DecryptItem(field="f", ciphertext=os.urandom(40))] * 1001),
+                metadata=md,
+                timeout=30,
+            ),
+            {"INVALID_ARGUMENT BATCH_TOO_LARGE"},
+        ),
+        (
+            "EncryptBatch 60 x 64 KiB",
+            lambda: kms.EncryptBatch(
+                kms_pb2.EncryptBatchRequest(items=[kms_pb2.EncryptItem(field="f", plaintext=b"p" * 65536)] * 60),
+                metadata=md,
+                timeout=60,
+            ),
+            {"OK"},
+        ),
+        (
+            "Encrypt 64 KiB + 1",
+            lambda: kms.Encrypt(kms_pb2.EncryptRequest(field="f", plaintext=b"p" * 65537), metadata=md, timeout=30),
+            {"INVALID_ARGUMENT PLAINTEXT_TOO_LARGE"},
+        ),
     ]
     for name, call, allowed in expectations:
         SUMMARY.add_hostile("huge batches and plaintexts")
@@ -287,8 +324,20 @@ def test_huge_batches_and_random_ciphertexts(hostile: Hostile) -> None:
 
 
 def test_server_survived_everything(hostile: Hostile, cluster: Cluster) -> None:
-    """Still alive and SERVING, nothing logged as an unhandled error, every RPC covered."""
+    """After hostile input to every RPC, still alive and SERVING, nothing logged as an unhandled error.
+
+    It sends its own round of malformed messages (anonymous and authorized) first, so it proves the same
+    when run alone as after the rest of this module."""
     assert {r.name for r in RPCS} == set(ALLOWED)
+    hostile.problems.clear()
+    before = hostile.sent
+    for rpc in RPCS:
+        authorized = dict(hostile.metadata)["admin credential" if rpc.service == "KMS" else "user access token"]
+        for payload in malformed_payloads(rpc.input).values():
+            for md in (None, authorized):
+                hostile.send(rpc, payload, md, "malformed wire bytes (UTF-8, wire types, framing, nesting)")
+    assert hostile.sent - before >= 2 * len(RPCS), "the survival check needs hostile input behind it"
+    assert not hostile.problems, hostile.problems[:20]
     for replica in cluster.replicas:
         assert replica.proc.poll() is None, f"{replica.target} exited"
         assert health_status(replica.target) == health_pb2.HealthCheckResponse.SERVING

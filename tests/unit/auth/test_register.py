@@ -6,7 +6,7 @@ import pytest
 
 from internal.biz import pii
 from internal.biz.auth import Registration
-from internal.biz.errors import Conflict, InvalidArgument
+from internal.biz.errors import Conflict, InvalidArgument, ResourceExhausted
 from tests.unit.auth.fakes import build_world
 
 
@@ -163,13 +163,16 @@ async def test_invalid_input_does_not_burn_the_captcha() -> None:
 
 
 async def test_registration_is_rate_limited_per_client() -> None:
+    """The limit is per client network: the throttled network is refused, another one still registers."""
     w = build_world()
     w.limiter.limit = 1
     await w.auth.register(reg(), "10.0.0.1")
-    with pytest.raises(Exception) as err:
-        await w.auth.register(reg(username="bob", email="b@example.com"), "10.0.0.1")
-    assert getattr(err.value, "reason", "") == "RATE_LIMITED"
-    assert err.value.metadata["retry_after"] == "13"  # type: ignore[attr-defined]
+    with pytest.raises(ResourceExhausted) as err:
+        await w.auth.register(reg(username="bob", email="b@example.com"), "10.0.0.7")  # the same /24
+    assert err.value.reason == "RATE_LIMITED"
+    assert err.value.metadata["retry_after"] == "13"
+    await w.auth.register(reg(username="carol", email="c@example.com"), "10.0.1.1")  # another /24
+    assert len(w.users.rows) == 2
 
 
 async def test_register_is_audited_without_pii() -> None:
