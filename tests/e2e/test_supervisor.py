@@ -31,7 +31,7 @@ _LISTEN, _ESTABLISHED = "0A", "01"
 
 
 def start_supervisor(tmp_path: Path, env: dict[str, str], workers: int) -> ServerProcess:
-    """Like harness.start_server, with the supervisor in front of the server processes."""
+    """Like harness.start_server with ``--workers``: the supervisor in front of the server processes."""
     grpc_port, http_port = free_port(), free_port()
     full_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("APP__") and k not in ("DATABASE_URL", "REDIS_URL")},
@@ -48,8 +48,7 @@ def start_supervisor(tmp_path: Path, env: dict[str, str], workers: int) -> Serve
         proc = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "internal.server.supervisor",
+                str(ROOT / "cmd" / "server" / "main.py"),
                 "-conf",
                 str(ROOT / "configs"),
                 "--workers",
@@ -247,6 +246,7 @@ def test_embedded_dependencies_start_once_in_the_supervisor(tmp_path: Path) -> N
         assert len(workers) == 2
         assert _processes_using(data_dir), "embedded servers run under the data folder"
         assert '"msg": "worker exited; restarting"' not in process.logs(), "no worker fought over the data folder"
+        assert process.logs().count('"msg": "migrations applied"') == 1, "the entry script migrates once, workers never"
         assert process.terminate(timeout=30) == 0, process.logs()[-3000:]
     finally:
         process.proc.kill()
