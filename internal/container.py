@@ -277,8 +277,12 @@ async def build(config: Bootstrap) -> AsyncIterator[Wired]:
     ``wireApp`` returns the assembled app and its cleanup).
     """
     container = Container(config=config)
-    await _ready(container.init_resources())
+    # The connections first, one at a time: an unreachable database then fails here alone, instead of
+    # inside init_resources' gather of every resource (which logs its cancelled siblings as errors).
     try:
+        await _ready(container.data.pg_pool())
+        await _ready(container.data.redis())
+        await _ready(container.init_resources())
         yield Wired(
             config=config,
             services=await _ready(container.services()),

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from internal.devenv.embedded import EmbeddedPostgres, EmbeddedRedis
+from internal.devenv.embedded import EmbeddedPostgres, EmbeddedRedis, FolderInUse
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -152,8 +152,20 @@ async def test_postgres_adopts_the_server_of_a_killed_owner(pg_dir: Path) -> Non
 
 
 def test_postgres_folder_has_one_owner(pg_dir: Path) -> None:
-    with EmbeddedPostgres(pg_dir), pytest.raises(RuntimeError, match="in use by another process"):
+    with EmbeddedPostgres(pg_dir), pytest.raises(FolderInUse, match="in use by another process") as busy:
         EmbeddedPostgres(pg_dir).start()
+    assert busy.value.folder == pg_dir.resolve()
+
+
+async def test_postgres_attach_uses_the_owners_server_and_leaves_it_running(pg_dir: Path) -> None:
+    owner = EmbeddedPostgres(pg_dir)
+    with owner as dsn:
+        postmaster = _postmaster_pid(pg_dir / "pgdata")
+        assert EmbeddedPostgres(pg_dir).attach() == dsn
+        assert await _select_one(EmbeddedPostgres(pg_dir).attach()) == 1
+        assert _alive(postmaster)
+    with pytest.raises(RuntimeError, match=f"no PostgreSQL runs on {pg_dir.resolve() / 'pgdata'}"):
+        EmbeddedPostgres(pg_dir).attach()
 
 
 def test_postgres_refuses_a_cluster_of_another_major_version(tmp_path: Path) -> None:
@@ -205,8 +217,20 @@ async def test_redis_removes_a_stale_socket(tmp_path: Path) -> None:
 
 
 def test_redis_folder_has_one_owner(tmp_path: Path) -> None:
-    with EmbeddedRedis(tmp_path), pytest.raises(RuntimeError, match="in use by another process"):
+    with EmbeddedRedis(tmp_path), pytest.raises(FolderInUse, match="in use by another process"):
         EmbeddedRedis(tmp_path).start()
+
+
+async def test_redis_attach_uses_the_owners_server(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path) as url:
+        assert EmbeddedRedis(tmp_path).attach() == url
+        client = aioredis.from_url(EmbeddedRedis(tmp_path).attach())
+        try:
+            assert await client.ping()
+        finally:
+            await client.aclose()
+    with pytest.raises(RuntimeError, match="no Redis answers on"):
+        EmbeddedRedis(tmp_path).attach()
 
 
 async def test_redis_dies_with_its_killed_owner(tmp_path: Path) -> None:
