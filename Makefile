@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: all install run test lint api api-check migrate-up migrate-down bench clean
+.PHONY: all install run test test-fast lint api api-check migrate-up migrate-down bench clean
 
 all: lint test
 
@@ -17,8 +17,11 @@ install: $(PY)  ## install the service and its test tools into .venv
 run: install  ## run the service (embedded PostgreSQL/Redis when none is configured)
 	$(PY) cmd/server/main.py -conf configs
 
-test: install  ## the whole suite: unit, integration (real PostgreSQL/Redis), e2e
+test: install  ## the whole suite: unit, integration (real PostgreSQL/Redis), e2e, hardening
 	$(PY) -m pytest
+
+test-fast: install  ## the edit loop: unit and integration, no server processes (e2e and hardening skipped)
+	$(PY) -m pytest -m "not e2e" -q
 
 lint:  ## ruff, mypy, import contracts, buf lint, generated-code freshness
 	$(PY) -m ruff check .

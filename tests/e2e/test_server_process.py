@@ -118,3 +118,19 @@ def test_embedded_default_serves_and_leaves_no_processes(tmp_path: Path) -> None
     while _processes_using(data_dir) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _processes_using(data_dir) == []
+
+
+def test_every_command_of_the_entry_script_has_help() -> None:
+    """One front door: every command (the COMMANDS table) answers --help; the supervisor has no entry of its own."""
+    main = [sys.executable, str(ROOT / "cmd" / "server" / "main.py")]
+    top = subprocess.run([*main, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert top.returncode == 0, top.stderr
+    commands = ("serve", "migrate", "kms", "credentials", "users", "dev")
+    assert all(name in top.stdout for name in commands), top.stdout
+    for name in commands:
+        result = subprocess.run([*main, name, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+    supervisor = subprocess.run(
+        [sys.executable, "-m", "internal.server.supervisor", "--help"], cwd=ROOT, capture_output=True, timeout=60
+    )
+    assert supervisor.stdout == b""  # importing the module runs nothing
