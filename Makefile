@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: all install run test test-fast lint api api-check migrate-up migrate-down bench clean
+.PHONY: all install run test test-fast test-no-e2e lint api api-check migrate-up migrate-down bench clean
 
 all: lint test
 
@@ -20,7 +20,10 @@ run: install  ## run the service (embedded PostgreSQL/Redis when none is configu
 test: install  ## the whole suite: unit, integration (real PostgreSQL/Redis), e2e, hardening
 	$(PY) -m pytest
 
-test-fast: install  ## the edit loop: unit and integration, no server processes (e2e and hardening skipped)
+test-fast: install  ## the edit loop, under a minute: unit tests only (no database, no server processes)
+	$(PY) -m pytest -m "not integration and not e2e" -q
+
+test-no-e2e: install  ## unit and integration (real PostgreSQL/Redis); skips server processes and hardening
 	$(PY) -m pytest -m "not e2e" -q
 
 lint:  ## ruff, mypy, import contracts, buf lint, generated-code freshness

@@ -54,10 +54,12 @@ def _reachable_redis(url: str) -> bool:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """``e2e`` marks every test that starts server processes (tests/e2e, tests/hardening): ``-m "not e2e"``
-    is the fast loop (``make test-fast``)."""
+    """Markers by folder: ``integration`` (real PostgreSQL/Redis), ``e2e`` (server processes: tests/e2e and
+    tests/hardening), ``hardening``. ``make test-fast`` runs ``-m "not integration and not e2e"``."""
     for item in items:
         path = item.path.as_posix()
+        if "/tests/integration/" in path:
+            item.add_marker(pytest.mark.integration)
         if "/tests/e2e/" in path or "/tests/hardening/" in path:
             item.add_marker(pytest.mark.e2e)
         if "/tests/hardening/" in path:

@@ -328,6 +328,8 @@ async def _serve(config: Bootstrap, args: argparse.Namespace) -> int:
             applied = await migrate_up(config.data.database.url)
             if applied:
                 log.info("migrations applied", extra={"versions": applied})
+        if stop.is_set():  # SIGTERM/SIGINT during start-up
+            return 0
         if workers:
             worker_argv = [sys.executable, str(Path(__file__).resolve()), "-conf", args.conf, "serve"]
             return await supervise(config, worker_argv, workers)
