@@ -23,7 +23,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from internal.server.supervisor import run_workers
-from tests.e2e.harness import ROOT, ServerProcess, free_port
+from tests.e2e.harness import ROOT, ServerProcess, create_credential, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -247,6 +247,8 @@ def test_embedded_dependencies_start_once_in_the_supervisor(tmp_path: Path) -> N
         assert _processes_using(data_dir), "embedded servers run under the data folder"
         assert '"msg": "worker exited; restarting"' not in process.logs(), "no worker fought over the data folder"
         assert process.logs().count('"msg": "migrations applied"') == 1, "the entry script migrates once, workers never"
+        beside = create_credential(process.env, "beside-the-supervisor", "kms.encrypt")  # shares its servers
+        assert beside.startswith("akms_")
         assert process.terminate(timeout=30) == 0, process.logs()[-3000:]
     finally:
         process.proc.kill()
