@@ -31,6 +31,7 @@ from internal.biz.kms_datakey import DataKeyUsecase
 from internal.biz.kms_keyring import KeyRing, RootKeySource
 from internal.biz.lockout import Lockout, LockoutPolicy
 from internal.biz.password import Argon2PasswordHasher
+from internal.biz.ports import AuditLog
 from internal.biz.token import TokenPolicy, TokenUsecase
 from internal.biz.totp import TotpUsecase
 from internal.biz.user import UserUsecase
@@ -260,6 +261,9 @@ class Wired:
     key_admin: KeyAdmin
     credentials: CredentialUsecase
     senders: CodeSenders
+    users_cipher: UsersPiiCipher  # `migrate adopt` seals adopted rows with it
+    audit: AuditLog
+    key_ring: KeyRing
 
 
 async def _ready(value: Any) -> Any:
@@ -295,6 +299,9 @@ async def build(config: Bootstrap) -> AsyncIterator[Wired]:
             key_admin=await _ready(container.biz.key_admin()),
             credentials=await _ready(container.biz.credentials()),
             senders=await _ready(container.data.senders()),
+            users_cipher=await _ready(container.biz.cipher()),
+            audit=await _ready(container.data.audit()),
+            key_ring=await _ready(container.biz.key_ring()),
         )
     finally:
         await _ready(container.shutdown_resources())

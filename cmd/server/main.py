@@ -56,6 +56,9 @@ def _migrate_arguments(parser: argparse.ArgumentParser) -> None:
     down = migrate.add_parser("down", help="revert migrations")
     down.add_argument("n", nargs="?", type=int, default=1, help="revert N migrations (default 1)")
     migrate.add_parser("version", help="print the current schema version")
+    _adopt_arguments(
+        migrate.add_parser("adopt", help="convert a database migrated by the Go service in place (resumable)")
+    )
 
 
 def _kms_arguments(parser: argparse.ArgumentParser) -> None:
@@ -273,9 +276,79 @@ async def _users_action(auth: AuthUsecase, args: argparse.Namespace) -> int:
     return 0
 
 
+def _adopt_arguments(adopt: argparse.ArgumentParser) -> None:
+    from internal.pkg.kms.legacy_go import GO_DEFAULT_ITERATIONS, GO_DEFAULT_SALT, GO_DEFAULT_SEED
+
+    source = "the Go service's KMS setting (default: the value it hardcodes)"
+    adopt.add_argument("--source-seed", default=GO_DEFAULT_SEED, help=f"seed: {source}")
+    adopt.add_argument("--source-seed-file", default="", help="read the source seed from this file instead")
+    adopt.add_argument("--source-salt", default=GO_DEFAULT_SALT, help=f"salt: {source}")
+    adopt.add_argument(
+        "--source-iterations", type=int, default=GO_DEFAULT_ITERATIONS, help=f"PBKDF2 iterations: {source}"
+    )
+    adopt.add_argument("--batch-size", type=int, default=500, help="users per transaction (default 500)")
+    adopt.add_argument("--limit", type=int, default=0, help="move at most N users in this run (default: all)")
+
+
+async def _migrate_adopt(config: Bootstrap, args: argparse.Namespace) -> int:
+    """`migrate adopt` (docs/operations.md "Moving from the Go service")."""
+    from tqdm import tqdm
+
+    from internal.biz.adopt import GoAdoption, Stage, open_go_keys
+    from internal.conf.config import read_secret
+    from internal.container import build
+    from internal.data.adopt import PgGoSource
+    from internal.pkg.kms.legacy_go import GoSettings
+
+    if args.batch_size < 1 or args.limit < 0:
+        raise SystemExit("authkms: --batch-size must be positive and --limit not negative")
+    seed = read_secret(args.source_seed, args.source_seed_file)
+    settings = GoSettings(seed, args.source_salt, args.source_iterations)
+
+    def bar_for(desc: str) -> tuple[Any, Callable[[int, int], None]]:
+        bar = tqdm(unit="user", desc=desc, file=sys.stderr)
+
+        def progress(done: int, total: int) -> None:
+            bar.total, bar.n = total, done
+            bar.refresh()
+
+        return bar, progress
+
+    async with _dependencies(config, share=True) as config:
+        source = await PgGoSource.open(config.data.database.url)
+        try:
+            stage = await source.stage()
+            if stage == Stage.DONE:
+                print("nothing to adopt: the schema is ours and no Go service rows are left")
+                return 0
+            adoption = GoAdoption(source, await open_go_keys(source, settings), batch_size=args.batch_size)
+            if stage == Stage.GO:
+                bar, progress = bar_for("checking")
+                with bar:
+                    await adoption.check(progress)
+                print(f"schema converted: schema_migrations version {await adoption.convert()}")
+            async with build(config) as wired:
+                bar, progress = bar_for("adopting")
+                with bar:
+                    report = await adoption.move_all(wired.users_cipher, wired.audit, progress, args.limit)
+                # Record the users' key's encryption counts now (rotation thresholds), not at shutdown.
+                await wired.key_ring.tick()
+        finally:
+            await source.close()
+    print(
+        f"adopted {report.moved} users in {report.seconds:.2f} s ({report.rate:.0f} rows/s); "
+        f"identifiers left without a blind index {report.unindexed}; remaining {report.remaining}; "
+        f"Go data keys retired {report.keys_retired}"
+    )
+    print("done: the Go service's tables are gone" if report.finished else "run `migrate adopt` again to continue")
+    return 0
+
+
 async def _migrate(config: Bootstrap, args: argparse.Namespace) -> int:
     from internal.data import migrate
 
+    if args.action == "adopt":
+        return await _migrate_adopt(config, args)
     async with _dependencies(config, share=True) as config:
         url = config.data.database.url
         if args.action == "up":
@@ -318,7 +391,7 @@ async def _serve(config: Bootstrap, args: argparse.Namespace) -> int:
     """Once per machine: the embedded servers (when no URL is configured) and the migrations; then serve
     here, or supervise ``--workers`` copies of this script that inherit the resolved URLs."""
     from internal.app import serve, stop_event
-    from internal.data.migrate import migrate_up
+    from internal.data.migrate import migrate_up, verify_schema
     from internal.server.supervisor import supervise, workers_to_supervise
 
     workers = workers_to_supervise(config, args.workers)
@@ -328,6 +401,8 @@ async def _serve(config: Bootstrap, args: argparse.Namespace) -> int:
             applied = await migrate_up(config.data.database.url)
             if applied:
                 log.info("migrations applied", extra={"versions": applied})
+        else:  # refuse the Go service's or any other foreign schema before touching it
+            await verify_schema(config.data.database.url)
         if stop.is_set():  # SIGTERM/SIGINT during start-up
             return 0
         if workers:
