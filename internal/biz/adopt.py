@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Protocol
 
 from internal.biz import identifiers, pii
-from internal.biz.errors import DomainError, FailedPrecondition
+from internal.biz.errors import DomainError
 from internal.biz.token import AuditLog
 from internal.pkg.kms.legacy_go import (
     GoKeyring,
@@ -126,12 +126,17 @@ class AdoptReport:
         return self.moved / self.seconds if self.seconds > 0 else 0.0
 
 
-def refused(message: str) -> FailedPrecondition:
-    return FailedPrecondition("ADOPT_REFUSED", message + "; nothing was changed")
+class AdoptRefused(Exception):
+    """Adoption cannot go on. An operator's error, never a client's: the message names the cause and row ids,
+    never values or keys."""
+
+
+def refused(message: str) -> AdoptRefused:
+    return AdoptRefused(message + "; nothing was changed")
 
 
 async def open_go_keys(source: GoSource, settings: GoSettings) -> GoKeyring:
-    """Every Go data key, opened under the source settings, or ADOPT_REFUSED naming how many do not open."""
+    """Every Go data key, opened under the source settings, or AdoptRefused naming how many do not open."""
     try:
         settings.check()
     except LegacyFormatError as exc:
@@ -169,7 +174,7 @@ class GoAdoption:
         try:
             return self._keys.open(stored)
         except LegacyFormatError as exc:
-            raise FailedPrecondition("ADOPT_VALUE_UNREADABLE", f"users row {user.id}, {name}: {exc}") from None
+            raise AdoptRefused(f"users row {user.id}, {name}: {exc}") from None
 
     async def check(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Before any change: every username can be kept, and every stored value opens. Returns rows checked."""
@@ -184,8 +189,8 @@ class GoAdoption:
                     if stored is not None:
                         try:
                             self._open(user, name, stored)
-                        except DomainError as exc:
-                            raise refused(exc.message) from None
+                        except AdoptRefused as exc:
+                            raise refused(str(exc)) from None
             checked += len(rows)
             after = rows[-1].id
             if progress is not None:

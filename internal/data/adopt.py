@@ -18,8 +18,7 @@ from typing import Any
 import asyncpg
 
 from internal.biz import pii
-from internal.biz.adopt import AdoptedUser, GoKeyRow, GoUser, MoveOutcome, Stage
-from internal.biz.errors import FailedPrecondition
+from internal.biz.adopt import AdoptedUser, AdoptRefused, GoKeyRow, GoUser, MoveOutcome, Stage
 from internal.data import migrate
 
 SIDE = migrate.ADOPT_SCHEMA
@@ -70,8 +69,7 @@ class PgGoSource:
         if version == known[-1] and not dirty:
             await migrate.check_schema(self._conn, version, self._directory)
             return Stage.DONE
-        raise FailedPrecondition(
-            "ADOPT_REFUSED",
+        raise AdoptRefused(
             f"this is not a database migrated by the Go service (schema_migrations version {version}"
             f"{', dirty' if dirty else ''}; the Go service leaves version 1 or 2 with its users and kms_data_keys "
             "tables); nothing was changed",
@@ -162,7 +160,7 @@ class PgGoSource:
 
     async def move(self, users: Sequence[AdoptedUser]) -> MoveOutcome:
         if self._where != SIDE:
-            raise FailedPrecondition("ADOPT_REFUSED", "the schema has not been converted yet")
+            raise AdoptRefused("the schema has not been converted yet")
         ids = [u.id for u in users]
         offered = sum(u.hashes.get(f) is not None for u in users for f in (pii.EMAIL, pii.PHONE))
         async with self._conn.transaction():

@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from internal.biz.adopt import GoAdoption, Stage, open_go_keys
-from internal.biz.errors import FailedPrecondition
+from internal.biz.adopt import AdoptRefused, GoAdoption, Stage, open_go_keys
 from internal.data.adopt import PgGoSource
 from internal.data.migrate import AdoptionUnfinished, migrate_up, verify_schema
 from internal.pkg.kms.legacy_go import GoSettings
@@ -49,10 +48,9 @@ async def test_wrong_source_settings_change_nothing(own_db: str, settings: GoSet
     source = await PgGoSource.open(own_db)
     try:
         assert await source.stage() == Stage.GO
-        with pytest.raises(FailedPrecondition, match="3 data keys do not open") as refused:
+        with pytest.raises(AdoptRefused, match="3 data keys do not open") as refused:
             await open_go_keys(source, settings)
-        assert refused.value.reason == "ADOPT_REFUSED" and "nothing was changed" in refused.value.message
-        assert "another" not in refused.value.message
+        assert "nothing was changed" in str(refused.value) and "another" not in str(refused.value)
     finally:
         await source.close()
     assert await snapshot(own_db) == before
@@ -71,7 +69,7 @@ async def test_a_value_that_does_not_open_refuses_before_the_conversion(own_db: 
     source = await PgGoSource.open(own_db)
     try:
         adoption = GoAdoption(source, await open_go_keys(source, GoSettings()))
-        with pytest.raises(FailedPrecondition, match=rf"users row {accounts[1].id}, phone: value does not open"):
+        with pytest.raises(AdoptRefused, match=rf"users row {accounts[1].id}, phone: value does not open"):
             await adoption.check()
     finally:
         await source.close()
@@ -85,11 +83,11 @@ async def test_usernames_that_differ_only_in_case_are_refused_by_row_id(own_db: 
     source = await PgGoSource.open(own_db)
     try:
         adoption = GoAdoption(source, await open_go_keys(source, GoSettings()))
-        with pytest.raises(FailedPrecondition) as refused:
+        with pytest.raises(AdoptRefused) as refused:
             await adoption.check()
     finally:
         await source.close()
-    message = refused.value.message
+    message = str(refused.value)
     assert f"rows {accounts[0].id}, {accounts[2].id} have usernames that differ only in case" in message
     assert f"row {accounts[3].id} has a username longer than 32 characters" in message
     assert "alice" not in message.lower().replace("differ only in case", "")
@@ -97,7 +95,7 @@ async def test_usernames_that_differ_only_in_case_are_refused_by_row_id(own_db: 
 
 async def test_only_the_go_service_database_is_adopted(own_db: str) -> None:
     await migrate_up(own_db, steps=3)
-    with pytest.raises(FailedPrecondition, match=r"not a database migrated by the Go service .*version 3"):
+    with pytest.raises(AdoptRefused, match=r"not a database migrated by the Go service .*version 3"):
         await PgGoSource.open(own_db)
 
 
