@@ -312,6 +312,7 @@ async def migrate_down(dsn: str, directory: Path = MIGRATIONS_DIR, steps: int = 
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
         current = await _locked_state(conn)
+        await check_schema(conn, current, directory)  # our down files would drop someone else's tables
         known = discover(directory)
         for _ in range(steps):
             index = next((i for i, m in enumerate(known) if m.version == current), None)

@@ -10,6 +10,7 @@ from internal.data.migrate import (
     ForeignSchema,
     GoServiceDatabase,
     discover,
+    migrate_down,
     migrate_up,
     schema_version,
     verify_schema,
@@ -37,6 +38,8 @@ async def test_go_service_database_is_recognised_and_left_alone(own_db: str, go_
         await migrate_up(own_db)
     with pytest.raises(GoServiceDatabase, match="migrate adopt"):
         await verify_schema(own_db)
+    with pytest.raises(GoServiceDatabase):  # our down files would drop its tables
+        await migrate_down(own_db)
     assert await schema_version(own_db) == (go_version, False)
     assert await tables(own_db) == before  # none of our later migrations ran on top of its earlier ones
 
