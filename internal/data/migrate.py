@@ -176,7 +176,10 @@ async def expected_shape(conn: asyncpg.Connection, directory: Path, version: int
 
 
 def differences(expected: Shape, actual: Shape) -> list[str]:
-    """What differs between two shapes, table by table (only the tables ``expected`` has)."""
+    """What differs between two shapes, table by table (only the tables ``expected`` has).
+
+    Columns added to one of our tables (an operator's reporting column) are no difference by themselves; they
+    are named only beside a real one, to help recognise whose table it is."""
     found: list[str] = []
     for table, columns in sorted(expected.items()):
         have = actual.get(table)
@@ -190,10 +193,10 @@ def differences(expected: Shape, actual: Shape) -> list[str]:
         ]
         if missing:
             found.append(f"{table} lacks column(s) {', '.join(missing)}")
-        if extra:
-            found.append(f"{table} has column(s) {', '.join(extra)} that ours does not")
         if retyped:
             found.append(f"{table}: {'; '.join(retyped)}")
+        if extra and (missing or retyped):
+            found.append(f"{table} has column(s) {', '.join(extra)} that ours does not")
     return found
 
 

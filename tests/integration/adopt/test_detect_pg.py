@@ -84,6 +84,17 @@ async def test_a_table_our_later_migrations_create_must_not_exist(own_db: str) -
     assert await schema_version(own_db) == (2, False)
 
 
+async def test_a_column_an_operator_added_to_our_table_is_no_foreign_schema(own_db: str) -> None:
+    await migrate_up(own_db, steps=3)
+    conn = await asyncpg.connect(own_db)
+    try:
+        await conn.execute("ALTER TABLE users ADD COLUMN crm_id text")
+    finally:
+        await conn.close()
+    await verify_schema(own_db)
+    assert len(await migrate_up(own_db)) == len(discover()) - 3
+
+
 async def test_our_own_schema_passes_at_every_version(own_db: str) -> None:
     for migration in discover():
         assert await migrate_up(own_db, steps=1) == [migration.version]
