@@ -24,7 +24,7 @@ from typing import Protocol
 
 from internal.biz import identifiers, pii
 from internal.biz.errors import DomainError
-from internal.biz.token import AuditLog
+from internal.biz.ports import AuditLog
 from internal.pkg.kms.legacy_go import (
     GoKeyring,
     GoSettings,
