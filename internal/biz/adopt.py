@@ -212,18 +212,19 @@ class GoAdoption:
             if not plaintext:
                 values[name] = hashes[name] = None
                 continue
-            text = plaintext.decode("utf-8", "surrogateescape")
             try:
-                # Stored the way registration stores it (canonical), when it is a valid identifier.
-                if name in (pii.EMAIL, pii.PHONE):
-                    text = identifiers.normalize_identifier(name, text)
-                hashes[name] = cipher.blind_index(name, text)
-            except DomainError:
-                hashes[name] = None  # kept, encrypted, but it identifies nobody: not a valid address/number
+                # Stored as registration stores it (the one normaliser), with its blind index.
+                text = identifiers.normalize_index_value(name, plaintext.decode())
+            except (DomainError, UnicodeDecodeError):
+                # Kept, encrypted, as it was; it identifies nobody (not a valid address or E.164 number).
+                sealed = await cipher.encrypt(name, plaintext, context)
+                values[name], hashes[name] = sealed.ciphertext, None
+                versions.append(sealed.key_version)
                 unindexed += name != pii.NAME
-            sealed = await cipher.encrypt(name, text.encode("utf-8", "surrogateescape"), context)
-            values[name] = sealed.ciphertext
-            versions.append(sealed.key_version)
+                continue
+            indexed = await pii.seal_indexed(cipher, name, text, context)
+            values[name], hashes[name] = indexed.ciphertext, indexed.blind_index
+            versions.append(indexed.key_version)
         adopted = AdoptedUser(
             user.id,
             user.username,
