@@ -126,7 +126,8 @@ class PgGoSource:
             version = await migrate.apply_all_in(self._conn, self._directory)
             # New registrations continue after the Go service's ids.
             await self._conn.execute(
-                f"SELECT setval('users_id_seq', GREATEST((SELECT max(id) FROM \"{SIDE}\".users), 1))"
+                f"SELECT setval('users_id_seq', m) FROM (SELECT max(id) AS m FROM \"{SIDE}\".users) t"
+                " WHERE m IS NOT NULL"
             )
         self._where = SIDE
         return version

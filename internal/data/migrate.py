@@ -232,9 +232,9 @@ async def check_schema(conn: asyncpg.Connection, version: int | None, directory:
             "`migrate adopt` has not finished converting this database from the Go service "
             f"(schema {ADOPT_SCHEMA} still holds rows to move): run `migrate adopt` again to finish"
         )
-    known = [m.version for m in discover(directory)]
     if version is None:
         return
+    known = [m.version for m in discover(directory)]
     actual = await shape(conn, await _current_schema(conn))
     if is_go_service_shape(actual, version):
         raise GoServiceDatabase(
@@ -245,13 +245,13 @@ async def check_schema(conn: asyncpg.Connection, version: int | None, directory:
     if version not in known:
         return
     try:
-        found = differences(await expected_shape(conn, directory, version), actual)
-        # Tables our later migrations will create must not exist already (someone else's).
+        now = await expected_shape(conn, directory, version)
         later = await expected_shape(conn, directory, known[-1])
     except asyncpg.InsufficientPrivilegeError:
         log.warning("schema check skipped: no privilege to create a scratch schema")
         return
-    now = await expected_shape(conn, directory, version)
+    found = differences(now, actual)
+    # Tables our later migrations create must not exist yet (they would be someone else's).
     found += [
         f"table {t} exists but our later migrations create it" for t in sorted(set(later) - set(now)) if t in actual
     ]

@@ -261,11 +261,24 @@ async def test_adopt_the_go_service_database_in_place(
         with pytest.raises(grpc.RpcError) as wrong:
             login("go.user0@example.com", by_name["twin"].password)
         assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # New registrations take ids after the Go service's, and its addresses stay taken.
+        fresh = auth_pb2.RegisterRequest(username="newcomer", password="Fresh-pass-2026x", email="new@example.net")
+        stub.Register(fresh, timeout=TIMEOUT)
+        with pytest.raises(grpc.RpcError) as taken:
+            stub.Register(
+                auth_pb2.RegisterRequest(
+                    username="squatter", password="Squat-pass-2026x", email="go.user5@example.com"
+                ),
+                timeout=TIMEOUT,
+            )
+        assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
         channel.close()
     finally:
         served.terminate()
     left = await one(url, "SELECT count(*) FROM users WHERE password LIKE '$2%'")
     assert left == 0  # every login replaced its bcrypt hash by an Argon2id one
+    newcomer = await one(url, "SELECT id FROM users WHERE username = 'newcomer'")
+    assert isinstance(newcomer, int) and newcomer > max(a.id for a in accounts)
 
 
 async def asyncpg_fetch(url: str, sql: str) -> list[asyncpg.Record]:
