@@ -273,6 +273,13 @@ async def test_adopt_the_go_service_database_in_place(
             )
         assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
         channel.close()
+        # The server gives adopted rows their confusable-safe keys at start-up (docs/security.md); the twin, whose
+        # address is gouser0's, keeps none and goes on working.
+        deadline = time.monotonic() + 60
+        keyless = "SELECT array_agg(username ORDER BY id) FROM users WHERE username_key IS NULL"
+        while await one(url, keyless) != ["twin"]:
+            assert time.monotonic() < deadline, "adopted rows never got their identifier keys"
+            await asyncio.sleep(0.2)
     finally:
         served.terminate()
     left = await one(url, "SELECT count(*) FROM users WHERE password LIKE '$2%'")
