@@ -114,6 +114,7 @@ async def _run_servers(wired: Wired, config: Bootstrap, stop: asyncio.Event) -> 
         async with (
             kms_gauges(functools.partial(wired.key_admin.status, DEFAULT_KEY)),
             every(config.auth.session_purge_interval, wired.tokens.purge_expired, "session purge"),
+            every(config.auth.session_purge_interval, wired.accounts.purge_deleted, "deleted account purge"),
             once_in_background(wired.users.backfill_identifier_keys, "identifier key backfill"),
         ):
             await stop.wait()

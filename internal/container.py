@@ -20,6 +20,7 @@ from grpc_health.v1 import health
 
 from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
+from internal.biz.account import AccountPolicy, AccountUsecase
 from internal.biz.audit import DenialAuditLimit
 from internal.biz.auth import AuthPolicy, AuthUsecase
 from internal.biz.captcha import CaptchaSettings, CaptchaUsecase, CodeSenders
@@ -36,6 +37,7 @@ from internal.biz.token import TokenPolicy, TokenUsecase
 from internal.biz.totp import TotpUsecase
 from internal.biz.user import UserUsecase
 from internal.conf.config import Bootstrap, Kms, read_secret
+from internal.data.account import PgAccountRepo, RedisResetCodeStore
 from internal.data.audit import PgAuditLog
 from internal.data.audit_suppressed import RedisSuppressedDenials
 from internal.data.captcha import ImageCaptchaRenderer, RedisCaptchaStore
@@ -102,6 +104,10 @@ def captcha_code_key(ring: KeyRing) -> bytes:
     return ring.derive_secret(b"captcha-code-key/v1")
 
 
+def account_policy(auth: Any) -> AccountPolicy:
+    return AccountPolicy(password_max_length=auth.password_max_length, codes=CaptchaSettings.from_conf(auth))
+
+
 class Data(containers.DeclarativeContainer):
     config = providers.Dependency(instance_of=Bootstrap)
 
@@ -127,6 +133,8 @@ class Data(containers.DeclarativeContainer):
     captcha_store = providers.Singleton(RedisCaptchaStore, redis=redis, key_prefix=key_prefix)
     senders = providers.Singleton(build_senders, config=config, redis=redis, key_prefix=key_prefix)
     credentials = providers.Singleton(PgCredentialRepo, pool=pg_pool)
+    accounts = providers.Singleton(PgAccountRepo, pool=pg_pool)
+    reset_codes = providers.Singleton(RedisResetCodeStore, redis=redis, key_prefix=key_prefix)
     signer = providers.Singleton(
         build_signer,
         auth=config.provided.auth,
@@ -190,6 +198,22 @@ class Biz(containers.DeclarativeContainer):
         TotpUsecase, data.users, cipher, hasher, lockout, tokens, data.audit, config.provided.auth.totp_issuer
     )
     users = providers.Singleton(UserUsecase, data.users, cipher)
+    accounts = providers.Singleton(
+        AccountUsecase,
+        users=data.users,
+        accounts=data.accounts,
+        sessions=data.sessions,
+        resets=data.reset_codes,
+        cipher=cipher,
+        hasher=hasher,
+        lockout=lockout,
+        captcha=captcha,
+        senders=data.senders,
+        limiter=data.rate_limiter,
+        audit=data.audit,
+        policy=providers.Callable(account_policy, config.provided.auth),
+        code_key=providers.Callable(captcha_code_key, key_ring),
+    )
     # Refused anonymous calls write a bounded number of audit rows per client network.
     denial_audit = providers.Singleton(DenialAuditLimit, data.audit, data.rate_limiter, data.suppressed_denials)
     credentials = providers.Singleton(CredentialUsecase, data.credentials, denial_audit)
@@ -220,7 +244,7 @@ class Container(containers.DeclarativeContainer):
     biz = providers.Container(Biz, config=config, data=data)
 
     auth_service = providers.Singleton(
-        AuthService, biz.auth, biz.tokens, biz.totp, biz.users, biz.captcha, biz.credentials
+        AuthService, biz.auth, biz.tokens, biz.totp, biz.users, biz.captcha, biz.credentials, biz.accounts
     )
     kms_service = providers.Singleton(
         KMSService,
@@ -258,6 +282,7 @@ class Wired:
     auth: AuthUsecase
     tokens: TokenUsecase
     users: UserUsecase
+    accounts: AccountUsecase
     key_admin: KeyAdmin
     credentials: CredentialUsecase
     senders: CodeSenders
@@ -296,6 +321,7 @@ async def build(config: Bootstrap) -> AsyncIterator[Wired]:
             auth=await _ready(container.biz.auth()),
             tokens=await _ready(container.biz.tokens()),
             users=await _ready(container.biz.users()),
+            accounts=await _ready(container.biz.accounts()),
             key_admin=await _ready(container.biz.key_admin()),
             credentials=await _ready(container.biz.credentials()),
             senders=await _ready(container.data.senders()),

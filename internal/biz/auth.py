@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     from internal.conf.config import Auth
 
 MAX_IDENTIFIER_CHARS = 254
+# Blind-index field of a username's confusable key; deleted accounts keep it during their grace period.
+USERNAME_KEY_INDEX = "username_key"
 
 
 class CaptchaChecker(Protocol):
@@ -108,6 +110,7 @@ class LoginAttempt:
     captcha_id: str = ""
     captcha_code: str = ""
     totp_code: str = ""
+    user_agent: str = ""  # shown in ListSessions
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,7 @@ class AuthUsecase:
             name_hash=name_field.blind_index if name_field else None,
             pii_key_version=min(f.key_version for f in (email_field, phone_field, name_field) if f),
             earlier_hashes=self._earlier_hashes((pii.EMAIL, email), (pii.PHONE, phone)),
+            username_hash=self._cipher.blind_index(USERNAME_KEY_INDEX, username_key(username)),
         )
         try:
             await self._users.create(new_user)
@@ -245,7 +249,10 @@ class AuthUsecase:
             await self._users.update_password(user.id, await self._hasher.hash(attempt.password))
         # Independent writes (Redis counter reset, PostgreSQL session), so in parallel: Login's latency
         # is the password check plus as few round trips as possible.
-        pair, _ = await asyncio.gather(self._tokens.issue(user.id, user.username), self._lockout.succeeded(key))
+        pair, _ = await asyncio.gather(
+            self._tokens.issue(user.id, user.username, client_addr, attempt.user_agent),
+            self._lockout.succeeded(key),
+        )
         await self._audit.record(
             "auth.login", "success", actor=str(user.id), subject=str(user.id), details={"client": client_addr}
         )

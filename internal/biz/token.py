@@ -83,13 +83,22 @@ class SessionRepo(Protocol):
     """Refresh-token families and revocations (``internal.data.session.PgSessionRepo``)."""
 
     async def start_family(
-        self, family_id: str, user_id: int, family_ttl: timedelta, token_hash: str, token_ttl: timedelta
+        self,
+        family_id: str,
+        user_id: int,
+        family_ttl: timedelta,
+        token_hash: str,
+        token_ttl: timedelta,
+        client_addr: str = "",
+        user_agent: str = "",
     ) -> None: ...
 
-    async def rotate_refresh_token(self, old_hash: str, new_hash: str, token_ttl: timedelta) -> RotationResult:
+    async def rotate_refresh_token(
+        self, old_hash: str, new_hash: str, token_ttl: timedelta, client_addr: str = ""
+    ) -> RotationResult:
         """Consume ``old_hash`` once (atomic, durable) and store ``new_hash`` in its family.
 
-        The new token expires after ``token_ttl`` but never after its family.
+        The new token expires after ``token_ttl`` but never after its family; the family records the use.
         """
         ...
 
@@ -202,12 +211,18 @@ class TokenUsecase:
         expired family until no token of it can be refreshed: PURGE_GRACE is far beyond both."""
         return await self._sessions.purge_expired(PURGE_GRACE)
 
-    async def issue(self, user_id: int, username: str) -> TokenPair:
+    async def issue(self, user_id: int, username: str, client_addr: str = "", user_agent: str = "") -> TokenPair:
         """A new session (refresh-token family) and its first token pair."""
         family_id = str(uuid.uuid4())
         refresh = secrets.token_urlsafe(_REFRESH_TOKEN_BYTES)
         await self._sessions.start_family(
-            family_id, user_id, self._policy.family_lifetime, hash_refresh_token(refresh), self._policy.refresh_ttl
+            family_id,
+            user_id,
+            self._policy.family_lifetime,
+            hash_refresh_token(refresh),
+            self._policy.refresh_ttl,
+            client_addr,
+            user_agent,
         )
         return TokenPair(self._access_token(user_id, username, family_id), refresh, self.access_ttl_seconds)
 
@@ -218,7 +233,7 @@ class TokenUsecase:
             raise _invalid("refresh token is invalid")
         new_refresh = secrets.token_urlsafe(_REFRESH_TOKEN_BYTES)
         result = await self._sessions.rotate_refresh_token(
-            hash_refresh_token(token), hash_refresh_token(new_refresh), self._policy.refresh_ttl
+            hash_refresh_token(token), hash_refresh_token(new_refresh), self._policy.refresh_ttl, client_addr
         )
         if result.outcome is Rotation.REUSED:
             await self._sessions.revoke_family(result.family_id, "reuse")

@@ -51,6 +51,8 @@ class NewUser:
     pii_key_version: int  # lowest version of the users' key among the row's ciphertexts
     # Blind indexes of this email/phone from before the users' key; a row holding one is the same address.
     earlier_hashes: tuple[str, ...] = ()
+    # Keyed index of username_key: a deleted account holding it blocks the username (internal.biz.account).
+    username_hash: str | None = None
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ DEV_OUTBOX_KEEP = 10  # codes kept per target, newest first
 
 
 def _message_text(code: str, purpose: str, valid_for: timedelta) -> str:
+    if not code:  # a notice (e.g. an address changed), not a code
+        return f"Notice: {purpose}. If this was not you, reset your password."
     minutes = max(1, round(valid_for.total_seconds() / 60))
     return f"Your {purpose} code is {code}. It expires in {minutes} minutes. Do not share it."
 
@@ -46,7 +48,7 @@ class SmtpEmailSender:
         message = EmailMessage()
         message["From"] = self._conf.from_addr
         message["To"] = target
-        message["Subject"] = f"Your {purpose} code"
+        message["Subject"] = f"Your {purpose} code" if code else "Account notice"
         message.set_content(_message_text(code, purpose, self._valid_for))
         try:
             await asyncio.to_thread(self._deliver, message)
@@ -135,7 +137,7 @@ class DevOutboxSender:
         key = self.key(target)
         with redis_unavailable("the development outbox"):
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.lpush(key, code)
+                pipe.lpush(key, code or f"notice: {purpose}")
                 pipe.ltrim(key, 0, DEV_OUTBOX_KEEP - 1)
                 pipe.pexpire(key, self._ttl_ms)
                 await pipe.execute()

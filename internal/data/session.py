@@ -76,14 +76,21 @@ class PgSessionRepo:
 
     @translate_driver_errors
     async def start_family(
-        self, family_id: str, user_id: int, family_ttl: timedelta, token_hash: str, token_ttl: timedelta
+        self,
+        family_id: str,
+        user_id: int,
+        family_ttl: timedelta,
+        token_hash: str,
+        token_ttl: timedelta,
+        client_addr: str = "",
+        user_agent: str = "",
     ) -> None:
         # One statement (one round trip, one commit): the family and its first token, or neither.
         await self._pool.execute(
             """
             WITH family AS (
-                INSERT INTO refresh_token_families (id, user_id, expires_at)
-                VALUES ($1, $2, now() + $3::interval) RETURNING id, expires_at
+                INSERT INTO refresh_token_families (id, user_id, expires_at, client_addr, user_agent)
+                VALUES ($1, $2, now() + $3::interval, NULLIF($6, ''), NULLIF($7, '')) RETURNING id, expires_at
             )
             INSERT INTO refresh_tokens (token_hash, family_id, expires_at)
             SELECT $4, id, LEAST(now() + $5::interval, expires_at) FROM family
@@ -93,10 +100,14 @@ class PgSessionRepo:
             family_ttl,
             token_hash,
             token_ttl,
+            client_addr[:64],
+            user_agent[:256],
         )
 
     @translate_driver_errors
-    async def rotate_refresh_token(self, old_hash: str, new_hash: str, token_ttl: timedelta) -> RotationResult:
+    async def rotate_refresh_token(
+        self, old_hash: str, new_hash: str, token_ttl: timedelta, client_addr: str = ""
+    ) -> RotationResult:
         async with self._pool.acquire() as conn, conn.transaction():
             # The durable single-use check: of two concurrent uses exactly one UPDATE matches (the
             # other re-evaluates the row after the first commits and finds used_at set).
@@ -120,6 +131,15 @@ class PgSessionRepo:
                     row["id"],
                     token_ttl,
                     row["expires_at"],
+                )
+                await conn.execute(
+                    """
+                    UPDATE refresh_token_families
+                       SET last_used_at = now(), client_addr = COALESCE(NULLIF($2, ''), client_addr)
+                     WHERE id = $1
+                    """,
+                    row["id"],
+                    client_addr[:64],
                 )
                 return RotationResult(Rotation.ROTATED, str(row["id"]), row["user_id"])
             state = await conn.fetchrow(

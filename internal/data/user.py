@@ -57,6 +57,7 @@ class PgUserRepo:
                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $12, $13
                  WHERE NOT EXISTS (
                      SELECT 1 FROM users WHERE email_hash = ANY($11::bpchar[]) OR phone_hash = ANY($11::bpchar[])
+                        OR username_hash = $14
                  )
                 """,
                 user.id,
@@ -72,6 +73,7 @@ class PgUserRepo:
                 list(user.earlier_hashes),
                 user.username_key,
                 user.email_key_hash,
+                user.username_hash,
             )
         except asyncpg.UniqueViolationError:
             inserted = ""
@@ -94,12 +96,13 @@ class PgUserRepo:
 
     @translate_driver_errors
     async def find_by_email_hash(self, *email_hashes: str) -> User | None:
-        query = f"SELECT {_COLUMNS} FROM users WHERE email_hash = ANY($1::bpchar[]) LIMIT 1"
+        # A deleted account keeps its blind indexes (they block reuse) but is nobody's login any more.
+        query = f"SELECT {_COLUMNS} FROM users WHERE email_hash = ANY($1::bpchar[]) AND deleted_at IS NULL LIMIT 1"
         return _user(await self._pool.fetchrow(query, list(email_hashes)))
 
     @translate_driver_errors
     async def find_by_phone_hash(self, *phone_hashes: str) -> User | None:
-        query = f"SELECT {_COLUMNS} FROM users WHERE phone_hash = ANY($1::bpchar[]) LIMIT 1"
+        query = f"SELECT {_COLUMNS} FROM users WHERE phone_hash = ANY($1::bpchar[]) AND deleted_at IS NULL LIMIT 1"
         return _user(await self._pool.fetchrow(query, list(phone_hashes)))
 
     @translate_driver_errors

@@ -6,6 +6,8 @@ an ErrorInfo. RPCs that require an access token resolve it to a ``Caller`` first
 LockStatus also accepts a service credential (``akms_…``); it becomes a ``Caller`` with the
 credential's scopes and no user, so only ``auth.admin`` lets it act for another account.
 IntrospectToken accepts only a service credential (scope ``auth.introspect``), never a user's token.
+The account lifecycle RPCs (ChangePassword .. DeleteAccount) call ``AccountUsecase``; ListSessions,
+RevokeSession, RevokeOtherSessions and DeleteAccount also accept an ``auth.admin`` credential.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import grpc
 
 from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
+from internal.biz.account import AccountUsecase
 from internal.biz.auth import AuthUsecase, LoginAttempt, Registration
 from internal.biz.captcha import CaptchaUsecase
 from internal.biz.credentials import TOKEN_PREFIX, CredentialUsecase
@@ -25,7 +28,7 @@ from internal.biz.ports import Caller
 from internal.biz.token import TokenUsecase
 from internal.biz.totp import TotpUsecase
 from internal.biz.user import UserUsecase
-from internal.service.metadata import bearer_token, client_address
+from internal.service.metadata import bearer_token, client_address, user_agent
 
 _JWK_FIELDS = ("kty", "crv", "x", "kid", "alg", "use")
 # As the Go service sends it: a web page puts image_data straight into <img src>.
@@ -41,6 +44,7 @@ class AuthService(auth_pb2_grpc.AuthServicer):
         users: UserUsecase,
         captcha: CaptchaUsecase,
         credentials: CredentialUsecase | None = None,
+        accounts: AccountUsecase | None = None,
     ) -> None:
         self._auth = auth
         self._tokens = tokens
@@ -48,6 +52,7 @@ class AuthService(auth_pb2_grpc.AuthServicer):
         self._users = users
         self._captcha = captcha
         self._credentials = credentials
+        self._accounts_usecase = accounts
 
     async def _caller(self, context: grpc.aio.ServicerContext, *, allow_service: bool = False) -> Caller:
         """The user behind the access token or, where ``allow_service``, a service credential's scopes."""
@@ -95,6 +100,7 @@ class AuthService(auth_pb2_grpc.AuthServicer):
             captcha_id=request.captcha_id,
             captcha_code=request.captcha_code,
             totp_code=request.totp_code,
+            user_agent=user_agent(context),
         )
         pair = await self._auth.login(attempt, client_address(context))
         return auth_pb2.LoginReply(
@@ -188,3 +194,100 @@ class AuthService(auth_pb2_grpc.AuthServicer):
             totp_enabled=profile.totp_enabled,
             created_at=int(profile.created_at.timestamp()),
         )
+
+    # -- account lifecycle (docs/api.md "Account lifecycle") -------------------------------------------
+
+    @property
+    def _accounts(self) -> AccountUsecase:
+        if self._accounts_usecase is None:
+            raise RuntimeError("AuthService was built without the account use case")
+        return self._accounts_usecase
+
+    async def ChangePassword(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.ChangePasswordReply:
+        """New password after re-checking the current one; the caller's other sessions end."""
+        caller = await self._caller(context)
+        ended = await self._accounts.change_password(
+            caller, request.current_password, request.new_password, client_address(context)
+        )
+        return auth_pb2.ChangePasswordReply(sessions_ended=ended)
+
+    async def RequestPasswordReset(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.RequestPasswordResetReply:
+        """A reset id, the same whether or not an account has the address; the code is sent in the background."""
+        reset_id = await self._accounts.request_reset(request.target, client_address(context))
+        return auth_pb2.RequestPasswordResetReply(reset_id=reset_id)
+
+    async def ConfirmPasswordReset(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.ConfirmPasswordResetReply:
+        """New password with a reset code; every session of the account ends."""
+        await self._accounts.confirm_reset(
+            request.reset_id, request.code, request.new_password, client_address(context)
+        )
+        return auth_pb2.ConfirmPasswordResetReply(success=True)
+
+    async def ListSessions(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.ListSessionsReply:
+        """The caller's active sessions (any user's with an ``auth.admin`` credential)."""
+        caller = await self._caller(context, allow_service=True)
+        views = await self._accounts.list_sessions(caller, request.username)
+        return auth_pb2.ListSessionsReply(
+            sessions=[
+                auth_pb2.Session(
+                    session_id=v.session_id,
+                    created_at=v.created_at,
+                    last_used_at=v.last_used_at,
+                    client_address=v.client_address,
+                    user_agent=v.user_agent,
+                    current=v.current,
+                    expires_at=v.expires_at,
+                )
+                for v in views
+            ]
+        )
+
+    async def RevokeSession(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.RevokeSessionReply:
+        """End one session (SESSION_NOT_FOUND when it is not an active one of the user)."""
+        caller = await self._caller(context, allow_service=True)
+        await self._accounts.revoke_session(caller, request.session_id, request.username, client_address(context))
+        return auth_pb2.RevokeSessionReply(success=True)
+
+    async def RevokeOtherSessions(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> auth_pb2.RevokeOtherSessionsReply:
+        """End every session but the current one (all of the named user's, for an admin)."""
+        caller = await self._caller(context, allow_service=True)
+        ended = await self._accounts.revoke_other_sessions(caller, request.username, client_address(context))
+        return auth_pb2.RevokeOtherSessionsReply(sessions_ended=ended)
+
+    async def ChangeEmail(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.ChangeEmailReply:
+        """Replace the email, proven with a code sent to the new address; the old one is notified."""
+        caller = await self._caller(context)
+        await self._accounts.change_email(
+            caller,
+            request.new_email,
+            request.captcha_id,
+            request.captcha_code,
+            request.password,
+            client_address(context),
+        )
+        return auth_pb2.ChangeEmailReply(success=True)
+
+    async def ChangePhone(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.ChangePhoneReply:
+        """Replace the phone, proven with a code sent to the new phone; the old one is notified."""
+        caller = await self._caller(context)
+        await self._accounts.change_phone(
+            caller,
+            request.new_phone,
+            request.captcha_id,
+            request.captcha_code,
+            request.password,
+            client_address(context),
+        )
+        return auth_pb2.ChangePhoneReply(success=True)
+
+    async def DeleteAccount(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.DeleteAccountReply:
+        """Delete the caller's account (password), or the named one with an ``auth.admin`` credential."""
+        caller = await self._caller(context, allow_service=True)
+        await self._accounts.delete_account(caller, request.password, request.username, client_address(context))
+        return auth_pb2.DeleteAccountReply(success=True)

@@ -34,6 +34,14 @@ def bearer_token(context: grpc.aio.ServicerContext, *, reason: str = "TOKEN_MISS
     raise Unauthenticated(reason, "missing bearer token in the authorization metadata")
 
 
+def user_agent(context: grpc.aio.ServicerContext, limit: int = 256) -> str:
+    """The client's User-Agent (HTTP header or gRPC metadata), printable and bounded; "" when absent."""
+    for key, value in _metadata(context):
+        if key == "user-agent" and isinstance(value, str):
+            return "".join(c for c in value if c.isprintable())[:limit]
+    return ""
+
+
 def peer_host(peer: str) -> str:
     """The address in a gRPC peer string (``ipv4:1.2.3.4:5678``, ``ipv6:[::1]:5678``), else the string itself."""
     kind, _, rest = peer.partition(":")

@@ -252,3 +252,151 @@ class GetProfileReply(_message.Message):
     totp_enabled: bool
     created_at: int
     def __init__(self, user_id: _Optional[int] = ..., username: _Optional[str] = ..., email_masked: _Optional[str] = ..., phone_masked: _Optional[str] = ..., name_masked: _Optional[str] = ..., totp_enabled: _Optional[bool] = ..., created_at: _Optional[int] = ...) -> None: ...
+
+class ChangePasswordRequest(_message.Message):
+    __slots__ = ("current_password", "new_password")
+    CURRENT_PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    NEW_PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    current_password: str
+    new_password: str
+    def __init__(self, current_password: _Optional[str] = ..., new_password: _Optional[str] = ...) -> None: ...
+
+class ChangePasswordReply(_message.Message):
+    __slots__ = ("sessions_ended",)
+    SESSIONS_ENDED_FIELD_NUMBER: _ClassVar[int]
+    sessions_ended: int
+    def __init__(self, sessions_ended: _Optional[int] = ...) -> None: ...
+
+class RequestPasswordResetRequest(_message.Message):
+    __slots__ = ("target",)
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    def __init__(self, target: _Optional[str] = ...) -> None: ...
+
+class RequestPasswordResetReply(_message.Message):
+    __slots__ = ("reset_id",)
+    RESET_ID_FIELD_NUMBER: _ClassVar[int]
+    reset_id: str
+    def __init__(self, reset_id: _Optional[str] = ...) -> None: ...
+
+class ConfirmPasswordResetRequest(_message.Message):
+    __slots__ = ("reset_id", "code", "new_password")
+    RESET_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    NEW_PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    reset_id: str
+    code: str
+    new_password: str
+    def __init__(self, reset_id: _Optional[str] = ..., code: _Optional[str] = ..., new_password: _Optional[str] = ...) -> None: ...
+
+class ConfirmPasswordResetReply(_message.Message):
+    __slots__ = ("success",)
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    def __init__(self, success: _Optional[bool] = ...) -> None: ...
+
+class ListSessionsRequest(_message.Message):
+    __slots__ = ("username",)
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    username: str
+    def __init__(self, username: _Optional[str] = ...) -> None: ...
+
+class Session(_message.Message):
+    __slots__ = ("session_id", "created_at", "last_used_at", "client_address", "user_agent", "current", "expires_at")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_AT_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    USER_AGENT_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    created_at: int
+    last_used_at: int
+    client_address: str
+    user_agent: str
+    current: bool
+    expires_at: int
+    def __init__(self, session_id: _Optional[str] = ..., created_at: _Optional[int] = ..., last_used_at: _Optional[int] = ..., client_address: _Optional[str] = ..., user_agent: _Optional[str] = ..., current: _Optional[bool] = ..., expires_at: _Optional[int] = ...) -> None: ...
+
+class ListSessionsReply(_message.Message):
+    __slots__ = ("sessions",)
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    sessions: _containers.RepeatedCompositeFieldContainer[Session]
+    def __init__(self, sessions: _Optional[_Iterable[_Union[Session, _Mapping]]] = ...) -> None: ...
+
+class RevokeSessionRequest(_message.Message):
+    __slots__ = ("session_id", "username")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    username: str
+    def __init__(self, session_id: _Optional[str] = ..., username: _Optional[str] = ...) -> None: ...
+
+class RevokeSessionReply(_message.Message):
+    __slots__ = ("success",)
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    def __init__(self, success: _Optional[bool] = ...) -> None: ...
+
+class RevokeOtherSessionsRequest(_message.Message):
+    __slots__ = ("username",)
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    username: str
+    def __init__(self, username: _Optional[str] = ...) -> None: ...
+
+class RevokeOtherSessionsReply(_message.Message):
+    __slots__ = ("sessions_ended",)
+    SESSIONS_ENDED_FIELD_NUMBER: _ClassVar[int]
+    sessions_ended: int
+    def __init__(self, sessions_ended: _Optional[int] = ...) -> None: ...
+
+class ChangeEmailRequest(_message.Message):
+    __slots__ = ("new_email", "captcha_id", "captcha_code", "password")
+    NEW_EMAIL_FIELD_NUMBER: _ClassVar[int]
+    CAPTCHA_ID_FIELD_NUMBER: _ClassVar[int]
+    CAPTCHA_CODE_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    new_email: str
+    captcha_id: str
+    captcha_code: str
+    password: str
+    def __init__(self, new_email: _Optional[str] = ..., captcha_id: _Optional[str] = ..., captcha_code: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+
+class ChangeEmailReply(_message.Message):
+    __slots__ = ("success",)
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    def __init__(self, success: _Optional[bool] = ...) -> None: ...
+
+class ChangePhoneRequest(_message.Message):
+    __slots__ = ("new_phone", "captcha_id", "captcha_code", "password")
+    NEW_PHONE_FIELD_NUMBER: _ClassVar[int]
+    CAPTCHA_ID_FIELD_NUMBER: _ClassVar[int]
+    CAPTCHA_CODE_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    new_phone: str
+    captcha_id: str
+    captcha_code: str
+    password: str
+    def __init__(self, new_phone: _Optional[str] = ..., captcha_id: _Optional[str] = ..., captcha_code: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+
+class ChangePhoneReply(_message.Message):
+    __slots__ = ("success",)
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    def __init__(self, success: _Optional[bool] = ...) -> None: ...
+
+class DeleteAccountRequest(_message.Message):
+    __slots__ = ("password", "username")
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    password: str
+    username: str
+    def __init__(self, password: _Optional[str] = ..., username: _Optional[str] = ...) -> None: ...
+
+class DeleteAccountReply(_message.Message):
+    __slots__ = ("success",)
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    def __init__(self, success: _Optional[bool] = ...) -> None: ...

@@ -100,6 +100,51 @@ class AuthStub:
                 request_serializer=auth_dot_v1_dot_auth__pb2.GetProfileRequest.SerializeToString,
                 response_deserializer=auth_dot_v1_dot_auth__pb2.GetProfileReply.FromString,
                 _registered_method=True)
+        self.ChangePassword = channel.unary_unary(
+                '/auth.v1.Auth/ChangePassword',
+                request_serializer=auth_dot_v1_dot_auth__pb2.ChangePasswordRequest.SerializeToString,
+                response_deserializer=auth_dot_v1_dot_auth__pb2.ChangePasswordReply.FromString,
+                _registered_method=True)
+        self.RequestPasswordReset = channel.unary_unary(
+                '/auth.v1.Auth/RequestPasswordReset',
+                request_serializer=auth_dot_v1_dot_auth__pb2.RequestPasswordResetRequest.SerializeToString,
+                response_deserializer=auth_dot_v1_dot_auth__pb2.RequestPasswordResetReply.FromString,
+                _registered_method=True)
+        self.ConfirmPasswordReset = channel.unary_unary(
+                '/auth.v1.Auth/ConfirmPasswordReset',
+                request_serializer=auth_dot_v1_dot_auth__pb2.ConfirmPasswordResetRequest.SerializeToString,
+                response_deserializer=auth_dot_v1_dot_auth__pb2.ConfirmPasswordResetReply.FromString,
+                _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/auth.v1.Auth/ListSessions',
+                request_serializer=auth_dot_v1_dot_auth__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=auth_dot_v1_dot_auth__pb2.ListSessionsReply.FromString,
+                _registered_method=True)
+        self.RevokeSession = channel.unary_unary(
+                '/auth.v1.Auth/RevokeSession',
+                request_serializer=auth_dot_v1_dot_auth__pb2.RevokeSessionRequest.SerializeToString,
+                response_deserializer=auth_dot_v1_dot_auth__pb2.RevokeSessionReply.FromString,
+                _registered_method=True)
+        self.RevokeOtherSessions = channel.unary_unary(
+                '/auth.v1.Auth/RevokeOtherSessions',
+                request_serializer=auth_dot_v1_dot_auth__pb2.RevokeOtherSessionsRequest.SerializeToString,
+                response_deserializer=auth_dot_v1_dot_auth__pb2.RevokeOtherSessionsReply.FromString,
+                _registered_method=True)
+        self.ChangeEmail = channel.unary_unary(
+                '/auth.v1.Auth/ChangeEmail',
+                request_serializer=auth_dot_v1_dot_auth__pb2.ChangeEmailRequest.SerializeToString,
+                response_deserializer=auth_dot_v1_dot_auth__pb2.ChangeEmailReply.FromString,
+                _registered_method=True)
+        self.ChangePhone = channel.unary_unary(
+                '/auth.v1.Auth/ChangePhone',
+                request_serializer=auth_dot_v1_dot_auth__pb2.ChangePhoneRequest.SerializeToString,
+                response_deserializer=auth_dot_v1_dot_auth__pb2.ChangePhoneReply.FromString,
+                _registered_method=True)
+        self.DeleteAccount = channel.unary_unary(
+                '/auth.v1.Auth/DeleteAccount',
+                request_serializer=auth_dot_v1_dot_auth__pb2.DeleteAccountRequest.SerializeToString,
+                response_deserializer=auth_dot_v1_dot_auth__pb2.DeleteAccountReply.FromString,
+                _registered_method=True)
 
 
 class AuthServicer:
@@ -207,6 +252,89 @@ class AuthServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChangePassword(self, request, context):
+        """Account lifecycle (docs/api.md "Account lifecycle"). None of these changes
+        the seven RPCs above.
+
+        Sets a new password after re-checking the current one (counted like a
+        login attempt). Ends every other session of the caller; the calling
+        session goes on. Requires an access token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestPasswordReset(self, request, context):
+        """Sends a single-use reset code to an email address or phone. The reply is
+        the same whether or not an account has that address. Public.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmPasswordReset(self, request, context):
+        """Sets a new password with the code from RequestPasswordReset; ends every
+        session of the account and clears its lock. Public.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSessions(self, request, context):
+        """Lists the caller's active sessions (refresh-token families). An
+        `auth.admin` credential names the user. Requires an access token or an
+        `auth.admin` credential.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeSession(self, request, context):
+        """Ends one session of the caller (or, with an `auth.admin` credential, of
+        the named user). Requires an access token or an `auth.admin` credential.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeOtherSessions(self, request, context):
+        """Ends every session of the caller but the current one (with an
+        `auth.admin` credential: every session of the named user). Requires an
+        access token or an `auth.admin` credential.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeEmail(self, request, context):
+        """Replaces the caller's email address, proven with an "email" captcha code
+        sent to the new address; the old address is notified. Requires an access
+        token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangePhone(self, request, context):
+        """Replaces (or sets) the caller's phone, proven with an "sms" captcha code
+        sent to the new phone; the old phone, if any, is notified. Requires an
+        access token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAccount(self, request, context):
+        """Deletes the caller's account after re-checking the password (an
+        `auth.admin` credential deletes the named user without one): every
+        session ends, PII and the TOTP secret are erased at once, the username
+        and addresses stay blocked for the grace period. Requires an access token
+        or an `auth.admin` credential.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -274,6 +402,51 @@ def add_AuthServicer_to_server(servicer, server):
                     servicer.GetProfile,
                     request_deserializer=auth_dot_v1_dot_auth__pb2.GetProfileRequest.FromString,
                     response_serializer=auth_dot_v1_dot_auth__pb2.GetProfileReply.SerializeToString,
+            ),
+            'ChangePassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePassword,
+                    request_deserializer=auth_dot_v1_dot_auth__pb2.ChangePasswordRequest.FromString,
+                    response_serializer=auth_dot_v1_dot_auth__pb2.ChangePasswordReply.SerializeToString,
+            ),
+            'RequestPasswordReset': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestPasswordReset,
+                    request_deserializer=auth_dot_v1_dot_auth__pb2.RequestPasswordResetRequest.FromString,
+                    response_serializer=auth_dot_v1_dot_auth__pb2.RequestPasswordResetReply.SerializeToString,
+            ),
+            'ConfirmPasswordReset': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmPasswordReset,
+                    request_deserializer=auth_dot_v1_dot_auth__pb2.ConfirmPasswordResetRequest.FromString,
+                    response_serializer=auth_dot_v1_dot_auth__pb2.ConfirmPasswordResetReply.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=auth_dot_v1_dot_auth__pb2.ListSessionsRequest.FromString,
+                    response_serializer=auth_dot_v1_dot_auth__pb2.ListSessionsReply.SerializeToString,
+            ),
+            'RevokeSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeSession,
+                    request_deserializer=auth_dot_v1_dot_auth__pb2.RevokeSessionRequest.FromString,
+                    response_serializer=auth_dot_v1_dot_auth__pb2.RevokeSessionReply.SerializeToString,
+            ),
+            'RevokeOtherSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeOtherSessions,
+                    request_deserializer=auth_dot_v1_dot_auth__pb2.RevokeOtherSessionsRequest.FromString,
+                    response_serializer=auth_dot_v1_dot_auth__pb2.RevokeOtherSessionsReply.SerializeToString,
+            ),
+            'ChangeEmail': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeEmail,
+                    request_deserializer=auth_dot_v1_dot_auth__pb2.ChangeEmailRequest.FromString,
+                    response_serializer=auth_dot_v1_dot_auth__pb2.ChangeEmailReply.SerializeToString,
+            ),
+            'ChangePhone': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePhone,
+                    request_deserializer=auth_dot_v1_dot_auth__pb2.ChangePhoneRequest.FromString,
+                    response_serializer=auth_dot_v1_dot_auth__pb2.ChangePhoneReply.SerializeToString,
+            ),
+            'DeleteAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAccount,
+                    request_deserializer=auth_dot_v1_dot_auth__pb2.DeleteAccountRequest.FromString,
+                    response_serializer=auth_dot_v1_dot_auth__pb2.DeleteAccountReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -628,6 +801,249 @@ class Auth:
             '/auth.v1.Auth/GetProfile',
             auth_dot_v1_dot_auth__pb2.GetProfileRequest.SerializeToString,
             auth_dot_v1_dot_auth__pb2.GetProfileReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auth.v1.Auth/ChangePassword',
+            auth_dot_v1_dot_auth__pb2.ChangePasswordRequest.SerializeToString,
+            auth_dot_v1_dot_auth__pb2.ChangePasswordReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestPasswordReset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auth.v1.Auth/RequestPasswordReset',
+            auth_dot_v1_dot_auth__pb2.RequestPasswordResetRequest.SerializeToString,
+            auth_dot_v1_dot_auth__pb2.RequestPasswordResetReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmPasswordReset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auth.v1.Auth/ConfirmPasswordReset',
+            auth_dot_v1_dot_auth__pb2.ConfirmPasswordResetRequest.SerializeToString,
+            auth_dot_v1_dot_auth__pb2.ConfirmPasswordResetReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auth.v1.Auth/ListSessions',
+            auth_dot_v1_dot_auth__pb2.ListSessionsRequest.SerializeToString,
+            auth_dot_v1_dot_auth__pb2.ListSessionsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auth.v1.Auth/RevokeSession',
+            auth_dot_v1_dot_auth__pb2.RevokeSessionRequest.SerializeToString,
+            auth_dot_v1_dot_auth__pb2.RevokeSessionReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeOtherSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auth.v1.Auth/RevokeOtherSessions',
+            auth_dot_v1_dot_auth__pb2.RevokeOtherSessionsRequest.SerializeToString,
+            auth_dot_v1_dot_auth__pb2.RevokeOtherSessionsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeEmail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auth.v1.Auth/ChangeEmail',
+            auth_dot_v1_dot_auth__pb2.ChangeEmailRequest.SerializeToString,
+            auth_dot_v1_dot_auth__pb2.ChangeEmailReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePhone(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auth.v1.Auth/ChangePhone',
+            auth_dot_v1_dot_auth__pb2.ChangePhoneRequest.SerializeToString,
+            auth_dot_v1_dot_auth__pb2.ChangePhoneReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auth.v1.Auth/DeleteAccount',
+            auth_dot_v1_dot_auth__pb2.DeleteAccountRequest.SerializeToString,
+            auth_dot_v1_dot_auth__pb2.DeleteAccountReply.FromString,
             options,
             channel_credentials,
             insecure,

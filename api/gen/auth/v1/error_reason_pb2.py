@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61uth/v1/error_reason.proto\x12\x07\x61uth.v1*\xf8\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x14\n\x10VALIDATION_ERROR\x10\x01\x12\x11\n\rPASSWORD_WEAK\x10\x02\x12\x14\n\x10\x43\x41PTCHA_REQUIRED\x10\x03\x12\x13\n\x0f\x43\x41PTCHA_INVALID\x10\x04\x12\x13\n\x0f\x43\x41PTCHA_EXPIRED\x10\x05\x12\x0f\n\x0bUSER_EXISTS\x10\x06\x12\x12\n\x0eUSER_NOT_FOUND\x10\x07\x12\x17\n\x13INVALID_CREDENTIALS\x10\x08\x12\x11\n\rTOKEN_MISSING\x10\t\x12\x11\n\rTOKEN_INVALID\x10\n\x12\x11\n\rTOKEN_EXPIRED\x10\x0b\x12\x11\n\rTOKEN_REVOKED\x10\x0c\x12\x18\n\x14REFRESH_TOKEN_REUSED\x10\r\x12\x11\n\rTOTP_REQUIRED\x10\x0e\x12\x10\n\x0cTOTP_INVALID\x10\x0f\x12\x15\n\x11TOTP_NOT_ENROLLED\x10\x10\x12\x18\n\x14TOTP_ALREADY_ENABLED\x10\x11\x12\x12\n\x0e\x41\x43\x43OUNT_LOCKED\x10\x12\x12\x15\n\x11PERMISSION_DENIED\x10\x13\x12\x10\n\x0cRATE_LIMITED\x10\x14\x12\x17\n\x13SERVICE_UNAVAILABLE\x10\x15\x12\x12\n\x0eINTERNAL_ERROR\x10\x16\x42\x7f\n\x13\x63om.authkms.auth.v1B\x10\x45rrorReasonProtoP\x01Z\x16\x61uthkms/api/auth/v1;v1\xa2\x02\x03\x41\x41X\xaa\x02\x0f\x41uthKms.Auth.V1\xca\x02\x0f\x41uthKms\\Auth\\V1\xea\x02\x11\x41uthKms::Auth::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61uth/v1/error_reason.proto\x12\x07\x61uth.v1*\x8f\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x14\n\x10VALIDATION_ERROR\x10\x01\x12\x11\n\rPASSWORD_WEAK\x10\x02\x12\x14\n\x10\x43\x41PTCHA_REQUIRED\x10\x03\x12\x13\n\x0f\x43\x41PTCHA_INVALID\x10\x04\x12\x13\n\x0f\x43\x41PTCHA_EXPIRED\x10\x05\x12\x0f\n\x0bUSER_EXISTS\x10\x06\x12\x12\n\x0eUSER_NOT_FOUND\x10\x07\x12\x17\n\x13INVALID_CREDENTIALS\x10\x08\x12\x11\n\rTOKEN_MISSING\x10\t\x12\x11\n\rTOKEN_INVALID\x10\n\x12\x11\n\rTOKEN_EXPIRED\x10\x0b\x12\x11\n\rTOKEN_REVOKED\x10\x0c\x12\x18\n\x14REFRESH_TOKEN_REUSED\x10\r\x12\x11\n\rTOTP_REQUIRED\x10\x0e\x12\x10\n\x0cTOTP_INVALID\x10\x0f\x12\x15\n\x11TOTP_NOT_ENROLLED\x10\x10\x12\x18\n\x14TOTP_ALREADY_ENABLED\x10\x11\x12\x12\n\x0e\x41\x43\x43OUNT_LOCKED\x10\x12\x12\x15\n\x11PERMISSION_DENIED\x10\x13\x12\x10\n\x0cRATE_LIMITED\x10\x14\x12\x17\n\x13SERVICE_UNAVAILABLE\x10\x15\x12\x12\n\x0eINTERNAL_ERROR\x10\x16\x12\x15\n\x11SESSION_NOT_FOUND\x10\x17\x42\x7f\n\x13\x63om.authkms.auth.v1B\x10\x45rrorReasonProtoP\x01Z\x16\x61uthkms/api/auth/v1;v1\xa2\x02\x03\x41\x41X\xaa\x02\x0f\x41uthKms.Auth.V1\xca\x02\x0f\x41uthKms\\Auth\\V1\xea\x02\x11\x41uthKms::Auth::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\023com.authkms.auth.v1B\020ErrorReasonProtoP\001Z\026authkms/api/auth/v1;v1\242\002\003AAX\252\002\017AuthKms.Auth.V1\312\002\017AuthKms\\Auth\\V1\352\002\021AuthKms::Auth::V1'
   _globals['_ERRORREASON']._serialized_start=40
-  _globals['_ERRORREASON']._serialized_end=544
+  _globals['_ERRORREASON']._serialized_end=567
 # @@protoc_insertion_point(module_scope)

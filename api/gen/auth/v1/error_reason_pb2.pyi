@@ -29,6 +29,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RATE_LIMITED: _ClassVar[ErrorReason]
     SERVICE_UNAVAILABLE: _ClassVar[ErrorReason]
     INTERNAL_ERROR: _ClassVar[ErrorReason]
+    SESSION_NOT_FOUND: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 VALIDATION_ERROR: ErrorReason
 PASSWORD_WEAK: ErrorReason
@@ -52,3 +53,4 @@ PERMISSION_DENIED: ErrorReason
 RATE_LIMITED: ErrorReason
 SERVICE_UNAVAILABLE: ErrorReason
 INTERNAL_ERROR: ErrorReason
+SESSION_NOT_FOUND: ErrorReason
