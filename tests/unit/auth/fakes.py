@@ -254,6 +254,9 @@ class _Family:
     user_id: int
     expires_at: float
     revoked: str | None = None
+    client_addr: str = ""
+    user_agent: str = ""
+    last_used_at: float = 0.0
 
 
 class FakeSessions:
@@ -264,14 +267,23 @@ class FakeSessions:
         self.revoked_jtis: set[str] = set()
 
     async def start_family(
-        self, family_id: str, user_id: int, family_ttl: timedelta, token_hash: str, token_ttl: timedelta
+        self,
+        family_id: str,
+        user_id: int,
+        family_ttl: timedelta,
+        token_hash: str,
+        token_ttl: timedelta,
+        client_addr: str = "",
+        user_agent: str = "",
     ) -> None:
         now = self._clock()
-        family = _Family(user_id, now + family_ttl.total_seconds())
+        family = _Family(user_id, now + family_ttl.total_seconds(), client_addr=client_addr, user_agent=user_agent)
         self.families[family_id] = family
         self.tokens[token_hash] = _Token(family_id, min(now + token_ttl.total_seconds(), family.expires_at), now)
 
-    async def rotate_refresh_token(self, old_hash: str, new_hash: str, token_ttl: timedelta) -> RotationResult:
+    async def rotate_refresh_token(
+        self, old_hash: str, new_hash: str, token_ttl: timedelta, client_addr: str = ""
+    ) -> RotationResult:
         now = self._clock()
         token = self.tokens.get(old_hash)
         if token is None:
@@ -284,6 +296,7 @@ class FakeSessions:
         if token.expires_at <= now or family.expires_at <= now:
             return RotationResult(Rotation.EXPIRED, token.family_id, family.user_id)
         token.used = True
+        family.last_used_at, family.client_addr = now, client_addr or family.client_addr
         self.tokens[new_hash] = _Token(token.family_id, min(now + token_ttl.total_seconds(), family.expires_at), now)
         return RotationResult(Rotation.ROTATED, token.family_id, family.user_id)
 
