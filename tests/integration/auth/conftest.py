@@ -9,6 +9,7 @@ import os
 import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -16,16 +17,20 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from internal.biz import pii
+from internal.biz.account import AccountPolicy, AccountUsecase
 from internal.biz.auth import AuthPolicy, AuthUsecase
+from internal.biz.captcha import CaptchaSettings, CodeSenders
 from internal.biz.errors import InvalidArgument
 from internal.biz.lockout import Lockout, LockoutPolicy
 from internal.biz.password import Argon2Params, Argon2PasswordHasher
 from internal.biz.token import TokenPolicy, TokenUsecase
 from internal.biz.totp import TotpUsecase
 from internal.biz.user import UserUsecase
+from internal.data.account import PgAccountRepo, RedisResetCodeStore
 from internal.data.audit import PgAuditLog
 from internal.data.login_guard import RedisLoginGuard
 from internal.data.ratelimit import RedisRateLimiter
+from internal.data.senders import DevOutboxSender
 from internal.data.session import PgSessionRepo
 from internal.data.signing_keys import JwtSigner
 from internal.data.user import PgUserRepo
@@ -148,6 +153,31 @@ def build_stack(
         totp,
         UserUsecase(users, cipher),
     )
+
+
+def build_accounts(
+    stack: Stack, *, captcha: Any = None, grace: timedelta = timedelta(days=30)
+) -> tuple[AccountUsecase, DevOutboxSender]:
+    """The account lifecycle use case over the stack's repositories; codes go to the development outbox."""
+    outbox = DevOutboxSender(stack.redis, stack.prefix, timedelta(minutes=5), security_mode="development")
+    usecase = AccountUsecase(
+        users=stack.users,
+        accounts=PgAccountRepo(stack.pool),
+        sessions=stack.sessions,
+        resets=RedisResetCodeStore(stack.redis, stack.prefix),
+        cipher=stack.cipher,
+        hasher=stack.hasher,
+        lockout=Lockout(stack.guard, LockoutPolicy(free_attempts=10_000)),
+        captcha=captcha or DisabledCaptcha(),
+        senders=CodeSenders(email=outbox, sms=outbox),
+        limiter=RedisRateLimiter(stack.redis, stack.prefix),
+        audit=stack.audit,
+        policy=AccountPolicy(
+            codes=CaptchaSettings(send_limit_per_target=100, send_limit_per_client=100_000), deletion_grace=grace
+        ),
+        code_key=os.urandom(32),
+    )
+    return usecase, outbox
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from internal.conf.config import GRPC
 from internal.data.credentials import PgCredentialRepo
 from internal.server.grpc import ServiceRegistration, new_grpc_server
 from internal.service.auth import AuthService
-from tests.integration.auth.conftest import build_stack, unique
+from tests.integration.auth.conftest import build_accounts, build_stack, unique
 from tests.integration.test_captcha_repo import Env as CaptchaEnv
 
 PASSWORD = "s3cretpass"
@@ -118,7 +118,8 @@ async def target(pg_pool: asyncpg.Pool, redis_client: Any, redis_prefix: str) ->
     captchas = CaptchaEnv(redis_client, redis_prefix, CaptchaSettings(image_limit_per_client=100_000))
     stack = build_stack(pg_pool, redis_client, redis_prefix, captcha=captchas.usecase, free_attempts=10_000)
     credentials = CredentialUsecase(PgCredentialRepo(pg_pool), stack.audit)
-    service = AuthService(stack.auth, stack.tokens, stack.totp, stack.profiles, captchas.usecase, credentials)
+    accounts, _ = build_accounts(stack, captcha=captchas.usecase)
+    service = AuthService(stack.auth, stack.tokens, stack.totp, stack.profiles, captchas.usecase, credentials, accounts)
     server, port = new_grpc_server(
         GRPC(addr="127.0.0.1:0"),
         [ServiceRegistration("auth.v1.Auth", lambda s: auth_pb2_grpc.add_AuthServicer_to_server(service, s))],
