@@ -162,7 +162,7 @@ class PgUserRepo:
         rows = await self._pool.fetch(
             """
             SELECT id, username, email_encrypted FROM users
-             WHERE username_key IS NULL AND id > $1 ORDER BY id LIMIT $2
+             WHERE username_key IS NULL AND deleted_at IS NULL AND id > $1 ORDER BY id LIMIT $2
             """,
             after_id,
             limit,
@@ -173,7 +173,8 @@ class PgUserRepo:
     async def set_identifier_keys(self, user_id: int, username_key: str, email_key_hash: str | None) -> bool:
         try:
             status = await self._pool.execute(
-                "UPDATE users SET username_key = $2, email_key_hash = $3 WHERE id = $1 AND username_key IS NULL",
+                "UPDATE users SET username_key = $2, email_key_hash = $3"
+                " WHERE id = $1 AND username_key IS NULL AND deleted_at IS NULL",
                 user_id,
                 username_key,
                 email_key_hash,

@@ -86,6 +86,11 @@ class Outbox:
     def messages(self, target: str) -> list[str]:
         return cast(list[str], self._redis.lrange(f"{self._prefix}dev-outbox:{target}", 0, -1))
 
+    def hashes(self, infix: str) -> list[dict[str, str]]:
+        """Every Redis hash of the server's under ``{prefix}{infix}`` (e.g. the stored reset codes)."""
+        keys = self._redis.scan_iter(match=f"{self._prefix}{infix}*")
+        return [cast(dict[str, str], self._redis.hgetall(key)) for key in keys]
+
     def wait_new(self, target: str, seen: int, timeout: float = 20) -> str:
         """The newest message once there are more than ``seen`` (reset codes are sent in the background)."""
         deadline = time.monotonic() + timeout

@@ -90,6 +90,12 @@ async def test_deleted_account_blocks_reuse_until_purged(stack: Stack) -> None:
     await accounts.delete_account(await stack.tokens.authenticate(pair.access_token), PASSWORD)
     row = await stack.pool.fetchrow("SELECT username, email_encrypted, deleted_at FROM users WHERE id = $1", user_id)
     assert row["username"] == f"~{user_id}" and row["email_encrypted"] is None and row["deleted_at"] is not None
+    # The start-up identifier-key backfill (rows without username_key) leaves a deleted account's indexes alone.
+    kept = await stack.pool.fetchval("SELECT email_key_hash FROM users WHERE id = $1", user_id)
+    await stack.profiles.backfill_identifier_keys()
+    assert kept is not None
+    assert await stack.pool.fetchval("SELECT email_key_hash FROM users WHERE id = $1", user_id) == kept
+    assert await stack.pool.fetchval("SELECT username_key FROM users WHERE id = $1", user_id) is None
     with pytest.raises(Conflict):
         await stack.auth.register(Registration(carol["username"], PASSWORD, f"{unique('other')}@example.com"))
     with pytest.raises(Conflict):
