@@ -37,7 +37,7 @@ from internal.biz.token import TokenPolicy, TokenUsecase
 from internal.biz.totp import TotpUsecase
 from internal.biz.user import UserUsecase
 from internal.conf.config import Bootstrap, Kms, read_secret
-from internal.data.account import PgAccountRepo, RedisResetCodeStore
+from internal.data.account import PgAccountRepo
 from internal.data.audit import PgAuditLog
 from internal.data.audit_suppressed import RedisSuppressedDenials
 from internal.data.captcha import ImageCaptchaRenderer, RedisCaptchaStore
@@ -48,6 +48,7 @@ from internal.data.kms_events import RedisKeyEvents, channel_name
 from internal.data.kms_file import FileKeyRepo
 from internal.data.login_guard import RedisLoginGuard
 from internal.data.ratelimit import RedisRateLimiter
+from internal.data.reset_codes import RedisResetCodeStore
 from internal.data.senders import build_senders
 from internal.data.session import PgSessionRepo
 from internal.data.signing_keys import build_signer

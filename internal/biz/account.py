@@ -123,6 +123,14 @@ class AccountRepo(Protocol):
         ...
 
 
+class AccountAudit(AuditLog, Protocol):
+    """The audit trail plus the one erasure it allows (``internal.data.audit.PgAuditLog``)."""
+
+    async def forget_clients(self, party: str) -> int:
+        """Strip client addresses from the rows about ``party``; what happened and when stays."""
+        ...
+
+
 class ResetCodeStore(Protocol):
     """Reset codes in Redis (``internal.data.account.RedisResetCodeStore``); atomic across replicas."""
 
@@ -165,7 +173,7 @@ class AccountUsecase:
         captcha: CaptchaChecker,
         senders: CodeSenders,
         limiter: RateLimiter,
-        audit: AuditLog,
+        audit: AccountAudit,
         policy: AccountPolicy,
         code_key: bytes,
     ) -> None:
@@ -376,6 +384,8 @@ class AccountUsecase:
         for session_id in await self._accounts.erase(user.id, unusable, username_hash):
             # The rows are gone; this only tells every replica's cache (a missing family is revoked anyway).
             await self._sessions.revoke_family(session_id, "account_deleted")
+        # The audit keeps what happened and when, under the bare account number; not where from.
+        await self._audit.forget_clients(str(user.id))
         await self._lockout.unlock(user_account(user.id))
         await self._audit.record("account.delete", "success", subject=str(user.id), details={"by": by})
 

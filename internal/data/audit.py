@@ -68,3 +68,15 @@ class PgAuditLog:
             _cut(request_id.get(), _REQUEST_ID),
             json.dumps(bounded_details(details)),
         )
+
+    @translate_driver_errors
+    async def forget_clients(self, party: str) -> int:
+        """Strip the client addresses from every row about ``party`` (a deleted account); returns rows changed."""
+        status = await self._pool.execute(
+            """
+            UPDATE audit_events SET details = details - 'client'
+             WHERE (subject = $1 OR actor = $1) AND details ? 'client'
+            """,
+            _cut(party, _PARTY),
+        )
+        return int(status.split()[-1])

@@ -26,10 +26,11 @@ from internal.biz.password import Argon2Params, Argon2PasswordHasher
 from internal.biz.token import TokenPolicy, TokenUsecase
 from internal.biz.totp import TotpUsecase
 from internal.biz.user import UserUsecase
-from internal.data.account import PgAccountRepo, RedisResetCodeStore
+from internal.data.account import PgAccountRepo
 from internal.data.audit import PgAuditLog
 from internal.data.login_guard import RedisLoginGuard
 from internal.data.ratelimit import RedisRateLimiter
+from internal.data.reset_codes import RedisResetCodeStore
 from internal.data.senders import DevOutboxSender
 from internal.data.session import PgSessionRepo
 from internal.data.signing_keys import JwtSigner

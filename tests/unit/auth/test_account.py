@@ -19,10 +19,18 @@ from internal.biz.auth import LoginAttempt, Registration
 from internal.biz.captcha import CaptchaCheck, CaptchaSettings, CodeSenders
 from internal.biz.errors import DomainError, InvalidArgument, NotFound, PermissionDenied
 from internal.biz.lockout import user_account
-from internal.biz.token import Caller
-from tests.unit.auth.fakes import World, build_world, unique
+from internal.biz.ports import Caller
+from tests.unit.auth.fakes import FakeAudit, World, build_world, unique
 
 PASSWORD = "unit passphrase 1"
+
+
+class ErasingAudit(FakeAudit):
+    async def forget_clients(self, party: str) -> int:
+        touched = [e for e in self.events if party in (e.get("subject"), e.get("actor")) and "client" in e["details"]]
+        for event in touched:
+            event["details"] = {k: v for k, v in event["details"].items() if k != "client"}
+        return len(touched)
 
 
 @dataclass
@@ -123,6 +131,7 @@ class Setup:
 def setup() -> Setup:
     w = build_world()
     resets, repo, email, sms = FakeResets(), FakeAccounts(w), RecordingSender(), RecordingSender()
+    audit = ErasingAudit(w.audit.events)
     accounts = AccountUsecase(
         users=w.users,
         accounts=repo,
@@ -134,7 +143,7 @@ def setup() -> Setup:
         captcha=w.captcha,
         senders=CodeSenders(email=email, sms=sms),
         limiter=w.limiter,
-        audit=w.audit,
+        audit=audit,
         policy=AccountPolicy(codes=CaptchaSettings(send_limit_per_target=3)),
         code_key=b"k" * 32,
     )
@@ -251,3 +260,6 @@ async def test_a_reset_code_for_an_account_deleted_meanwhile_is_expired() -> Non
         await s.accounts.confirm_reset(reset_id, code, "a brand new passphrase")
     assert caught.value.reason == "CAPTCHA_EXPIRED"
     assert [e["details"] for e in s.world.audit.events if e["event"] == "account.delete"] == [{"by": "self"}]
+    about = [e for e in s.world.audit.events if str(caller.user_id) in (e["subject"], e["actor"])]
+    assert {"auth.register", "auth.login", "account.delete"} <= {e["event"] for e in about}
+    assert not any("client" in e["details"] for e in about)
