@@ -165,13 +165,41 @@ def test_change_password_ends_other_sessions_on_every_server(cluster: Cluster, c
     expect_error(lambda: b.login(alice["email"], alice["password"]), CODE.UNAUTHENTICATED, "INVALID_CREDENTIALS")
     assert b.login(alice["email"], new_password).access_token
 
+    # Re-checks count like logins: past the free attempts the source waits; a hard lock is told only to the
+    # right password.
+    current = b.login(alice["email"], new_password)
+    for _ in range(5):
+        expect_error(
+            lambda: a.change_password(current.access_token, "Wrong-password-1", "yet another passphrase 5"),
+            CODE.UNAUTHENTICATED,
+            "INVALID_CREDENTIALS",
+        )
+    info = expect_error(
+        lambda: a.change_password(current.access_token, new_password, "yet another passphrase 5"),
+        CODE.RESOURCE_EXHAUSTED,
+        "RATE_LIMITED",
+    )
+    assert int(info.metadata["retry_after"]) >= 1
+    other_user = new_account("cpwl")
+    a.register(other_user, with_phone=False)
+    locked_session = a.login(other_user["email"], other_user["password"])
+    locking = cli(cluster.servers[0], "users", "lock", other_user["username"])
+    assert locking.returncode == 0, locking.stderr
+    info = expect_error(
+        lambda: b.change_password(locked_session.access_token, other_user["password"], "yet another passphrase 6"),
+        CODE.PERMISSION_DENIED,
+        "ACCOUNT_LOCKED",
+    )
+    assert int(info.metadata["unlock_time"]) > time.time()
+
     uid = user_id(cluster.database_url, alice["username"])
     audited = query(
         cluster.database_url,
         "SELECT outcome, details FROM audit_events WHERE event = 'account.password_change' AND subject = $1",
         str(uid),
     )
-    assert sorted(r["outcome"] for r in audited) == ["failure", "success"]
+    # One change; six wrong passwords (the throttled attempt never reached the check).
+    assert sorted(r["outcome"] for r in audited) == ["failure"] * 6 + ["success"]
     assert all(new_password not in r["details"] and alice["password"] not in r["details"] for r in audited)
 
 
@@ -250,6 +278,19 @@ def test_sessions_list_revoke_and_admin(cluster: Cluster, clients: tuple[Client,
     assert b.revoke(admin, mine.session_id, alice["username"]).success
     expect_error(lambda: a.profile(phone.access_token), CODE.UNAUTHENTICATED, "TOKEN_REVOKED")
     assert a.revoke_others(admin, bob["username"]).sessions_ended == 1
+    stranger = "nobody_" + uuid.uuid4().hex[:6]
+    expect_error(lambda: a.revoke_others(admin, stranger), CODE.NOT_FOUND, "USER_NOT_FOUND")
+    expect_error(lambda: a.revoke(admin, mine.session_id, stranger), CODE.NOT_FOUND, "USER_NOT_FOUND")
+    expect_error(lambda: a.revoke_others(bob_session.access_token), CODE.UNAUTHENTICATED, "TOKEN_REVOKED")
+    fresh = a.login(alice["email"], alice["password"])
+    expect_error(
+        lambda: a.revoke_others(fresh.access_token, bob["username"]), CODE.PERMISSION_DENIED, "PERMISSION_DENIED"
+    )
+    expect_error(
+        lambda: a.revoke(fresh.access_token, mine.session_id, bob["username"]),
+        CODE.PERMISSION_DENIED,
+        "PERMISSION_DENIED",
+    )
     expect_error(lambda: b.profile(bob_session.access_token), CODE.UNAUTHENTICATED, "TOKEN_REVOKED")
 
     uid = user_id(cluster.database_url, alice["username"])
@@ -461,6 +502,10 @@ def test_change_email_and_phone(cluster: Cluster, clients: tuple[Client, Client]
         lambda: a.change_phone(token, new_phone, ("", ""), password), CODE.INVALID_ARGUMENT, "CAPTCHA_REQUIRED"
     )
     sms = a.code("sms", new_phone)
+    sms_elsewhere = a.code("sms", "+8613" + f"{uuid.uuid4().int % 10**9:09d}")
+    expect_error(
+        lambda: a.change_phone(token, new_phone, sms_elsewhere, password), CODE.INVALID_ARGUMENT, "CAPTCHA_INVALID"
+    )
     expect_error(
         lambda: a.change_phone(token, new_phone, sms, "Wrong-password-1"), CODE.UNAUTHENTICATED, "INVALID_CREDENTIALS"
     )
