@@ -103,15 +103,14 @@ class AccountRepo(Protocol):
         """The id of the live (not deleted) account whose ``field`` ("email"/"phone") blind index is in ``hashes``."""
         ...
 
-    async def replace_email(
-        self, user_id: int, encrypted: bytes, email_hash: str, key_hash: str, key_version: int, earlier: Sequence[str]
-    ) -> None:
-        """Replace value and blind indexes in one statement; a taken address raises ``Conflict("USER_EXISTS")``."""
+    async def replace_email(self, user_id: int, email: pii.IndexedField, key_hash: str, earlier: Sequence[str]) -> None:
+        """Replace value and blind indexes in one statement; a taken address raises ``Conflict("USER_EXISTS")``.
+
+        ``earlier``: blind indexes a row stored before the users' key may hold for the same address.
+        """
         ...
 
-    async def replace_phone(
-        self, user_id: int, encrypted: bytes, phone_hash: str, key_version: int, earlier: Sequence[str]
-    ) -> None: ...
+    async def replace_phone(self, user_id: int, phone: pii.IndexedField, earlier: Sequence[str]) -> None: ...
 
     async def erase(self, user_id: int, password_hash: str, username_hash: str) -> list[str]:
         """In one transaction: drop the PII, TOTP secret and sessions, keep only keyed indexes; returns the
@@ -322,14 +321,9 @@ class AccountUsecase:
         if self._captcha.enabled:
             await self._captcha.consume(captcha_id, captcha_code, [email], require_target=True)
         old = await self._email(user)
-        sealed = await self._cipher.encrypt(pii.EMAIL, email.encode(), pii.user_context(user.id))
+        sealed = await pii.seal_indexed(self._cipher, pii.EMAIL, email, pii.user_context(user.id))
         await self._accounts.replace_email(
-            user.id,
-            sealed.ciphertext,
-            self._cipher.blind_index(pii.EMAIL, email),
-            email_key_hash(self._cipher, email),
-            sealed.key_version,
-            self._cipher.lookup_hashes(pii.EMAIL, email)[1:],
+            user.id, sealed, email_key_hash(self._cipher, email), self._cipher.lookup_hashes(pii.EMAIL, email)[1:]
         )
         await self._audit.record(
             "account.email_change", "success", actor=str(user.id), subject=str(user.id), details={"client": client_addr}
@@ -352,14 +346,8 @@ class AccountUsecase:
             if user.phone_encrypted
             else ""
         )
-        sealed = await self._cipher.encrypt(pii.PHONE, phone.encode(), context)
-        await self._accounts.replace_phone(
-            user.id,
-            sealed.ciphertext,
-            self._cipher.blind_index(pii.PHONE, phone),
-            sealed.key_version,
-            self._cipher.lookup_hashes(pii.PHONE, phone)[1:],
-        )
+        sealed = await pii.seal_indexed(self._cipher, pii.PHONE, phone, context)
+        await self._accounts.replace_phone(user.id, sealed, self._cipher.lookup_hashes(pii.PHONE, phone)[1:])
         await self._audit.record(
             "account.phone_change", "success", actor=str(user.id), subject=str(user.id), details={"client": client_addr}
         )

@@ -74,9 +74,7 @@ class PgAccountRepo:
         return int(value) if value is not None else None
 
     @translate_driver_errors
-    async def replace_email(
-        self, user_id: int, encrypted: bytes, email_hash: str, key_hash: str, key_version: int, earlier: Sequence[str]
-    ) -> None:
+    async def replace_email(self, user_id: int, email: pii.IndexedField, key_hash: str, earlier: Sequence[str]) -> None:
         # One statement: value and both blind indexes change together; the unique indexes decide conflicts.
         await self._replace(
             """
@@ -87,17 +85,15 @@ class PgAccountRepo:
                                   AND (o.email_hash = ANY($6::bpchar[]) OR o.phone_hash = ANY($6::bpchar[])))
             """,
             user_id,
-            encrypted,
-            email_hash,
+            email.ciphertext,
+            email.blind_index,
             key_hash,
-            key_version,
+            email.key_version,
             list(earlier),
         )
 
     @translate_driver_errors
-    async def replace_phone(
-        self, user_id: int, encrypted: bytes, phone_hash: str, key_version: int, earlier: Sequence[str]
-    ) -> None:
+    async def replace_phone(self, user_id: int, phone: pii.IndexedField, earlier: Sequence[str]) -> None:
         await self._replace(
             """
             UPDATE users SET phone_encrypted = $2, phone_hash = $3,
@@ -107,9 +103,9 @@ class PgAccountRepo:
                                   AND (o.email_hash = ANY($5::bpchar[]) OR o.phone_hash = ANY($5::bpchar[])))
             """,
             user_id,
-            encrypted,
-            phone_hash,
-            key_version,
+            phone.ciphertext,
+            phone.blind_index,
+            phone.key_version,
             list(earlier),
         )
 
