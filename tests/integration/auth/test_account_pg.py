@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -115,3 +116,37 @@ async def test_purge_keeps_accounts_inside_the_grace_period(stack: Stack) -> Non
     await accounts.delete_account(await stack.tokens.authenticate(pair.access_token), PASSWORD)
     await accounts.purge_deleted()
     assert await stack.pool.fetchval("SELECT deleted_at IS NOT NULL FROM users WHERE id = $1", user_id)
+
+
+async def test_a_revoked_session_stays_revoked_after_a_redis_flush(stack: Stack) -> None:
+    """PostgreSQL is the truth (docs/security.md item 14): losing the Redis cache revives nothing."""
+    accounts, _ = accounts_for(stack)
+    _, erin = await register(stack)
+    first = await stack.auth.login(LoginAttempt(erin["username"], PASSWORD))
+    second = await stack.auth.login(LoginAttempt(erin["username"], PASSWORD))
+    caller = await stack.tokens.authenticate(first.access_token)
+    other = await stack.tokens.authenticate(second.access_token)  # caches "active" for it
+    await accounts.revoke_session(caller, other.session_id)
+    keys = [key async for key in stack.redis.scan_iter(match=f"{stack.prefix}*")]
+    await stack.redis.delete(*keys)
+    with pytest.raises(DomainError) as caught:
+        await stack.tokens.authenticate(second.access_token)
+    assert caught.value.reason == "TOKEN_REVOKED"
+    assert (await stack.tokens.authenticate(first.access_token)).session_id == caller.session_id
+
+
+async def test_deletion_strips_client_addresses_from_that_account_only(stack: Stack) -> None:
+    accounts, _ = accounts_for(stack)
+    gone_id, gone = await register(stack)
+    kept_id, _ = await register(stack)
+    for user_id in (gone_id, kept_id):
+        await stack.audit.record("auth.login", "success", subject=str(user_id), details={"client": "192.0.2.1"})
+    pair = await stack.auth.login(LoginAttempt(gone["username"], PASSWORD))
+    await accounts.delete_account(await stack.tokens.authenticate(pair.access_token), PASSWORD)
+    rows = await stack.pool.fetch(
+        "SELECT subject, details FROM audit_events WHERE subject = ANY($1::text[])", [str(gone_id), str(kept_id)]
+    )
+    gone_rows = [json.loads(r["details"]) for r in rows if r["subject"] == str(gone_id)]
+    kept_rows = [json.loads(r["details"]) for r in rows if r["subject"] == str(kept_id)]
+    assert gone_rows and not any("client" in d for d in gone_rows)
+    assert any(d.get("client") == "192.0.2.1" for d in kept_rows)
