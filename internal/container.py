@@ -106,7 +106,11 @@ def captcha_code_key(ring: KeyRing) -> bytes:
 
 
 def account_policy(auth: Any) -> AccountPolicy:
-    return AccountPolicy(password_max_length=auth.password_max_length, codes=CaptchaSettings.from_conf(auth))
+    return AccountPolicy(
+        password_max_length=auth.password_max_length,
+        codes=CaptchaSettings.from_conf(auth),
+        deletion_grace=auth.deletion_grace,
+    )
 
 
 class Data(containers.DeclarativeContainer):

@@ -12,7 +12,8 @@ docs/api.md "Account lifecycle" describes each RPC and its reasons; the rules co
   limited per target and per client network.
 * A new address is proven as registration proves one (item 21): by a captcha code sent to it.
 * Deletion erases the PII and the TOTP secret at once; the row stays, without PII, for
-  ``DELETION_GRACE`` so the username and addresses cannot be taken over at once, then it is removed.
+  ``AccountPolicy.deletion_grace`` (``auth.deletion_grace``) so the username and addresses cannot be
+  taken over at once, then it is removed.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from internal.biz.user import User, UserRepo, email_key_hash
 
 log = logging.getLogger(__name__)
 
-# How long a deleted account's username and addresses stay blocked (docs/api.md "DeleteAccount").
+# Default of auth.deletion_grace: how long a deleted account's username and addresses stay blocked.
 DELETION_GRACE = timedelta(days=30)
 # A deleted account's username: "~" never passes normalize_username, so nobody can sign in with it.
 DELETED_USERNAME_PREFIX = "~"

@@ -247,6 +247,9 @@ class Auth(_Section):
     refresh_token_absolute_lifetime: Duration = timedelta(days=30)
     # How often each replica deletes sessions and revocations that expired over an hour ago (0: never).
     session_purge_interval: Duration = timedelta(hours=1)
+    # How long a deleted account's row (no PII, only keyed indexes) keeps its username, email and phone from
+    # being registered again before the purge removes it; 1d to 365d (docs/api.md "DeleteAccount").
+    deletion_grace: Duration = timedelta(days=30)
     totp_issuer: str = "authkms"
     smtp: Smtp = Smtp()
     sms_webhook: SmsWebhook = SmsWebhook()
@@ -260,6 +263,15 @@ class Auth(_Section):
         if self.login_delay_max < self.login_delay:
             raise ValueError("login_delay_max must be at least login_delay")
         return self
+
+    @field_validator("deletion_grace")
+    @classmethod
+    def _deletion_grace(cls, value: timedelta) -> timedelta:
+        # Shorter lets a freed username or address be taken over while its owner may still act on the
+        # deletion; longer keeps the keyed indexes past any erasure period worth promising.
+        if not timedelta(days=1) <= value <= timedelta(days=365):
+            raise ValueError("must be between 1d and 365d")
+        return value
 
 
 class Kms(_Section):

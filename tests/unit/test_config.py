@@ -9,6 +9,7 @@ import pytest
 
 from internal.conf.config import ConfigError, load_config
 from internal.conf.duration import parse_duration
+from internal.container import account_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,6 +55,9 @@ def test_explicit_app_variable_wins_over_shortcut() -> None:
         ({"APP__KMS__ALGORITHM": "AES-256-CBC"}, "kms.algorithm", "unauthenticated"),
         ({"APP__AUTH__NO_SUCH_KEY": "1"}, "auth.no_such_key", "unknown key"),
         ({"APP__SECURITY__MODE": "production"}, "kms.seed", "development seed"),
+        ({"APP__AUTH__DELETION_GRACE": "12h"}, "auth.deletion_grace", "between 1d and 365d"),
+        ({"APP__AUTH__DELETION_GRACE": "366d"}, "auth.deletion_grace", "between 1d and 365d"),
+        ({"APP__AUTH__DELETION_GRACE": "forever"}, "auth.deletion_grace", "invalid duration"),
     ],
 )
 def test_invalid_configuration_names_the_key(environ: dict[str, str], key: str, problem: str) -> None:
@@ -61,6 +65,13 @@ def test_invalid_configuration_names_the_key(environ: dict[str, str], key: str, 
         load_config(ROOT / "configs", environ=environ)
     assert key in str(err.value)
     assert problem in str(err.value)
+
+
+def test_deletion_grace_defaults_to_30_days_and_reaches_the_account_policy() -> None:
+    assert account_policy(load_config(ROOT / "configs", environ={}).auth).deletion_grace == timedelta(days=30)
+    config = load_config(ROOT / "configs", environ={"APP__AUTH__DELETION_GRACE": "7d"})
+    assert config.auth.deletion_grace == timedelta(days=7)
+    assert account_policy(config.auth).deletion_grace == timedelta(days=7)
 
 
 def test_missing_config_path_is_an_error(tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ import pytest
 from internal.biz.account import AccountUsecase
 from internal.biz.auth import LoginAttempt, Registration
 from internal.biz.errors import Conflict, DomainError
+from internal.conf.config import load_config
+from internal.container import account_policy
 from internal.data.senders import DevOutboxSender
 from tests.integration.auth.conftest import Stack, build_accounts, unique, unique_phone
 
@@ -116,6 +118,24 @@ async def test_purge_keeps_accounts_inside_the_grace_period(stack: Stack) -> Non
     await accounts.delete_account(await stack.tokens.authenticate(pair.access_token), PASSWORD)
     await accounts.purge_deleted()
     assert await stack.pool.fetchval("SELECT deleted_at IS NOT NULL FROM users WHERE id = $1", user_id)
+
+
+async def test_purge_honours_the_configured_deletion_grace(stack: Stack) -> None:
+    """auth.deletion_grace, as the container turns it into the policy, decides what the purge removes."""
+    policy = account_policy(load_config(None, environ={"APP__AUTH__DELETION_GRACE": "2d"}).auth)
+    accounts, _ = accounts_for(stack, grace=policy.deletion_grace)
+    ids = []
+    for _ in range(3):
+        user_id, fields = await register(stack)
+        pair = await stack.auth.login(LoginAttempt(fields["username"], PASSWORD))
+        await accounts.delete_account(await stack.tokens.authenticate(pair.access_token), PASSWORD)
+        ids.append(user_id)
+    recent, inside, past = ids
+    await stack.pool.execute("UPDATE users SET deleted_at = now() - interval '47 hours' WHERE id = $1", inside)
+    await stack.pool.execute("UPDATE users SET deleted_at = now() - interval '49 hours' WHERE id = $1", past)
+    await accounts.purge_deleted()
+    left = await stack.pool.fetch("SELECT id FROM users WHERE id = ANY($1::bigint[])", ids)
+    assert sorted(r["id"] for r in left) == sorted([recent, inside])
 
 
 async def test_a_revoked_session_stays_revoked_after_a_redis_flush(stack: Stack) -> None:
