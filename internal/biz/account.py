@@ -3,8 +3,8 @@
 docs/api.md "Account lifecycle" describes each RPC and its reasons; the rules come from docs/security.md:
 
 * Re-authentication (item 22): changing the password, an address or deleting the account checks the
-  current password, counted and throttled exactly like a login (``internal.biz.lockout``), under its
-  own source per user and network.
+  current password and, with TOTP enabled, a fresh TOTP code (Login's factors and reasons), counted and
+  throttled exactly like a login (``internal.biz.lockout``), under its own source per user and network.
 * Password reset answers the same whether or not an account has the address (item 8): both branches
   derive a code, store its keyed hash and reply with a fresh id; the code is sent in the background so
   the sender's latency (or failure) shows in neither. Codes are stored only as keyed HMACs (item 10),
@@ -25,7 +25,8 @@ import logging
 import re
 import secrets
 import string
-from collections.abc import Coroutine, Sequence
+import time
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -48,6 +49,7 @@ from internal.biz.masking import mask_email, mask_phone
 from internal.biz.password import PasswordHasher, check_password_policy
 from internal.biz.ports import AuditLog, Caller, RateLimiter
 from internal.biz.token import SessionRepo
+from internal.biz.totp import TotpVerifier, check_code_shape
 from internal.biz.user import User, UserRepo, email_key_hash
 
 log = logging.getLogger(__name__)
@@ -176,6 +178,7 @@ class AccountUsecase:
         audit: AccountAudit,
         policy: AccountPolicy,
         code_key: bytes,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._users = users
         self._accounts = accounts
@@ -189,17 +192,21 @@ class AccountUsecase:
         self._limiter = limiter
         self._audit = audit
         self._policy = policy
+        # Login's verifier: a code's time step is recorded as used, so a code re-authenticates once.
+        self._totp = TotpVerifier(users, cipher, clock)
         self._key = hmac.new(code_key, b"authkms/password-reset/v1", hashlib.sha256).digest()
         self._background: set[asyncio.Task[None]] = set()
 
     # -- ChangePassword ------------------------------------------------------------------------------
 
-    async def change_password(self, caller: Caller, current: str, new: str, client_addr: str = "") -> int:
+    async def change_password(
+        self, caller: Caller, current: str, new: str, client_addr: str = "", totp_code: str = ""
+    ) -> int:
         """Replace the password; every other session ends, the caller's goes on (ASVS 7.4.3). Returns how many ended."""
         user = await self._own_user(caller)
         email = await self._email(user)
         check_password_policy(new, self._policy.password_max_length, username=user.username, email=email)
-        await self._reauthenticate(user, current, "password-change", client_addr, "account.password_change")
+        await self._reauthenticate(user, current, "password-change", client_addr, "account.password_change", totp_code)
         await self._users.update_password(user.id, await self._hasher.hash(new))
         ended = await self._sessions.revoke_user_families(user.id, caller.session_id, "password_changed")
         await self._audit.record(
@@ -313,12 +320,19 @@ class AccountUsecase:
     # -- Address change ------------------------------------------------------------------------------
 
     async def change_email(
-        self, caller: Caller, new_email: str, captcha_id: str, captcha_code: str, password: str, client_addr: str = ""
+        self,
+        caller: Caller,
+        new_email: str,
+        captcha_id: str,
+        captcha_code: str,
+        password: str,
+        client_addr: str = "",
+        totp_code: str = "",
     ) -> None:
         email = normalize_email(new_email)
         user = await self._own_user(caller)
         await self._prove_address(captcha_id, captcha_code)
-        await self._reauthenticate(user, password, "email-change", client_addr, "account.email_change")
+        await self._reauthenticate(user, password, "email-change", client_addr, "account.email_change", totp_code)
         if self._captcha.enabled:
             await self._captcha.consume(captcha_id, captcha_code, [email], require_target=True)
         old = await self._email(user)
@@ -333,12 +347,19 @@ class AccountUsecase:
             await self._notify(self._senders.email, old, NOTICE_EMAIL_CHANGED, mask_email(old))
 
     async def change_phone(
-        self, caller: Caller, new_phone: str, captcha_id: str, captcha_code: str, password: str, client_addr: str = ""
+        self,
+        caller: Caller,
+        new_phone: str,
+        captcha_id: str,
+        captcha_code: str,
+        password: str,
+        client_addr: str = "",
+        totp_code: str = "",
     ) -> None:
         phone = normalize_phone(new_phone)
         user = await self._own_user(caller)
         await self._prove_address(captcha_id, captcha_code)
-        await self._reauthenticate(user, password, "phone-change", client_addr, "account.phone_change")
+        await self._reauthenticate(user, password, "phone-change", client_addr, "account.phone_change", totp_code)
         if self._captcha.enabled:
             await self._captcha.consume(captcha_id, captcha_code, [phone], require_target=True)
         context = pii.user_context(user.id)
@@ -357,15 +378,13 @@ class AccountUsecase:
 
     # -- DeleteAccount -------------------------------------------------------------------------------
 
-    async def delete_account(self, caller: Caller, password: str, username: str = "", client_addr: str = "") -> None:
+    async def delete_account(
+        self, caller: Caller, password: str, username: str = "", client_addr: str = "", totp_code: str = ""
+    ) -> None:
         """Erase PII and TOTP secret, end every session; the keyed indexes block reuse for the grace period."""
-        if username.strip():
-            user = await self._subject(caller, username)
-            if caller.user_id == user.id:
-                await self._reauthenticate(user, password, "account-delete", client_addr, "account.delete")
-        else:
-            user = await self._own_user(caller)
-            await self._reauthenticate(user, password, "account-delete", client_addr, "account.delete")
+        user = await self._subject(caller, username) if username.strip() else await self._own_user(caller)
+        if caller.user_id == user.id:
+            await self._reauthenticate(user, password, "account-delete", client_addr, "account.delete", totp_code)
         by = "self" if caller.user_id == user.id else "admin"
         await self._sessions.revoke_user_families(user.id, "", "account_deleted")
         unusable = await self._hasher.hash(secrets.token_urlsafe(32))
@@ -405,23 +424,39 @@ class AccountUsecase:
             raise PermissionDenied("PERMISSION_DENIED", "you may only manage your own account")
         return found
 
-    async def _reauthenticate(self, user: User, password: str, purpose: str, client_addr: str, event: str) -> None:
+    async def _reauthenticate(
+        self, user: User, password: str, purpose: str, client_addr: str, event: str, totp_code: str = ""
+    ) -> None:
+        """The password, and with TOTP enabled a fresh code: the same factors and reasons as Login."""
         if not password:
             raise InvalidArgument("VALIDATION_ERROR", "the current password is required", {"field": "password"})
         key = AttemptKey(user_account(user.id), source_key(str(user.id), client_addr, purpose))
         decision = await self._lockout.begin(key)
         if not await self._hasher.verify(password, user.password_hash):
-            unlock_at = await self._lockout.failed(key)
-            await self._audit.record(
-                event, "failure", actor=str(user.id), subject=str(user.id), details={"reason": "INVALID_CREDENTIALS"}
-            )
-            if unlock_at:
-                await self._audit.record("auth.lockout", "success", subject=str(user.id))
+            await self._reauth_failed(key, user, event, "INVALID_CREDENTIALS")
             raise Unauthenticated("INVALID_CREDENTIALS", "invalid credentials")
         if decision.locked_until:
             await self._lockout.give_back(key)
             raise account_locked(decision.locked_until)
+        if user.totp_enabled:
+            if not totp_code.strip():
+                # The password was right; a missing code proves nothing wrong, so it does not count (as at login).
+                await self._lockout.give_back(key)
+                raise Unauthenticated("TOTP_REQUIRED", "a TOTP code is required")
+            try:
+                ok = await self._totp.verify_and_consume(user, check_code_shape(totp_code))
+            except InvalidArgument:
+                ok = False
+            if not ok:
+                await self._reauth_failed(key, user, event, "TOTP_INVALID")
+                raise Unauthenticated("TOTP_INVALID", "TOTP code is invalid")
         await self._lockout.succeeded(key)
+
+    async def _reauth_failed(self, key: AttemptKey, user: User, event: str, reason: str) -> None:
+        unlock_at = await self._lockout.failed(key)
+        await self._audit.record(event, "failure", actor=str(user.id), subject=str(user.id), details={"reason": reason})
+        if unlock_at:
+            await self._audit.record("auth.lockout", "success", subject=str(user.id))
 
     async def _prove_address(self, captcha_id: str, captcha_code: str) -> None:
         # Refused before the password is counted; the code itself is consumed after it.

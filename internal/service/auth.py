@@ -207,7 +207,7 @@ class AuthService(auth_pb2_grpc.AuthServicer):
         """New password after re-checking the current one; the caller's other sessions end."""
         caller = await self._caller(context)
         ended = await self._accounts.change_password(
-            caller, request.current_password, request.new_password, client_address(context)
+            caller, request.current_password, request.new_password, client_address(context), request.totp_code
         )
         return auth_pb2.ChangePasswordReply(sessions_ended=ended)
 
@@ -270,6 +270,7 @@ class AuthService(auth_pb2_grpc.AuthServicer):
             request.captcha_code,
             request.password,
             client_address(context),
+            request.totp_code,
         )
         return auth_pb2.ChangeEmailReply(success=True)
 
@@ -283,11 +284,14 @@ class AuthService(auth_pb2_grpc.AuthServicer):
             request.captcha_code,
             request.password,
             client_address(context),
+            request.totp_code,
         )
         return auth_pb2.ChangePhoneReply(success=True)
 
     async def DeleteAccount(self, request: Any, context: grpc.aio.ServicerContext) -> auth_pb2.DeleteAccountReply:
         """Delete the caller's account (password), or the named one with an ``auth.admin`` credential."""
         caller = await self._caller(context, allow_service=True)
-        await self._accounts.delete_account(caller, request.password, request.username, client_address(context))
+        await self._accounts.delete_account(
+            caller, request.password, request.username, client_address(context), request.totp_code
+        )
         return auth_pb2.DeleteAccountReply(success=True)

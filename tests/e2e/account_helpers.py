@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import random
 import secrets
+import struct
 import time
 import uuid
 from collections.abc import Callable
@@ -71,6 +75,20 @@ def admin_credential(database_url: str, scopes: tuple[str, ...] = ("auth.admin",
 
     asyncio.run(insert())
     return token
+
+
+def totp_code(secret_b32: str, step: int) -> str:
+    """RFC 6238 / RFC 4226 (SHA-1, 6 digits), written here independently of the service."""
+    key = base64.b32decode(secret_b32 + "=" * (-len(secret_b32) % 8))
+    mac = hmac.new(key, struct.pack(">Q", step), hashlib.sha1).digest()
+    offset = mac[-1] & 0x0F
+    return f"{(struct.unpack('>I', mac[offset : offset + 4])[0] & 0x7FFFFFFF) % 1_000_000:06d}"
+
+
+def wrong_totp_code(secret_b32: str, step: int) -> str:
+    """A well-formed code that matches no step near ``step`` (so it is wrong, not early or late)."""
+    near = {totp_code(secret_b32, s) for s in range(step - 2, step + 4)}
+    return next(c for c in (f"{n:06d}" for n in range(1_000_000)) if c not in near)
 
 
 class Outbox:
@@ -149,8 +167,18 @@ class Client:
     def refresh(self, refresh_token: str) -> auth_pb2.RefreshTokenReply:
         return self.stub.RefreshToken(auth_pb2.RefreshTokenRequest(refresh_token=refresh_token), timeout=CALL_TIMEOUT)
 
-    def change_password(self, token: str, current: str, new: str) -> auth_pb2.ChangePasswordReply:
-        request = auth_pb2.ChangePasswordRequest(current_password=current, new_password=new)
+    def enable_totp(self, token: str, password: str) -> tuple[str, int]:
+        """Enrol and confirm TOTP; the secret and the time step the confirmation used (now spent)."""
+        meta = bearer(token)
+        begin = auth_pb2.BeginTotpEnrollmentRequest(password=password)
+        secret = self.stub.BeginTotpEnrollment(begin, metadata=meta, timeout=CALL_TIMEOUT).secret
+        step = int(time.time()) // 30
+        confirm = auth_pb2.ConfirmTotpEnrollmentRequest(code=totp_code(secret, step))
+        assert self.stub.ConfirmTotpEnrollment(confirm, metadata=meta, timeout=CALL_TIMEOUT).success
+        return secret, step
+
+    def change_password(self, token: str, current: str, new: str, totp: str = "") -> auth_pb2.ChangePasswordReply:
+        request = auth_pb2.ChangePasswordRequest(current_password=current, new_password=new, totp_code=totp)
         return self.stub.ChangePassword(request, metadata=bearer(token), timeout=CALL_TIMEOUT)
 
     def request_reset(self, target: str) -> auth_pb2.RequestPasswordResetReply:
@@ -173,21 +201,21 @@ class Client:
         return self.stub.RevokeOtherSessions(request, metadata=bearer(token), timeout=CALL_TIMEOUT)
 
     def change_email(
-        self, token: str, new_email: str, proof: tuple[str, str], password: str
+        self, token: str, new_email: str, proof: tuple[str, str], password: str, totp: str = ""
     ) -> auth_pb2.ChangeEmailReply:
         request = auth_pb2.ChangeEmailRequest(
-            new_email=new_email, captcha_id=proof[0], captcha_code=proof[1], password=password
+            new_email=new_email, captcha_id=proof[0], captcha_code=proof[1], password=password, totp_code=totp
         )
         return self.stub.ChangeEmail(request, metadata=bearer(token), timeout=CALL_TIMEOUT)
 
     def change_phone(
-        self, token: str, new_phone: str, proof: tuple[str, str], password: str
+        self, token: str, new_phone: str, proof: tuple[str, str], password: str, totp: str = ""
     ) -> auth_pb2.ChangePhoneReply:
         request = auth_pb2.ChangePhoneRequest(
-            new_phone=new_phone, captcha_id=proof[0], captcha_code=proof[1], password=password
+            new_phone=new_phone, captcha_id=proof[0], captcha_code=proof[1], password=password, totp_code=totp
         )
         return self.stub.ChangePhone(request, metadata=bearer(token), timeout=CALL_TIMEOUT)
 
-    def delete(self, token: str, password: str = "", username: str = "") -> auth_pb2.DeleteAccountReply:
-        request = auth_pb2.DeleteAccountRequest(password=password, username=username)
+    def delete(self, token: str, password: str = "", username: str = "", totp: str = "") -> auth_pb2.DeleteAccountReply:
+        request = auth_pb2.DeleteAccountRequest(password=password, username=username, totp_code=totp)
         return self.stub.DeleteAccount(request, metadata=bearer(token), timeout=CALL_TIMEOUT)

@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import asyncpg
@@ -34,6 +34,8 @@ from tests.e2e.account_helpers import (
     bearer,
     expect_error,
     new_account,
+    totp_code,
+    wrong_totp_code,
 )
 from tests.e2e.harness import ROOT, ServerProcess, start_server
 
@@ -201,6 +203,55 @@ def test_change_password_ends_other_sessions_on_every_server(cluster: Cluster, c
     # One change; six wrong passwords (the throttled attempt never reached the check).
     assert sorted(r["outcome"] for r in audited) == ["failure"] * 6 + ["success"]
     assert all(new_password not in r["details"] and alice["password"] not in r["details"] for r in audited)
+
+
+REAUTHENTICATING = ("ChangePassword", "ChangeEmail", "ChangePhone", "DeleteAccount")
+
+
+def reauthenticating_call(client: Client, rpc: str, token: str) -> Callable[[str, str], object]:
+    """``rpc`` as a call of (password, totp_code); an address change carries a valid proof of its new address."""
+    if rpc == "ChangePassword":
+        return lambda password, totp: client.change_password(token, password, "changed behind a second factor 8", totp)
+    if rpc == "ChangeEmail":
+        email = f"tfa.{uuid.uuid4().hex[:8]}@example.org"
+        proof = client.code("email", email)
+        return lambda password, totp: client.change_email(token, email, proof, password, totp)
+    if rpc == "ChangePhone":
+        phone = "+8613" + f"{uuid.uuid4().int % 10**9:09d}"
+        sms = client.code("sms", phone)
+        return lambda password, totp: client.change_phone(token, phone, sms, password, totp)
+    return lambda password, totp: client.delete(token, password, "", totp)
+
+
+@pytest.mark.parametrize("rpc", REAUTHENTICATING)
+def test_reauthentication_demands_the_totp_code_when_enabled(clients: tuple[Client, Client], rpc: str) -> None:
+    """With TOTP on, the password alone no longer suffices: the same factors and reasons as Login."""
+    a, b = clients
+    user = new_account("tfa")
+    a.register(user)
+    session = a.login(user["email"], user["password"])
+    secret, step = a.enable_totp(session.access_token, user["password"])
+    call = reauthenticating_call(a, rpc, session.access_token)
+    password = user["password"]
+
+    expect_error(lambda: call(password, ""), CODE.UNAUTHENTICATED, "TOTP_REQUIRED")
+    expect_error(lambda: call(password, wrong_totp_code(secret, step)), CODE.UNAUTHENTICATED, "TOTP_INVALID")
+    expect_error(lambda: call(password, "12ab56"), CODE.UNAUTHENTICATED, "TOTP_INVALID")
+    # The code the enrolment confirmed is spent (Login's replay protection).
+    expect_error(lambda: call(password, totp_code(secret, step)), CODE.UNAUTHENTICATED, "TOTP_INVALID")
+    # A wrong password with a good code says nothing about the code, and does not spend it.
+    fresh = totp_code(secret, step + 1)
+    expect_error(lambda: call("Wrong-password-1", fresh), CODE.UNAUTHENTICATED, "INVALID_CREDENTIALS")
+    call(password, fresh)
+
+    if rpc == "DeleteAccount":
+        expect_error(lambda: b.profile(session.access_token), CODE.UNAUTHENTICATED, "TOKEN_REVOKED")
+        return
+    if rpc == "ChangePassword":
+        password = "changed behind a second factor 8"
+    # Used once: the same code cannot authorise a second change.
+    expect_error(lambda: call(password, fresh), CODE.UNAUTHENTICATED, "TOTP_INVALID")
+    assert b.profile(session.access_token).totp_enabled
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -254,12 +254,14 @@ class GetProfileReply(_message.Message):
     def __init__(self, user_id: _Optional[int] = ..., username: _Optional[str] = ..., email_masked: _Optional[str] = ..., phone_masked: _Optional[str] = ..., name_masked: _Optional[str] = ..., totp_enabled: _Optional[bool] = ..., created_at: _Optional[int] = ...) -> None: ...
 
 class ChangePasswordRequest(_message.Message):
-    __slots__ = ("current_password", "new_password")
+    __slots__ = ("current_password", "new_password", "totp_code")
     CURRENT_PASSWORD_FIELD_NUMBER: _ClassVar[int]
     NEW_PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    TOTP_CODE_FIELD_NUMBER: _ClassVar[int]
     current_password: str
     new_password: str
-    def __init__(self, current_password: _Optional[str] = ..., new_password: _Optional[str] = ...) -> None: ...
+    totp_code: str
+    def __init__(self, current_password: _Optional[str] = ..., new_password: _Optional[str] = ..., totp_code: _Optional[str] = ...) -> None: ...
 
 class ChangePasswordReply(_message.Message):
     __slots__ = ("sessions_ended",)
@@ -352,16 +354,18 @@ class RevokeOtherSessionsReply(_message.Message):
     def __init__(self, sessions_ended: _Optional[int] = ...) -> None: ...
 
 class ChangeEmailRequest(_message.Message):
-    __slots__ = ("new_email", "captcha_id", "captcha_code", "password")
+    __slots__ = ("new_email", "captcha_id", "captcha_code", "password", "totp_code")
     NEW_EMAIL_FIELD_NUMBER: _ClassVar[int]
     CAPTCHA_ID_FIELD_NUMBER: _ClassVar[int]
     CAPTCHA_CODE_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    TOTP_CODE_FIELD_NUMBER: _ClassVar[int]
     new_email: str
     captcha_id: str
     captcha_code: str
     password: str
-    def __init__(self, new_email: _Optional[str] = ..., captcha_id: _Optional[str] = ..., captcha_code: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+    totp_code: str
+    def __init__(self, new_email: _Optional[str] = ..., captcha_id: _Optional[str] = ..., captcha_code: _Optional[str] = ..., password: _Optional[str] = ..., totp_code: _Optional[str] = ...) -> None: ...
 
 class ChangeEmailReply(_message.Message):
     __slots__ = ("success",)
@@ -370,16 +374,18 @@ class ChangeEmailReply(_message.Message):
     def __init__(self, success: _Optional[bool] = ...) -> None: ...
 
 class ChangePhoneRequest(_message.Message):
-    __slots__ = ("new_phone", "captcha_id", "captcha_code", "password")
+    __slots__ = ("new_phone", "captcha_id", "captcha_code", "password", "totp_code")
     NEW_PHONE_FIELD_NUMBER: _ClassVar[int]
     CAPTCHA_ID_FIELD_NUMBER: _ClassVar[int]
     CAPTCHA_CODE_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    TOTP_CODE_FIELD_NUMBER: _ClassVar[int]
     new_phone: str
     captcha_id: str
     captcha_code: str
     password: str
-    def __init__(self, new_phone: _Optional[str] = ..., captcha_id: _Optional[str] = ..., captcha_code: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+    totp_code: str
+    def __init__(self, new_phone: _Optional[str] = ..., captcha_id: _Optional[str] = ..., captcha_code: _Optional[str] = ..., password: _Optional[str] = ..., totp_code: _Optional[str] = ...) -> None: ...
 
 class ChangePhoneReply(_message.Message):
     __slots__ = ("success",)
@@ -388,12 +394,14 @@ class ChangePhoneReply(_message.Message):
     def __init__(self, success: _Optional[bool] = ...) -> None: ...
 
 class DeleteAccountRequest(_message.Message):
-    __slots__ = ("password", "username")
+    __slots__ = ("password", "username", "totp_code")
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
     USERNAME_FIELD_NUMBER: _ClassVar[int]
+    TOTP_CODE_FIELD_NUMBER: _ClassVar[int]
     password: str
     username: str
-    def __init__(self, password: _Optional[str] = ..., username: _Optional[str] = ...) -> None: ...
+    totp_code: str
+    def __init__(self, password: _Optional[str] = ..., username: _Optional[str] = ..., totp_code: _Optional[str] = ...) -> None: ...
 
 class DeleteAccountReply(_message.Message):
     __slots__ = ("success",)
