@@ -64,6 +64,8 @@ PURPOSE_RESET = "password reset"
 SEND_JITTER_MS = 250
 NOTICE_EMAIL_CHANGED = "the email address of your account was changed"
 NOTICE_PHONE_CHANGED = "the phone number of your account was changed"
+NOTICE_PASSWORD_CHANGED = "the password of your account was changed"
+NOTICE_PASSWORD_RESET = "the password of your account was reset"
 
 _ID_BYTES = 24
 _ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,64}")
@@ -216,6 +218,7 @@ class AccountUsecase:
             subject=str(user.id),
             details={"client": client_addr, "sessions_ended": ended},
         )
+        await self._notify_owner(user, email, NOTICE_PASSWORD_CHANGED)
         return ended
 
     # -- Password reset ------------------------------------------------------------------------------
@@ -280,6 +283,7 @@ class AccountUsecase:
             subject=str(user.id),
             details={"client": client_addr, "sessions_ended": ended},
         )
+        await self._notify_owner(user, email, NOTICE_PASSWORD_RESET)
 
     # -- Sessions ------------------------------------------------------------------------------------
 
@@ -469,10 +473,19 @@ class AccountUsecase:
         return (await self._cipher.decrypt(pii.EMAIL, user.email_encrypted, pii.user_context(user.id))).decode()
 
     async def _notify(self, sender: Any, target: str, notice: str, masked: str) -> None:
+        # Only the fixed notice text leaves: never a password, code or token.
         try:
             await sender.send(target, "", notice)
         except Exception:  # the change is stored; a lost notice must not turn it into an error
-            log.warning("address change notice not delivered", extra={"target": masked})
+            log.warning("account notice not delivered", extra={"target": masked})
+
+    async def _notify_owner(self, user: User, email: str, notice: str) -> None:
+        """Tell the owner at the account's email, or its phone when it has no email."""
+        if email:
+            await self._notify(self._senders.email, email, notice, mask_email(email))
+        elif user.phone_encrypted:
+            phone = (await self._cipher.decrypt(pii.PHONE, user.phone_encrypted, pii.user_context(user.id))).decode()
+            await self._notify(self._senders.sms, phone, notice, mask_phone(phone))
 
     async def _audit_sessions(self, caller: Caller, user: User, event: str, ended: int, client_addr: str) -> None:
         actor = str(caller.user_id) if caller.user_id is not None else "admin"

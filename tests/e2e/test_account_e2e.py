@@ -159,6 +159,8 @@ def test_change_password_ends_other_sessions_on_every_server(cluster: Cluster, c
     )
 
     assert a.change_password(here.access_token, alice["password"], new_password).sessions_ended == 1
+    # The owner is told at the account's email; the notice is fixed text, no password or code in it.
+    assert cluster.outbox.messages(alice["email"])[0] == "notice: the password of your account was changed"
     # The caller's session goes on (on either server); the other one is over, access and refresh token alike.
     assert b.profile(here.access_token).username == alice["username"]
     assert a.refresh(here.refresh_token).access_token
@@ -386,6 +388,7 @@ def test_password_reset_by_email_and_phone(cluster: Cluster, clients: tuple[Clie
     expect_error(lambda: a.login(alice["email"], alice["password"]), CODE.PERMISSION_DENIED, "ACCOUNT_LOCKED")
 
     assert b.confirm_reset(reply.reset_id, code, new_password).success
+    assert cluster.outbox.messages(alice["email"])[0] == "notice: the password of your account was reset"
     # Every session ended (on both servers), the lock is gone, the code is spent.
     expect_error(lambda: a.profile(session.access_token), CODE.UNAUTHENTICATED, "TOKEN_REVOKED")
     expect_error(lambda: a.refresh(session.refresh_token), CODE.UNAUTHENTICATED, "TOKEN_REVOKED")
@@ -412,6 +415,8 @@ def test_password_reset_by_email_and_phone(cluster: Cluster, clients: tuple[Clie
             "CAPTCHA_INVALID",
         )
     assert a.confirm_reset(by_phone.reset_id, phone_code, "phone reset passphrase 1").success
+    # Reset by phone: the notice still goes to the account's email.
+    assert cluster.outbox.messages(alice["email"])[0] == "notice: the password of your account was reset"
     again = a.request_reset(alice["phone"])
     for _ in range(5):
         expect_error(

@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 
 from internal.biz import pii
-from internal.biz.account import AccountPolicy, AccountUsecase, SessionInfo
+from internal.biz.account import (
+    NOTICE_PASSWORD_CHANGED,
+    NOTICE_PASSWORD_RESET,
+    AccountPolicy,
+    AccountUsecase,
+    SessionInfo,
+)
 from internal.biz.auth import LoginAttempt, Registration
 from internal.biz.captcha import CaptchaCheck, CaptchaSettings, CodeSenders
 from internal.biz.errors import DomainError, InvalidArgument, NotFound, PermissionDenied
@@ -263,3 +269,29 @@ async def test_a_reset_code_for_an_account_deleted_meanwhile_is_expired() -> Non
     about = [e for e in s.world.audit.events if str(caller.user_id) in (e["subject"], e["actor"])]
     assert {"auth.register", "auth.login", "account.delete"} <= {e["event"] for e in about}
     assert not any("client" in e["details"] for e in about)
+
+
+async def test_password_change_and_reset_notify_the_owner_without_secrets() -> None:
+    s = setup()
+    user_id, email, caller = await member(s)
+    await s.accounts.change_password(caller, PASSWORD, "another good passphrase")
+    assert s.email.sent == [(email, "", NOTICE_PASSWORD_CHANGED)]
+    s.email.sent.clear()
+    reset_id = await s.accounts.request_reset(email)
+    code = await code_sent(s.email)
+    await s.accounts.confirm_reset(reset_id, code, "a brand new passphrase")
+    assert s.email.sent == [(email, code, "password reset"), (email, "", NOTICE_PASSWORD_RESET)]
+    notice = repr(s.email.sent[-1])
+    assert all(secret not in notice for secret in (PASSWORD, "another good passphrase", "a brand new passphrase", code))
+
+    # Without an email the phone is told; a failed delivery does not undo the change.
+    _, _, phone_only = await member(s)
+    assert phone_only.user_id is not None
+    s.world.users.rows[phone_only.user_id]["email_encrypted"] = None
+    s.sms.fail = True
+    assert await s.accounts.change_password(phone_only, PASSWORD, "phone owner passphrase 2") == 0
+    s.sms.fail = False
+    await s.accounts.change_password(phone_only, "phone owner passphrase 2", "phone owner passphrase 3")
+    assert [(code, purpose) for _, code, purpose in s.sms.sent] == [("", NOTICE_PASSWORD_CHANGED)]
+    assert s.sms.sent[0][0].startswith("+8613")
+    assert user_id != phone_only.user_id
