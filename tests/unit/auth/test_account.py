@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import logging
 import uuid
@@ -26,6 +27,7 @@ from internal.biz.captcha import CaptchaCheck, CaptchaSettings, CodeSenders
 from internal.biz.errors import DomainError, InvalidArgument, NotFound, PermissionDenied
 from internal.biz.lockout import user_account
 from internal.biz.ports import Caller
+from internal.biz.totp import generate_code, matching_step
 from tests.unit.auth.fakes import FakeAudit, World, build_world, unique
 
 PASSWORD = "unit passphrase 1"
@@ -152,6 +154,7 @@ def setup() -> Setup:
         audit=audit,
         policy=AccountPolicy(codes=CaptchaSettings(send_limit_per_target=3)),
         code_key=b"k" * 32,
+        clock=w.clock,
     )
     return Setup(w, accounts, resets, repo, email, sms)
 
@@ -295,3 +298,28 @@ async def test_password_change_and_reset_notify_the_owner_without_secrets() -> N
     assert [(code, purpose) for _, code, purpose in s.sms.sent] == [("", NOTICE_PASSWORD_CHANGED)]
     assert s.sms.sent[0][0].startswith("+8613")
     assert user_id != phone_only.user_id
+
+
+async def test_with_totp_a_missing_code_is_not_counted_a_wrong_one_is_and_the_right_one_passes() -> None:
+    s = setup()
+    user_id, _, caller = await member(s)
+    secret = base64.b32decode((await s.world.totp.begin_enrollment(caller, PASSWORD)).secret)
+    now = s.world.clock()
+    await s.world.totp.confirm_enrollment(caller, generate_code(secret, now))
+    account = user_account(user_id)
+    before = s.world.guard.failures.get(account, 0)
+
+    with pytest.raises(DomainError) as missing:
+        await s.accounts.delete_account(caller, PASSWORD)
+    assert missing.value.reason == "TOTP_REQUIRED" and s.world.guard.failures.get(account, 0) == before
+    wrong = next(
+        c for c in (generate_code(secret, now + 60 * i) for i in range(2, 100)) if matching_step(secret, c, now) is None
+    )
+    with pytest.raises(DomainError) as invalid:
+        await s.accounts.delete_account(caller, PASSWORD, totp_code=wrong)
+    assert invalid.value.reason == "TOTP_INVALID" and s.world.guard.failures.get(account, 0) == before + 1
+    with pytest.raises(DomainError) as no_oracle:
+        await s.accounts.delete_account(caller, "not the password", totp_code=generate_code(secret, now + 30))
+    assert no_oracle.value.reason == "INVALID_CREDENTIALS"
+    await s.accounts.delete_account(caller, PASSWORD, totp_code=generate_code(secret, now + 30))
+    assert s.world.users.rows[user_id]["username"].startswith("~")
