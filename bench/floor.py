@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from grpc_health.v1 import health, health_pb2_grpc
 
 from api.gen.kms.v1 import kms_pb2
-from internal.service.wire import EncodedReply, encode_encrypt_batch, send_as_is
+from internal.service.wire import EncodedReply, encode_encrypt_batch
 
 NONCE_SIZE = 12
 KEY_VERSION = 1
@@ -47,7 +47,7 @@ async def serve(port: int) -> None:
     method = grpc.unary_unary_rpc_method_handler(
         FloorKMS().encrypt_batch,
         request_deserializer=kms_pb2.EncryptBatchRequest.FromString,
-        response_serializer=send_as_is(kms_pb2.EncryptBatchReply.SerializeToString),
+        response_serializer=lambda reply: reply.wire,  # as the service's EncryptBatch is sent
     )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("kms.v1.KMS", {"EncryptBatch": method}),))
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)

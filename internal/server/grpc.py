@@ -16,6 +16,23 @@ from internal.conf.config import GRPC
 from internal.pkg.tracing import tracing_interceptors
 from internal.server.interceptors import AccessLogInterceptor, ErrorInterceptor
 from internal.server.peer import TrustedProxies
+from internal.service.wire import EncodedReply
+
+# EncryptBatch, the one RPC whose speed counts per item, answers with its reply already in wire form
+# (internal.service.wire): its handler sends those bytes as they are, and its metrics read the counts that come
+# with them. Everything else on the gRPC path sees a method like any other.
+ENCRYPT_BATCH = "/kms.v1.KMS/EncryptBatch"
+
+
+def _encoded_wire(reply: EncodedReply) -> bytes:
+    return reply.wire
+
+
+def _encoded_items(reply: EncodedReply) -> dict[int, int]:
+    return reply.items
+
+
+_OWN_SERIALIZERS: dict[str, Callable[[Any], bytes]] = {ENCRYPT_BATCH: _encoded_wire}
 
 
 @dataclass(frozen=True)
@@ -32,7 +49,50 @@ class ServiceRegistration:
 def server_interceptors(proxies: TrustedProxies) -> list[grpc.aio.ServerInterceptor]:
     """What every call passes through, gRPC or HTTP. Tracing outermost, so its span sees the status the error
     interceptor sets."""
-    return [*tracing_interceptors(), AccessLogInterceptor(proxies), ErrorInterceptor()]
+    return [
+        *tracing_interceptors(),
+        AccessLogInterceptor(proxies, batch_items={ENCRYPT_BATCH: _encoded_items}),
+        ErrorInterceptor(),
+    ]
+
+
+def _own_serializer(method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+    serializer = _OWN_SERIALIZERS.get(method)
+    if handler is None or serializer is None:
+        return handler
+    return handler._replace(response_serializer=serializer)
+
+
+class _GenericWithOwnSerializers(grpc.GenericRpcHandler):
+    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+        self._inner = inner
+        self._replaced: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler | None]] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        handler = self._inner.service(handler_call_details)
+        if method not in _OWN_SERIALIZERS or handler is None:
+            return handler
+        known = self._replaced.get(method)
+        if known is None or known[0] is not handler:  # the same handler object every call: replaced once
+            known = self._replaced[method] = (handler, _own_serializer(method, handler))
+        return known[1]
+
+
+class _Registrar:
+    """What a service's ``add_to_server`` registers into: the server, with the methods that have their own reply
+    serializer given it."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers([_GenericWithOwnSerializers(h) for h in handlers])
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self._server.add_registered_method_handlers(
+            service, {name: _own_serializer(f"/{service}/{name}", h) for name, h in handlers.items()}
+        )
 
 
 def _credentials(conf: GRPC) -> grpc.ServerCredentials:
@@ -61,8 +121,9 @@ def new_grpc_server(
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
     server = grpc.aio.server(interceptors=server_interceptors(proxies or TrustedProxies()), options=options)
+    registrar = _Registrar(server)
     for service in services:
-        service.add_to_server(server)
+        service.add_to_server(registrar)  # type: ignore[arg-type]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [s.full_name for s in services]
     reflection.enable_server_reflection(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import abc
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -15,12 +16,12 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from internal.biz import errors
 from internal.biz.lockout import client_network
-from internal.pkg.log import log_vetted, request_id, request_network, safe_request_id
-from internal.server.metrics import error_reason, rpc_recorder
+from internal.pkg.log import request_id, request_network, safe_request_id
+from internal.server.accesslog import AccessLog
+from internal.server.metrics import ItemVersions, error_reason, item_versions, rpc_recorder
 from internal.server.peer import TrustedProxies
-from internal.service.metadata import request_client, request_metadata
+from internal.service.metadata import request_client
 from internal.service.status import domain_status_proto, status_proto
-from internal.service.wire import send_as_is
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +59,19 @@ def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]
     return parse
 
 
-def _wrap_unary(
-    handler: grpc.RpcMethodHandler, behaviour: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-) -> grpc.RpcMethodHandler:
-    return grpc.unary_unary_rpc_method_handler(
-        behaviour,
-        request_deserializer=_safe(handler.request_deserializer),
-        response_serializer=send_as_is(handler.response_serializer),
-    )
+Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """The one place where domain errors become gRPC statuses; anything unexpected becomes INTERNAL."""
+class _PerMethod(grpc.aio.ServerInterceptor):
+    """An interceptor that wraps each unary method's handler once, not on every call: grpc.aio asks its
+    interceptors for the handler of every call, and the method's handler is the same object each time."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}  # method → (handler, ours)
+
+    @abc.abstractmethod
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` of ``method`` wrapped by this interceptor."""
 
     async def intercept_service(
         self,
@@ -79,8 +81,32 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        inner = handler.unary_unary
         method = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        ours = self.wrap(method, handler)
+        self._wrapped[method] = (handler, ours)  # only methods with a handler get here: the table stays small
+        return ours
+
+
+def _unary(
+    handler: grpc.RpcMethodHandler, behaviour: Behaviour, deserializer: Callable[[bytes], Any] | None = None
+) -> grpc.RpcMethodHandler:
+    """``handler`` with another behaviour and the same serializers (unless ``deserializer`` is given): a method
+    with its own reply serializer (server.grpc) keeps it through every interceptor."""
+    return grpc.unary_unary_rpc_method_handler(
+        behaviour,
+        request_deserializer=deserializer or handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class ErrorInterceptor(_PerMethod):
+    """The one place where domain errors become gRPC statuses; anything unexpected becomes INTERNAL."""
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        inner = handler.unary_unary
 
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if isinstance(request, Undecodable):
@@ -100,102 +126,92 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     status_for(grpc.StatusCode.INTERNAL, "INTERNAL_ERROR", "internal error")
                 )
 
-        return _wrap_unary(handler, behaviour)
+        return _unary(handler, behaviour, _safe(handler.request_deserializer))
 
 
-def _split(method: str) -> tuple[str, str]:
-    service, _, name = method.lstrip("/").rpartition("/")
-    return service, name
-
-
-class _MethodMetrics:
-    """What the access log needs about one method, worked out once instead of on every call: its logged
-    name, whether it is logged at all (not gRPC's own health and reflection), its metric children."""
-
-    def __init__(self, method: str) -> None:
-        service, name = _split(method)
-        self.logged_name = f"{service}/{name}"
-        self.quiet = service.startswith("grpc.")
-        self.record = None if self.quiet else rpc_recorder(method)
-        self.in_flight = RPC_IN_FLIGHT.labels(service, name)
-        self.latency = RPC_LATENCY.labels(service, name)
-        self._labels = (service, name)
-        self._handled: dict[grpc.StatusCode, Any] = {}
-
-    def handled(self, code: grpc.StatusCode) -> Any:
-        child = self._handled.get(code)
-        if child is None:
-            child = self._handled[code] = RPC_HANDLED.labels(*self._labels, code.name)
-        return child
-
-
-class AccessLogInterceptor(grpc.aio.ServerInterceptor):
+class AccessLogInterceptor(_PerMethod):
     """One log line and metrics per RPC: method, code, duration, request id, business counters. Never the payload.
 
     The request id is the caller's ``x-request-id`` when ``safe_request_id`` accepts it, else a new one. The
-    client address (the socket peer, or whom its trusted proxies name) is worked out here, once per call."""
+    client address (the socket peer, or whom its trusted proxies name) is worked out here, once per call.
+    gRPC's own services (health, reflection) are counted in the RPC metrics only: no line, no request id.
+    ``batch_items``: how to count the items of a batch method whose reply is not its generated message."""
 
-    def __init__(self, proxies: TrustedProxies | None = None) -> None:
-        self._metrics: dict[str, _MethodMetrics] = {}
+    def __init__(
+        self, proxies: TrustedProxies | None = None, batch_items: Mapping[str, ItemVersions] | None = None
+    ) -> None:
+        super().__init__()
         self._proxies = proxies or TrustedProxies()
+        self._batch_items = dict(batch_items or {})
+        self._access = AccessLog()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         inner = handler.unary_unary
-        method = handler_call_details.method
-        metrics = self._metrics.get(method)
-        if metrics is None:  # only methods with a handler get here, so the table stays small
-            metrics = self._metrics[method] = _MethodMetrics(method)
-        received = handler_call_details.invocation_metadata or ()
-        offered = next((v for k, v in received if k == "x-request-id"), None)
+        service, name = _split(method)
+        in_flight, latency = RPC_IN_FLIGHT.labels(service, name), RPC_LATENCY.labels(service, name)
+        if service.startswith("grpc."):
+
+            async def counted(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = time.perf_counter()
+                in_flight.inc()
+                code = grpc.StatusCode.UNKNOWN
+                try:
+                    response = await inner(request, context)
+                    code = context.code() or grpc.StatusCode.OK
+                    return response
+                except grpc.aio.AbortError:
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    raise
+                finally:
+                    in_flight.dec()
+                    RPC_HANDLED.labels(service, name, code.name).inc()
+                    latency.observe(time.perf_counter() - started)
+
+            return _unary(handler, counted)
+
+        record = rpc_recorder(method, self._batch_items.get(method, item_versions))
+        logged_name = f"{service}/{name}"
+        proxies, access = self._proxies, self._access
 
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            rid = safe_request_id(offered) or uuid.uuid4().hex[:16]
-            token = request_id.set(rid)
-            client = self._proxies.client_address(context.peer() or "", received)
+            received = context.invocation_metadata() or ()
+            offered = next((v for k, v in received if k == "x-request-id"), None)
+            token = request_id.set(safe_request_id(offered) or uuid.uuid4().hex[:16])
+            client = proxies.client_address(context.peer() or "", received)
             network_token = request_network.set(client_network(client))
-            metadata_token = request_metadata.set(received)
             client_token = request_client.set(client)
             reason_token = error_reason.set("")
             started = time.perf_counter()
-            metrics.in_flight.inc()
+            in_flight.inc()
             code = grpc.StatusCode.OK
             try:
                 response = await inner(request, context)
                 code = context.code() or grpc.StatusCode.OK
-                if metrics.record is not None:
-                    metrics.record(request, response, code.name)
+                if record is not None:
+                    record(request, response, code.name)
                 return response
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
-                if metrics.record is not None:
-                    metrics.record(request, None, error_reason.get() or code.name)
+                if record is not None:
+                    record(request, None, error_reason.get() or code.name)
                 raise
             except BaseException:
                 code = grpc.StatusCode.UNKNOWN
                 raise
             finally:
                 elapsed = time.perf_counter() - started
-                metrics.in_flight.dec()
-                metrics.handled(code).inc()
-                metrics.latency.observe(elapsed)
-                if not metrics.quiet:
-                    fields = {"method": metrics.logged_name, "grpc_code": code.name, "ms": round(elapsed * 1000, 2)}
-                    log_vetted(log, "rpc", fields)
+                in_flight.dec()
+                RPC_HANDLED.labels(service, name, code.name).inc()
+                latency.observe(elapsed)
+                access.write({"method": logged_name, "grpc_code": code.name, "ms": round(elapsed * 1000, 2)})
                 request_id.reset(token)
                 request_network.reset(network_token)
-                request_metadata.reset(metadata_token)
                 request_client.reset(client_token)
                 error_reason.reset(reason_token)
 
-        return grpc.unary_unary_rpc_method_handler(
-            behaviour,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return _unary(handler, behaviour)
+
+
+def _split(method: str) -> tuple[str, str]:
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service, name

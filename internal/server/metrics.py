@@ -12,13 +12,11 @@ import contextvars
 import logging
 import time
 from collections import Counter as Tally
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from operator import attrgetter
 from typing import Any, Final
 
 from prometheus_client import Counter, Gauge
-
-from internal.service.wire import EncodedReply
 
 log = logging.getLogger(__name__)
 
@@ -80,42 +78,35 @@ def _key_name(request: Any, reply: Any) -> str:
     return getattr(request, "key_name", "") or getattr(request, "name", "") or "default"
 
 
-def _kms_operation(operation: str, key_name: str, version: object, outcome: str) -> Any:
-    """The kms_operations_total child; cached, since the label sets are few and the data plane calls this a lot."""
-    labels = (operation, key_name, str(version), outcome)
-    child = _KMS_CHILDREN.get(labels)
-    if child is None:
-        child = _KMS_CHILDREN[labels] = KMS_OPERATIONS.labels(*labels)
-    return child
-
-
-_KMS_CHILDREN: dict[tuple[str, str, str, str], Any] = {}
-
-
 Recorder = Callable[[Any, Any, str], None]  # (request, reply or None when failed, outcome)
+ItemVersions = Callable[[Any], Mapping[int, int]]  # a batch reply → its items counted by key version
 
 
-def rpc_recorder(method: str) -> Recorder | None:
+def item_versions(reply: Any) -> Mapping[int, int]:
+    """A batch reply's items by key version: a failed item has 0, a sealed or opened one its key's (≥ 1).
+    map + Counter keep this per-item pass in C: batches have thousands of items."""
+    return Tally(map(_ITEM_KEY_VERSION, reply.results))
+
+
+def rpc_recorder(method: str, batch_items: ItemVersions = item_versions) -> Recorder | None:
     """How a finished call of ``method`` is counted, or None for methods without business metrics.
 
-    Resolved once per method (the interceptor keeps it), so a call pays only for its own counter."""
+    Resolved once per method (the interceptor keeps it), so a call pays only for its own counter. ``batch_items``
+    reads a batch method's reply (a method whose reply is not the generated message says how to read it)."""
     service, _, name = method.lstrip("/").rpartition("/")
     if service == "kms.v1.KMS" and name in _KMS_OPERATIONS:
         operation = _KMS_OPERATIONS[name]
 
         def kms_call(request: Any, reply: Any, outcome: str) -> None:
-            _kms_operation(operation, _key_name(request, reply), _key_version(reply), outcome).inc()
+            KMS_OPERATIONS.labels(operation, _key_name(request, reply), _key_version(reply), outcome).inc()
 
         def kms_batch(request: Any, reply: Any, outcome: str) -> None:
             if reply is None:
                 kms_call(request, reply, outcome)
                 return
-            # A failed item has key_version 0, a sealed or opened one its key's (≥ 1). An encoded reply brings its
-            # counts; otherwise map + Counter keep this per-item pass in C: batches have thousands of items.
-            items = reply.items if type(reply) is EncodedReply else Tally(map(_ITEM_KEY_VERSION, reply.results))
             key_name = _key_name(request, reply)
-            for version, n in items.items():
-                _kms_operation(operation, key_name, version or "", "OK" if version else "ITEM_ERROR").inc(n)
+            for version, n in batch_items(reply).items():
+                KMS_OPERATIONS.labels(operation, key_name, str(version or ""), "OK" if version else "ITEM_ERROR").inc(n)
 
         return kms_batch if name.endswith("Batch") else kms_call
     if service == "auth.v1.Auth" and name == "Login":

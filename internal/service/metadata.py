@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Sequence
 
 import grpc
 
 from internal.biz.errors import Unauthenticated
 
-# The current RPC's incoming metadata, as the server's interceptor already received it: reading it from the
-# context again would convert it from gRPC's C structures a second time on every call.
-request_metadata: contextvars.ContextVar[Sequence[tuple[str, str | bytes]] | None] = contextvars.ContextVar(
-    "request_metadata", default=None
-)
 # The current call's client address, worked out once by the server from the socket peer and, behind trusted
 # proxies, their forwarding headers (internal.server.peer); the same for HTTP and gRPC calls.
 request_client: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_client", default=None)
 
 
-def _metadata(context: grpc.aio.ServicerContext) -> Sequence[tuple[str, str | bytes]]:
-    received = request_metadata.get()
-    return received if received is not None else (context.invocation_metadata() or ())
-
-
 def bearer_token(context: grpc.aio.ServicerContext, *, reason: str = "TOKEN_MISSING") -> str:
     """The token from ``authorization: Bearer <token>``; raises Unauthenticated(reason) when absent."""
-    for key, value in _metadata(context):
+    for key, value in context.invocation_metadata() or ():
         if key == "authorization" and isinstance(value, str):
             scheme, _, token = value.strip().partition(" ")
             if scheme.lower() == "bearer" and token.strip():

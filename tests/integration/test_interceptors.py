@@ -4,9 +4,11 @@ malformed requests → INVALID_ARGUMENT; in-flight calls drain on stop; TLS when
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -16,13 +18,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from google.protobuf import wrappers_pb2
 from google.rpc import error_details_pb2
-from grpc_health.v1 import health
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from prometheus_client import REGISTRY
 
+from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
 from internal.biz import errors
 from internal.conf.config import GRPC, TLS
 from internal.pkg.log import request_id, request_network
+from internal.server.accesslog import ACCESS_LOGGER
 from internal.server.grpc import ServiceRegistration, new_grpc_server
+from internal.service.wire import encode_encrypt_batch
 
 
 async def _raise_locked(request: wrappers_pb2.StringValue, context: grpc.aio.ServicerContext) -> None:
@@ -221,3 +227,57 @@ async def test_request_id_is_kept_only_when_plain(channel: grpc.aio.Channel, off
         assert reply.value == offered
     else:
         assert reply.value != offered and len(reply.value) == 16 and int(reply.value, 16) >= 0
+
+
+class _BatchOnly(kms_pb2_grpc.KMSServicer):
+    """A KMS servicer whose EncryptBatch answers as the real one does: an EncodedReply."""
+
+    async def EncryptBatch(self, request: kms_pb2.EncryptBatchRequest, context: grpc.aio.ServicerContext) -> Any:
+        results: list[bytes | errors.DomainError] = [item.plaintext[::-1] for item in request.items]
+        results[-1] = errors.InvalidArgument("VALIDATION_ERROR", "bad item")
+        return encode_encrypt_batch(results, 4, "AES_256_GCM")
+
+    async def Decrypt(self, request: kms_pb2.DecryptRequest, context: grpc.aio.ServicerContext) -> Any:
+        return kms_pb2.DecryptReply(plaintext=request.ciphertext, key_version=2)
+
+
+def _counter(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_encrypt_batch_is_served_by_its_own_handler() -> None:
+    """Its wire bytes go out as they are, its items are counted from the counts that come with them; every other
+    method keeps the generated serializer."""
+    registration = ServiceRegistration("kms.v1.KMS", lambda s: kms_pb2_grpc.add_KMSServicer_to_server(_BatchOnly(), s))
+    server, port = new_grpc_server(GRPC(addr="127.0.0.1:0"), [registration], health.aio.HealthServicer())
+    ok = {"operation": "encrypt", "key_name": "k.batch", "key_version": "4", "outcome": "OK"}
+    failed = ok | {"key_version": "", "outcome": "ITEM_ERROR"}
+    before_ok, before_failed = _counter("kms_operations_total", **ok), _counter("kms_operations_total", **failed)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as chan:
+            kms = kms_pb2_grpc.KMSStub(chan)
+            items = [kms_pb2.EncryptItem(field="f", plaintext=bytes([i]) * 3) for i in range(3)]
+            reply = await kms.EncryptBatch(kms_pb2.EncryptBatchRequest(key_name="k.batch", items=items))
+            opened = await kms.Decrypt(kms_pb2.DecryptRequest(key_name="k.plain", ciphertext=b"abc"))
+    finally:
+        await server.stop(None)
+    assert [r.ciphertext for r in reply.results[:2]] == [b"\x00" * 3, b"\x01" * 3]
+    assert reply.results[2].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert reply.algorithm == "AES_256_GCM"
+    assert (opened.plaintext, opened.key_version) == (b"abc", 2)
+    assert _counter("kms_operations_total", **ok) == before_ok + 2
+    assert _counter("kms_operations_total", **failed) == before_failed + 1
+
+
+async def test_health_checks_are_counted_without_an_access_line(
+    channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    labels = {"grpc_service": "grpc.health.v1.Health", "grpc_method": "Check", "grpc_code": "OK"}
+    before = _counter("grpc_server_handled_total", **labels)
+    with caplog.at_level(logging.INFO):
+        await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        await _call(channel, "Echo")
+    assert _counter("grpc_server_handled_total", **labels) == before + 1
+    lines = [r for r in caplog.records if r.name == ACCESS_LOGGER]
+    assert [r.__dict__["method"] for r in lines] == ["test.v1.Probe/Echo"]

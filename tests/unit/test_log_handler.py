@@ -1,8 +1,8 @@
-"""The access line's fast path: formatted without a LogRecord, queued, written in order, never lost at exit."""
+"""The access line's fast path (internal.server.accesslog): the installed formatter's line, minus the redaction
+scan, on the installed handler's stream; through ordinary logging whenever logging is set up another way."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -10,84 +10,102 @@ from collections.abc import Iterator
 
 import pytest
 
-from internal.pkg import log as log_module
-from internal.pkg.log import JsonFormatter, StderrHandler, TextFormatter, log_vetted, request_id, setup_logging
+from internal.pkg.log import JsonFormatter, TextFormatter, request_id, setup_logging
+from internal.server.accesslog import ACCESS_LOGGER, AccessLog
 
 FIELDS = {"method": "kms.v1.KMS/Encrypt", "grpc_code": "OK", "ms": 0.42, "n": 3, "ok": True, "é": "ü\n\"q\""}
-
-
-def test_vetted_lines_are_exactly_what_the_json_formatter_writes() -> None:
-    formatter = JsonFormatter()
-    token = request_id.set("req-1")
-    try:
-        line = formatter.vetted_line("internal.server.interceptors", "rpc", FIELDS, 1_700_000_000.123)
-    finally:
-        request_id.reset(token)
-    expected = {
-        "ts": "2023-11-14T22:13:20.123Z",
-        "level": "INFO",
-        "logger": "internal.server.interceptors",
-        "msg": "rpc",
-        "request_id": "req-1",
-        **FIELDS,
-    }
-    assert line == log_module._to_json(expected)  # byte for byte what the general path makes
-    assert json.loads(line) == expected
-
-
-def test_vetted_text_lines_match_the_text_formatter() -> None:
-    record = logging.makeLogRecord({"msg": "rpc", "levelname": "INFO", "name": "x", "created": 1_700_000_000.0})
-    record.__dict__.update(FIELDS)
-    assert TextFormatter().vetted_line("x", "rpc", FIELDS, 1_700_000_000.0) == TextFormatter().format(record)
+# What the redaction scan would mask: the access line never carries such a value, so it is not scanned.
+LOOKS_SECRET = {"method": "kms.v1.KMS/Encrypt", "grpc_code": "OK", "digest": "0123456789abcdef" * 2}
 
 
 @pytest.fixture
-def handler() -> Iterator[tuple[StderrHandler, io.StringIO]]:
-    stream = io.StringIO()
-    sink = StderrHandler(stream)
-    sink.setFormatter(JsonFormatter())
-    yield sink, stream
-    sink.close()
-
-
-async def test_in_a_loop_lines_are_queued_briefly_and_keep_their_order(
-    handler: tuple[StderrHandler, io.StringIO],
-) -> None:
-    sink, stream = handler
-    sink.write_vetted("access", "rpc", {"n": 1})
-    sink.write_vetted("access", "rpc", {"n": 2})
-    assert stream.getvalue() == "", "queued, not written per line"
-    other = logging.makeLogRecord({"msg": "warning", "levelname": "WARNING", "levelno": logging.WARNING})
-    sink.handle(other)  # any other record writes the queue first
-    sink.write_vetted("access", "rpc", {"n": 3})
-    await asyncio.sleep(StderrHandler.FLUSH_DELAY * 3)
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert [line.get("n", line["msg"]) for line in lines] == [1, 2, "warning", 3]
-
-
-def test_outside_a_loop_lines_are_written_at_once(handler: tuple[StderrHandler, io.StringIO]) -> None:
-    sink, stream = handler
-    sink.write_vetted("access", "rpc", {"n": 1})
-    assert json.loads(stream.getvalue())["n"] == 1
-
-
-async def test_flush_writes_the_queue(handler: tuple[StderrHandler, io.StringIO]) -> None:
-    sink, stream = handler
-    sink.write_vetted("access", "rpc", {"n": 1})
-    sink.flush()  # what logging.shutdown does at exit
-    assert json.loads(stream.getvalue())["n"] == 1
-
-
-def test_the_fast_path_steps_aside_for_other_handlers(caplog: pytest.LogCaptureFixture) -> None:
-    """With any handler besides the installed one (here pytest's), access lines go through logging as records."""
+def stderr() -> Iterator[io.StringIO]:
+    """Where ``setup`` sends the log (in place of stderr); logging is restored afterwards."""
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     try:
-        setup_logging("INFO", "json")
-        root.addHandler(caplog.handler)
-        log_vetted(logging.getLogger("access.test"), "rpc", {"method": "a/b"})
-        assert [r.getMessage() for r in caplog.records if r.name == "access.test"] == ["rpc"]
+        yield _STREAM
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
-        log_module._vetted_sink = None
+        access = logging.getLogger(ACCESS_LOGGER)
+        access.handlers[:] = []
+        access.propagate = True
+        _STREAM.seek(0)
+        _STREAM.truncate()
+
+
+_STREAM = io.StringIO()
+
+
+def setup(level: str, fmt: str) -> None:
+    """Logging as the server sets it up, into ``_STREAM``."""
+    setup_logging(level, fmt)
+    handler = logging.getLogger().handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(_STREAM)
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_access_lines_are_the_installed_formatters_lines_unscanned(stderr: io.StringIO, fmt: str) -> None:
+    setup("INFO", fmt)
+    formatter = logging.getLogger().handlers[0].formatter
+    assert isinstance(formatter, JsonFormatter | TextFormatter)
+    token = request_id.set("req-1")
+    try:
+        AccessLog().write(LOOKS_SECRET)
+        record = logging.makeLogRecord({"msg": "rpc", "levelname": "INFO", "name": ACCESS_LOGGER, **LOOKS_SECRET})
+        expected = formatter.render(record)
+    finally:
+        request_id.reset(token)
+    written = stderr.getvalue()
+    assert written.endswith("\n") and written.count("\n") == 1
+    if fmt == "json":  # all but the time
+        assert list(json.loads(written).items())[1:] == list(json.loads(expected).items())[1:]
+    else:
+        assert written.split(" ", 1)[1] == expected.split(" ", 1)[1] + "\n"
+    assert "0123456789abcdef" * 2 in written and "req-1" in written
+
+
+def test_json_access_lines_are_valid_json(stderr: io.StringIO) -> None:
+    setup("INFO", "json")
+    AccessLog().write(FIELDS)
+    entry = json.loads(stderr.getvalue())
+    assert {k: entry[k] for k in FIELDS} == FIELDS
+    assert (entry["logger"], entry["msg"], entry["level"]) == (ACCESS_LOGGER, "rpc", "INFO")
+
+
+def test_other_lines_are_still_scanned_and_keep_their_order(stderr: io.StringIO) -> None:
+    setup("INFO", "json")
+    access = AccessLog()
+    access.write({"n": 1})
+    logging.getLogger("other").warning("failed", extra={"digest": "0123456789abcdef" * 2})
+    access.write({"n": 2})
+    lines = [json.loads(line) for line in stderr.getvalue().splitlines()]
+    assert [line.get("n", line["msg"]) for line in lines] == [1, "failed", 2]
+    assert lines[1]["digest"] == "[HEX]"
+
+
+def test_below_the_level_nothing_is_written(stderr: io.StringIO) -> None:
+    setup("WARNING", "json")
+    AccessLog().write(FIELDS)
+    assert stderr.getvalue() == ""
+
+
+def test_a_new_logging_setup_is_followed(stderr: io.StringIO) -> None:
+    setup("INFO", "json")
+    access = AccessLog()
+    access.write({"n": 1})
+    setup("INFO", "text")
+    access.write({"n": 2})
+    first, second = stderr.getvalue().splitlines()
+    assert json.loads(first)["n"] == 1 and second.endswith(f"{ACCESS_LOGGER}: rpc n=2")
+
+
+def test_any_other_setup_gets_ordinary_redacted_records(stderr: io.StringIO, caplog: pytest.LogCaptureFixture) -> None:
+    """With any handler besides the installed one (here pytest's), access lines are records like any other."""
+    setup("INFO", "json")
+    logging.getLogger().addHandler(caplog.handler)
+    AccessLog().write(LOOKS_SECRET)
+    assert [r.getMessage() for r in caplog.records if r.name == ACCESS_LOGGER] == ["rpc"]
+    assert "0123456789abcdef" * 2 not in stderr.getvalue() and "[HEX]" in stderr.getvalue()

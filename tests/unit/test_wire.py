@@ -10,7 +10,7 @@ import pytest
 from api.gen.kms.v1 import kms_pb2
 from internal.biz.errors import DomainError, InvalidArgument, NotFound
 from internal.service.status import domain_status_proto
-from internal.service.wire import EncodedReply, encode_encrypt_batch, send_as_is
+from internal.service.wire import encode_encrypt_batch
 
 
 def built(results: list[bytes | DomainError], version: int, algorithm: str) -> bytes:
@@ -56,12 +56,19 @@ def test_failed_items_carry_their_error_details() -> None:
     assert failed.status.code == 3 and failed.status.message == BAD.message and failed.key_version == 0
 
 
-def test_the_server_sends_an_encoded_reply_as_it_is() -> None:
-    serialize = send_as_is(kms_pb2.EncryptBatchReply.SerializeToString)
-    assert serialize is not None
-    encoded = encode_encrypt_batch([os.urandom(65)], 1, "AES_256_GCM")
-    assert serialize(encoded) is encoded.wire and type(encoded.wire) is bytes  # grpc takes exactly bytes
-    message = kms_pb2.EncryptBatchReply(algorithm="AES_256_GCM")
-    assert serialize(message) == message.SerializeToString()
-    assert send_as_is(None) is None
-    assert isinstance(encoded, EncodedReply)
+def _fields(descriptor: object) -> set[str]:
+    return {f.name for f in descriptor.fields}  # type: ignore[attr-defined]
+
+
+def test_every_field_of_the_reply_is_written() -> None:
+    """A field added to EncryptBatchReply or EncryptResult must be written by the encoder too: an item of each
+    kind (sealed, failed) sets every field the encoder knows, and together they set every field there is."""
+    ok, bad = os.urandom(65), BAD
+    reply = kms_pb2.EncryptBatchReply.FromString(encode_encrypt_batch([ok, bad], 7, "AES_256_GCM").wire)
+    assert {f.name for f, _ in reply.ListFields()} == _fields(kms_pb2.EncryptBatchReply.DESCRIPTOR)
+    written = {f.name for item in reply.results for f, _ in item.ListFields()}
+    assert written == _fields(kms_pb2.EncryptResult.DESCRIPTOR)
+    expected = kms_pb2.EncryptBatchReply(algorithm="AES_256_GCM")
+    expected.results.add(ciphertext=ok, key_version=7)
+    expected.results.add(status=domain_status_proto(bad))
+    assert reply.SerializeToString() == expected.SerializeToString()
