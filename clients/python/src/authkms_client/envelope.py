@@ -112,14 +112,18 @@ def parse(sealed: bytes) -> tuple[bytes, str]:
 
 
 class _Key:
-    """An unwrapped data key with its header and the associated data it has built, by field."""
+    """An unwrapped data key with its header, the associated data it has built (by field) and, while it seals, its
+    pool of fresh nonces, each with the header + nonce a sealed value starts with."""
 
-    __slots__ = ("aead", "bindings", "bytes", "expires", "header", "messages")
+    __slots__ = ("aead", "bindings", "bytes", "encrypt", "expires", "header", "messages", "nonces")
+    # messages: the nonces handed out to its pools (the values sealed, plus what is left in the pool)
 
     def __init__(self, material: bytes, header: bytes, expires: float) -> None:
         if len(material) != DATA_KEY_SIZE:
             raise CiphertextInvalidError("the server returned a data key of the wrong size")
         self.aead = AESGCM(material)
+        self.encrypt = self.aead.encrypt
+        self.nonces: list[tuple[bytes, bytes]] = []  # (header + nonce, nonce)
         self.header = header
         self.expires = expires
         self.messages = 0
@@ -169,7 +173,6 @@ class EnvelopeEncryptor:
         self._max_messages = self.limits.max_messages
         self._max_bytes = self.limits.max_bytes
         self._clock = clock
-        self._nonces: list[bytes] = []
         self._sealing: _Key | None = None
         self._refresh = asyncio.Lock()
         self._opening: OrderedDict[bytes, _Key] = OrderedDict()  # by header: key name + wrapped key
@@ -182,62 +185,72 @@ class EnvelopeEncryptor:
         return f"EnvelopeEncryptor(key_name={self.key_name!r}, <keys hidden>)"
 
     def forget(self) -> None:
-        """Drop every cached data key and the nonce pool (e.g. after a suspected compromise); the next calls
+        """Drop every cached data key and its nonce pool (e.g. after a suspected compromise); the next calls
         fetch new keys."""
         self._sealing = None
         self._opening.clear()
-        self._nonces = []
         if self._next is not None:
             self._next.cancel()
             self._next = None
 
     def _usable(self, key: _Key | None, size: int, now: float) -> bool:
+        """Whether ``key`` may seal a value of ``size`` bytes now (``messages`` counts the nonces it has handed out
+        to its pools, so it may still seal while its pool lasts)."""
         limits = self.limits
         return (
             key is not None
             and now < key.expires
-            and key.messages < limits.max_messages
+            and (bool(key.nonces) or key.messages < limits.max_messages)
             and key.bytes + size <= limits.max_bytes
         )
 
     async def seal(self, field: str, value: bytes, context: Mapping[str, str] | None = None) -> bytes:
         """``value`` (bytes-like) encrypted locally, bound to ``field`` and ``context``; an RPC only when the
         cached data key has reached a limit (or there is none yet)."""
-        # Every caller's hot path: the limit checks and the cached associated data are inlined, each step counts.
+        # Every caller's hot path, each step counts: the message limit is kept by the size of the key's nonce pool
+        # (checked when it is refilled), the other limits and the cached associated data are inlined.
         size = len(value)
         key = self._sealing
-        if (
-            key is None
-            or key.messages >= self._max_messages
-            or key.bytes + size > self._max_bytes
-            or self._clock() >= key.expires
-        ):
-            key = await self._fresh_key(size, self._clock())
+        if key is None or not key.nonces or key.bytes + size > self._max_bytes or self._clock() >= key.expires:
+            key = await self._ready_key(size)
         cached = key.bindings.get(field)
         ad = cached[1] if cached is not None and cached[0] == context else key.ad(field, context)
-        key.messages += 1
         key.bytes += size
-        nonces = self._nonces
-        nonce = nonces.pop() if nonces else self._new_nonces()
-        return key.header + nonce + key.aead.encrypt(nonce, value, ad)
+        start, nonce = key.nonces.pop()
+        return start + key.encrypt(nonce, value, ad)
 
-    def _new_nonces(self) -> bytes:
-        """A fresh pool of random nonces, from one os.urandom call (a system call per value would cost more than
-        the encryption); returns one of them. The pool is dropped in a forked child, with the keys."""
-        pool = os.urandom(NONCE_POOL_BYTES)
-        self._nonces = [pool[i : i + NONCE_SIZE] for i in range(0, NONCE_POOL_BYTES, NONCE_SIZE)]
-        if self._prefetch and self._next is None:
-            self._prefetch_if_due()  # here, once per pool, rather than on every seal
-        return self._nonces.pop()
+    async def _ready_key(self, size: int) -> _Key:
+        """The key to seal a value of ``size`` bytes with, a nonce in its pool: the current one (its pool refilled)
+        or a fresh one."""
+        key = self._sealing
+        if key is None or not self._usable(key, size, self._clock()):
+            key = await self._fresh_key(size, self._clock())
+        if not key.nonces:
+            self._new_nonces(key)
+        return key
 
-    def _prefetch_if_due(self) -> None:
-        """Ask for the next data key in the background once the current one has used half of a limit: early
-        enough for the RPC to finish before the key is spent, even when sealing fast."""
+    def _new_nonces(self, key: _Key) -> None:
+        """A fresh pool of random nonces for ``key``, from one os.urandom call (a system call per value would cost
+        more than the encryption), each beside the header + nonce it starts a value with; never more than its
+        message limit leaves. The pool goes with its key: a forked child drops both."""
+        used = key.messages
+        count = min(NONCE_POOL_BYTES // NONCE_SIZE, self._max_messages - used)
+        pool, header = os.urandom(NONCE_SIZE * count), key.header
+        nonces = [pool[i : i + NONCE_SIZE] for i in range(0, len(pool), NONCE_SIZE)]
+        key.nonces = [(header + nonce, nonce) for nonce in nonces]
+        key.messages = used + count
+        if self._prefetch and self._next is None and key is self._sealing:
+            self._prefetch_if_due(used)  # here, once per pool, rather than on every seal
+
+    def _prefetch_if_due(self, used: int) -> None:
+        """Ask for the next data key in the background once the current one has used half of a limit (``used``:
+        the values it has sealed): early enough for the RPC to finish before the key is spent, even when sealing
+        fast."""
         key, limits = self._sealing, self.limits
         if key is None:
             return
         if (
-            2 * key.messages < limits.max_messages
+            2 * used < limits.max_messages
             and 2 * key.bytes < limits.max_bytes
             and self._clock() < key.expires - limits.max_age / 2
         ):
