@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from internal.conf.config import Bootstrap, ConfigError, load_config
 from internal.pkg.log import setup_logging
+from internal.server.eventloop import run as run_event_loop
 
 if TYPE_CHECKING:
     from internal.biz.auth import AuthUsecase
@@ -475,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = COMMANDS[args.command or "serve"]
     try:
-        return asyncio.run(command.run(config, args))
+        return run_event_loop(command.run(config, args), config.server.event_loop)
     except Exception as exc:
         log.debug("command failed", exc_info=exc)
         print(f"authkms: {_failure(exc)}", file=sys.stderr)

@@ -135,6 +135,9 @@ class Server(_Section):
     # of them may name the client in X-Forwarded-For / Forwarded (HTTP headers or gRPC metadata); otherwise the
     # socket peer is the client for rate limits, throttles and audit. Empty: no proxy is trusted.
     trusted_proxies: list[str] = []
+    # The event loop the server (each worker) runs on: "uvloop" needs the optional extra (pip install
+    # 'authkms[uvloop]'); docs/operations.md "Event loop" has the measured difference.
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
 
     _list = field_validator("trusted_proxies", mode="before")(_comma_list)
 
