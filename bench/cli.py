@@ -16,7 +16,7 @@ One run, one fresh database and Redis prefix, one credential; everything below i
    Login p50, in alternating rounds (``bench.http_load``).
 7. Server CPU per RPC, read from /proc for the server process tree alone (so it holds while the load clients
    share the cores): health Check, Encrypt and EncryptBatch per field, beside a bare grpc.aio servicer's Check
-   (``bench.floor``).
+   (``bench.floor``); beside EncryptBatch, the bare servicer's and its transport alone (``--transport``: no AEAD).
 8. The client library's envelope encryptor (local AES-GCM under a cached data key): fields/s ÷ in-process
    AES-GCM/s (1,000-value chunks of each, alternating) and its RPCs per 100,000 fields, beside EncryptBatch.
 
@@ -145,16 +145,17 @@ class Run:
             wait_workers_serving(server, workers)
         return server
 
-    def start_floor(self) -> ServerProcess:
-        """The bare EncryptBatch servicer of ``bench.floor``, loaded like the real server."""
+    def start_floor(self, transport_only: bool = False) -> ServerProcess:
+        """The bare EncryptBatch servicer of ``bench.floor`` (or its transport alone), loaded like the real server."""
         port = free_port()
         log_path = self.log_dir / f"floor-{port}.log"
+        extra = ["--transport"] if transport_only else []
         with log_path.open("wb") as log_file:
-            proc = subprocess.Popen([sys.executable, "-m", "bench.floor", str(port)], cwd=ROOT,
+            proc = subprocess.Popen([sys.executable, "-m", "bench.floor", str(port), *extra], cwd=ROOT,
                                     stdout=log_file, stderr=subprocess.STDOUT)
         server = ServerProcess(proc, port, 0, log_path)
         self.servers.append(server)
-        self.labels[proc.pid] = "bench.floor"
+        self.labels[proc.pid] = "bench.floor --transport" if transport_only else "bench.floor"
         server.wait_serving(timeout=60)
         return server
 
@@ -285,7 +286,11 @@ def _measure(run: Run, token: str) -> None:
     floor = run.load(floor_server, "batch", s.batch_concurrency, token=token, batch_size=BATCH_SIZE)
     floor_checks = [run.load(floor_server, "check", s.concurrency) for _ in range(s.rounds)]
     run.stop(floor_server)
+    transport_server = run.start_floor(transport_only=True)
+    transport = run.load(transport_server, "batch", s.batch_concurrency, token=token, batch_size=BATCH_SIZE)
+    run.stop(transport_server)
     details["batch_floor"] = asdict(floor)
+    details["batch_transport_only"] = asdict(transport)
     details["check_floor"] = asdict(_mean(floor_checks)) | {"rounds": [c.rate for c in floor_checks]}
 
     # 6: server CPU per RPC.
@@ -295,6 +300,7 @@ def _measure(run: Run, token: str) -> None:
         "encrypt": _cpu_per_call_us(encrypts),
         "batch_field": _cpu_per_call_us([batch], per_item=True),
         "bare_batch_field": _cpu_per_call_us([floor], per_item=True),
+        "transport_batch_field": _cpu_per_call_us([transport], per_item=True),
     }
     details["server_cpu_us"] = cpu_us
 
@@ -409,6 +415,8 @@ def _measure(run: Run, token: str) -> None:
                    cpu_us["batch_field"], "µs", goal=at_most(2.0)))
     report.add(Row("cpu_bare_batch_field_us", "   server CPU per field, bare EncryptBatch servicer (bench.floor)",
                    cpu_us["bare_batch_field"], "µs"))
+    report.add(Row("cpu_transport_batch_field_us", "   server CPU per field, gRPC transport alone (canned reply)",
+                   cpu_us["transport_batch_field"], "µs"))
     report.add(Row("envelope_aesgcm_ratio", "8. envelope encryptor fields/s ÷ in-process AES-GCM/s",
                    envelope_ratio, goal=at_least(0.8)))
     report.add(Row("envelope_fields_per_s", "   envelope encryptor (32 B, one task, local AES-GCM)", envelope_per_s,

@@ -1,4 +1,6 @@
-"""`python -m bench.floor PORT`: an EncryptBatch servicer doing nothing but the AEAD calls, as a yardstick.
+"""`python -m bench.floor PORT [--transport]`: an EncryptBatch servicer doing nothing but the AEAD calls, as a
+yardstick; with ``--transport`` not even those (a reply of the same size, written once), to show what grpcio's
+transport and parsing alone cost per field.
 
 Per item it makes one AES-256-GCM call with a fresh nonce; the reply is written by the service's own
 ``encode_encrypt_batch``. It does none of the service's other work: no authentication, no validation of
@@ -42,10 +44,24 @@ class FloorKMS:
         return encode_encrypt_batch(sealed, KEY_VERSION, "AES_256_GCM")
 
 
-async def serve(port: int) -> None:
+class TransportOnly:
+    def __init__(self) -> None:
+        self._replies: dict[int, EncodedReply] = {}  # by item count: each as large as FloorKMS's
+
+    async def encrypt_batch(
+        self, request: kms_pb2.EncryptBatchRequest, context: grpc.aio.ServicerContext
+    ) -> EncodedReply:
+        count = len(request.items)
+        if count not in self._replies:
+            sealed = [os.urandom(NONCE_SIZE + len(request.items[0].plaintext) + 16)] * count if count else []
+            self._replies[count] = encode_encrypt_batch(sealed, KEY_VERSION, "AES_256_GCM")
+        return self._replies[count]
+
+
+async def serve(port: int, transport_only: bool = False) -> None:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 << 20)])
     method = grpc.unary_unary_rpc_method_handler(
-        FloorKMS().encrypt_batch,
+        (TransportOnly() if transport_only else FloorKMS()).encrypt_batch,
         request_deserializer=kms_pb2.EncryptBatchRequest.FromString,
         response_serializer=lambda reply: reply.wire,  # as the service's EncryptBatch is sent
     )
@@ -60,4 +76,4 @@ async def serve(port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1])))
+    asyncio.run(serve(int(sys.argv[1]), "--transport" in sys.argv[2:]))

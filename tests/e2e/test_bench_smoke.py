@@ -38,6 +38,7 @@ METRICS = (
     "cpu_encrypt_us",
     "cpu_encrypt_check_ratio",
     "cpu_batch_field_us",
+    "cpu_transport_batch_field_us",
     "envelope_aesgcm_ratio",
     "envelope_fields_per_s",
     "envelope_rpcs_per_100k",
