@@ -10,7 +10,6 @@ the ``COMMANDS`` table. Every command exits non-zero with a one-line reason.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
