@@ -16,7 +16,7 @@ One run, one fresh database and Redis prefix, one credential; everything below i
    Login p50, in alternating rounds (``bench.http_load``).
 7. Server CPU per RPC, read from /proc for the server process tree alone (so it holds while the load clients
    share the cores): health Check, Encrypt and EncryptBatch per field, beside a bare grpc.aio servicer's Check
-   (``bench.floor``); beside EncryptBatch, the bare servicer's and its transport alone (``--transport``: no AEAD).
+   (``bench.floor``); beside EncryptBatch, the bare servicer's and its gRPC transport alone (no AEAD).
 8. The client library's envelope encryptor (local AES-GCM under a cached data key): fields/s ÷ in-process
    AES-GCM/s (1,000-value chunks of each, alternating) and its RPCs per 100,000 fields, beside EncryptBatch.
 
@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.env import Backend, BenchError, new_backend
+from bench.floor import TRANSPORT_ONLY
 from bench.http_load import HttpLoadSpec, http_login_times
 from bench.http_load import _client as http_client
 from bench.load import LoadResult, LoadSpec, run_load
@@ -145,17 +146,16 @@ class Run:
             wait_workers_serving(server, workers)
         return server
 
-    def start_floor(self, transport_only: bool = False) -> ServerProcess:
-        """The bare EncryptBatch servicer of ``bench.floor`` (or its transport alone), loaded like the real server."""
+    def start_floor(self) -> ServerProcess:
+        """The bare EncryptBatch servicer of ``bench.floor``, loaded like the real server."""
         port = free_port()
         log_path = self.log_dir / f"floor-{port}.log"
-        extra = ["--transport"] if transport_only else []
         with log_path.open("wb") as log_file:
-            proc = subprocess.Popen([sys.executable, "-m", "bench.floor", str(port), *extra], cwd=ROOT,
+            proc = subprocess.Popen([sys.executable, "-m", "bench.floor", str(port)], cwd=ROOT,
                                     stdout=log_file, stderr=subprocess.STDOUT)
         server = ServerProcess(proc, port, 0, log_path)
         self.servers.append(server)
-        self.labels[proc.pid] = "bench.floor --transport" if transport_only else "bench.floor"
+        self.labels[proc.pid] = "bench.floor"
         server.wait_serving(timeout=60)
         return server
 
@@ -285,10 +285,9 @@ def _measure(run: Run, token: str) -> None:
     floor_server = run.start_floor()
     floor = run.load(floor_server, "batch", s.batch_concurrency, token=token, batch_size=BATCH_SIZE)
     floor_checks = [run.load(floor_server, "check", s.concurrency) for _ in range(s.rounds)]
+    transport = run.load(floor_server, "batch", s.batch_concurrency, token=token, batch_size=BATCH_SIZE,
+                         key_names=(TRANSPORT_ONLY,))
     run.stop(floor_server)
-    transport_server = run.start_floor(transport_only=True)
-    transport = run.load(transport_server, "batch", s.batch_concurrency, token=token, batch_size=BATCH_SIZE)
-    run.stop(transport_server)
     details["batch_floor"] = asdict(floor)
     details["batch_transport_only"] = asdict(transport)
     details["check_floor"] = asdict(_mean(floor_checks)) | {"rounds": [c.rate for c in floor_checks]}

@@ -1,5 +1,5 @@
-"""`python -m bench.floor PORT [--transport]`: an EncryptBatch servicer doing nothing but the AEAD calls, as a
-yardstick; with ``--transport`` not even those (a reply of the same size, written once), to show what grpcio's
+"""`python -m bench.floor PORT`: an EncryptBatch servicer doing nothing but the AEAD calls, as a yardstick; for
+the key name ``TRANSPORT_ONLY`` not even those (a reply of the same size, written once), to show what grpcio's
 transport and parsing alone cost per field.
 
 Per item it makes one AES-256-GCM call with a fresh nonce; the reply is written by the service's own
@@ -25,16 +25,20 @@ from internal.service.wire import EncodedReply, encode_encrypt_batch
 
 NONCE_SIZE = 12
 KEY_VERSION = 1
+TRANSPORT_ONLY = "bench.transport-only"
 
 
 class FloorKMS:
     def __init__(self) -> None:
         self._encrypt = AESGCM(AESGCM.generate_key(bit_length=256)).encrypt
         self._ad = b"users.email\x00table=users\x00tenant=bench"  # one fixed binding: nothing to check
+        self._canned: dict[int, EncodedReply] = {}  # TRANSPORT_ONLY's replies, by item count
 
     async def encrypt_batch(
         self, request: kms_pb2.EncryptBatchRequest, context: grpc.aio.ServicerContext
     ) -> EncodedReply:
+        if request.key_name == TRANSPORT_ONLY:
+            return self._transport_only(request)
         encrypt, ad = self._encrypt, self._ad
         random = os.urandom(NONCE_SIZE * len(request.items))
         sealed: list[bytes] = []
@@ -43,25 +47,18 @@ class FloorKMS:
             sealed.append(nonce + encrypt(nonce, item.plaintext, ad))
         return encode_encrypt_batch(sealed, KEY_VERSION, "AES_256_GCM")
 
-
-class TransportOnly:
-    def __init__(self) -> None:
-        self._replies: dict[int, EncodedReply] = {}  # by item count: each as large as FloorKMS's
-
-    async def encrypt_batch(
-        self, request: kms_pb2.EncryptBatchRequest, context: grpc.aio.ServicerContext
-    ) -> EncodedReply:
+    def _transport_only(self, request: kms_pb2.EncryptBatchRequest) -> EncodedReply:
         count = len(request.items)
-        if count not in self._replies:
+        if count not in self._canned:  # as large as the sealed reply
             sealed = [os.urandom(NONCE_SIZE + len(request.items[0].plaintext) + 16)] * count if count else []
-            self._replies[count] = encode_encrypt_batch(sealed, KEY_VERSION, "AES_256_GCM")
-        return self._replies[count]
+            self._canned[count] = encode_encrypt_batch(sealed, KEY_VERSION, "AES_256_GCM")
+        return self._canned[count]
 
 
-async def serve(port: int, transport_only: bool = False) -> None:
+async def serve(port: int) -> None:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 << 20)])
     method = grpc.unary_unary_rpc_method_handler(
-        (TransportOnly() if transport_only else FloorKMS()).encrypt_batch,
+        FloorKMS().encrypt_batch,
         request_deserializer=kms_pb2.EncryptBatchRequest.FromString,
         response_serializer=lambda reply: reply.wire,  # as the service's EncryptBatch is sent
     )
@@ -76,4 +73,4 @@ async def serve(port: int, transport_only: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1]), "--transport" in sys.argv[2:]))
+    asyncio.run(serve(int(sys.argv[1])))
