@@ -91,37 +91,45 @@ class JsonFormatter(logging.Formatter):
         millis = min(999, int((created - second) * 1000 + 1e-3))  # + 1 µs: .123 is stored as .12299…
         return f"{text}.{millis:03d}Z"
 
+    def render_line(
+        self, created: float, level: str, name: str, msg: str, rid: str, extras: dict[str, Any]
+    ) -> str:
+        """A line from its parts, before redaction."""
+        entry: dict[str, Any] = {"ts": self._timestamp(created), "level": level, "logger": name, "msg": msg}
+        if rid:
+            entry["request_id"] = rid
+        entry.update(extras)
+        return _to_json(entry)
+
     def render(self, record: logging.LogRecord) -> str:
         """The line before redaction."""
-        entry: dict[str, Any] = {
-            "ts": self._timestamp(record.created),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if rid := request_id.get():
-            entry["request_id"] = rid
-        entry.update(_extras(record))
+        extras = _extras(record)
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return _to_json(entry)
+            extras["exc"] = self.formatException(record.exc_info)
+        return self.render_line(
+            record.created, record.levelname, record.name, record.getMessage(), request_id.get(), extras
+        )
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(self.render(record))
 
 
 class TextFormatter(logging.Formatter):
+    def render_line(
+        self, created: float, level: str, name: str, msg: str, rid: str, extras: dict[str, Any]
+    ) -> str:
+        """A line from its parts, before redaction."""
+        stamp = time.strftime("%H:%M:%S", time.localtime(created))
+        line = f"{stamp} {level:<7} {name}: {msg}"
+        line += (" " + " ".join(f"{k}={v}" for k, v in extras.items())) if extras else ""
+        return line + (f" request_id={rid}" if rid else "")
+
     def render(self, record: logging.LogRecord) -> str:
         """The line before redaction."""
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        rid = request_id.get()
-        extras = _extras(record)
-        line = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
-        line += (" " + " ".join(f"{k}={v}" for k, v in extras.items())) if extras else ""
-        line += f" request_id={rid}" if rid else ""
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
-        return line
+        line = self.render_line(
+            record.created, record.levelname, record.name, record.getMessage(), request_id.get(), _extras(record)
+        )
+        return line + ("\n" + self.formatException(record.exc_info) if record.exc_info else "")
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(self.render(record))

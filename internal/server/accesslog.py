@@ -2,30 +2,20 @@
 
 Every field of the line is server-defined (method, status code, duration) or was vetted when the call arrived (the
 request id, ``safe_request_id``), so the scan that guards every other line (about 50 µs a line, ten times the rest
-of it) finds nothing here. The line is rendered by the very formatter ``setup_logging`` installed and written to
-its stream; where logging is set up any other way (tests' capture handlers), the line goes through the root
-handlers like any other record, redacted.
+of it) finds nothing here. The line is what the formatter ``setup_logging`` installed renders, written straight to
+its handler's stream (no LogRecord, no trip through logging's handler chain: a third of the line's cost, measured);
+where logging is set up any other way (tests' capture handlers), the line is a record like any other, redacted.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
-from internal.pkg.log import JsonFormatter, StderrHandler, TextFormatter
+from internal.pkg.log import JsonFormatter, StderrHandler, TextFormatter, request_id
 
 ACCESS_LOGGER = "internal.server.access"
-
-
-class _Unredacted(logging.Formatter):
-    """The installed formatter's line before redaction."""
-
-    def __init__(self, formatter: JsonFormatter | TextFormatter) -> None:
-        super().__init__()
-        self._render = formatter.render
-
-    def format(self, record: logging.LogRecord) -> str:
-        return self._render(record)
 
 
 class AccessLog:
@@ -33,22 +23,18 @@ class AccessLog:
 
     def __init__(self) -> None:
         self._logger = logging.getLogger(ACCESS_LOGGER)
-        self._mirrored: logging.Handler | None = None  # the root handler the access handler writes beside
+        self._installed: StderrHandler | None = None  # the root handler the lines are written beside
+        self._checked: logging.Handler | None = None  # the root handler last looked at
 
     def _route(self) -> None:
-        """Follow the root handlers: beside the one ``setup_logging`` installed, else through them."""
         root = logging.root.handlers
-        installed = root[0] if len(root) == 1 and isinstance(root[0], StderrHandler) else None
-        logger = self._logger
-        if installed is not None and isinstance(installed.formatter, JsonFormatter | TextFormatter):
-            handler = logging.StreamHandler(installed.stream)
-            handler.setFormatter(_Unredacted(installed.formatter))
-            logger.handlers[:] = [handler]
-            logger.propagate = False
+        only = root[0] if len(root) == 1 else None
+        formatter = only.formatter if only is not None else None
+        if isinstance(only, StderrHandler) and isinstance(formatter, JsonFormatter | TextFormatter):
+            self._installed = only
         else:
-            logger.handlers[:] = []
-            logger.propagate = True
-        self._mirrored = installed
+            self._installed = None
+        self._checked = only
 
     def write(self, fields: dict[str, Any]) -> None:
         """One INFO line ``rpc`` with ``fields``; every value must be server-defined or vetted."""
@@ -56,8 +42,19 @@ class AccessLog:
         if not logger.isEnabledFor(logging.INFO):
             return
         root = logging.root.handlers
-        if self._mirrored is None or len(root) != 1 or root[0] is not self._mirrored:
+        if len(root) != 1 or root[0] is not self._checked:
             self._route()
-        record = logging.LogRecord(ACCESS_LOGGER, logging.INFO, "", 0, "rpc", None, None)
-        record.__dict__.update(fields)
-        logger.handle(record)
+        installed = self._installed
+        if installed is None:
+            record = logging.LogRecord(ACCESS_LOGGER, logging.INFO, "", 0, "rpc", None, None)
+            record.__dict__.update(fields)
+            logger.handle(record)
+            return
+        formatter = installed.formatter
+        assert isinstance(formatter, JsonFormatter | TextFormatter)
+        line = formatter.render_line(time.time(), "INFO", ACCESS_LOGGER, "rpc", request_id.get(), fields)
+        installed.acquire()
+        try:
+            installed.stream.write(line + "\n")
+        finally:
+            installed.release()

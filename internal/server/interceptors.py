@@ -5,8 +5,8 @@ from __future__ import annotations
 import abc
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from random import getrandbits
 from typing import Any
 
 import grpc
@@ -144,6 +144,7 @@ class AccessLogInterceptor(_PerMethod):
         self._proxies = proxies or TrustedProxies()
         self._batch_items = dict(batch_items or {})
         self._access = AccessLog()
+        self._networks: dict[str, str] = {}  # client address → its network (client_network), at most _KNOWN_CLIENTS
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         inner = handler.unary_unary
@@ -171,14 +172,20 @@ class AccessLogInterceptor(_PerMethod):
 
         record = rpc_recorder(method, self._batch_items.get(method, item_versions))
         logged_name = f"{service}/{name}"
-        proxies, access = self._proxies, self._access
+        proxies, access, networks = self._proxies, self._access, self._networks
 
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
             received = context.invocation_metadata() or ()
             offered = next((v for k, v in received if k == "x-request-id"), None)
-            token = request_id.set(safe_request_id(offered) or uuid.uuid4().hex[:16])
+            # Not a secret (it is logged), only unique: no system call per call for it.
+            token = request_id.set(safe_request_id(offered) or f"{getrandbits(64):016x}")
             client = proxies.client_address(context.peer() or "", received)
-            network_token = request_network.set(client_network(client))
+            network = networks.get(client)
+            if network is None:  # parsing the address costs more than the rest of this; a few clients call often
+                if len(networks) >= _KNOWN_CLIENTS:
+                    networks.clear()
+                network = networks[client] = client_network(client)
+            network_token = request_network.set(network)
             client_token = request_client.set(client)
             reason_token = error_reason.set("")
             started = time.perf_counter()
@@ -210,6 +217,9 @@ class AccessLogInterceptor(_PerMethod):
                 error_reason.reset(reason_token)
 
         return _unary(handler, behaviour)
+
+
+_KNOWN_CLIENTS = 4096
 
 
 def _split(method: str) -> tuple[str, str]:
