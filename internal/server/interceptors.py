@@ -144,7 +144,8 @@ class AccessLogInterceptor(_PerMethod):
         self._proxies = proxies or TrustedProxies()
         self._batch_items = dict(batch_items or {})
         self._access = AccessLog()
-        self._networks: dict[str, str] = {}  # client address → its network (client_network), at most _KNOWN_CLIENTS
+        # (peer, its forwarding headers) → (client address, its network); at most _KNOWN_CLIENTS entries
+        self._clients: dict[tuple[str, tuple[tuple[str, Any], ...]], tuple[str, str]] = {}
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         inner = handler.unary_unary
@@ -172,19 +173,28 @@ class AccessLogInterceptor(_PerMethod):
 
         record = rpc_recorder(method, self._batch_items.get(method, item_versions))
         logged_name = f"{service}/{name}"
-        proxies, access, networks = self._proxies, self._access, self._networks
+        proxies, access, clients = self._proxies, self._access, self._clients
 
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
             received = context.invocation_metadata() or ()
-            offered = next((v for k, v in received if k == "x-request-id"), None)
+            offered, forwarding = None, ()  # type: tuple[str | bytes | None, tuple[tuple[str, Any], ...]]
+            for key, value in received:
+                if key == "x-request-id":
+                    offered = value
+                elif key in _FORWARDING:
+                    forwarding += ((key, value),)
             # Not a secret (it is logged), only unique: no system call per call for it.
             token = request_id.set(safe_request_id(offered) or f"{getrandbits(64):016x}")
-            client = proxies.client_address(context.peer() or "", received)
-            network = networks.get(client)
-            if network is None:  # parsing the address costs more than the rest of this; a few clients call often
-                if len(networks) >= _KNOWN_CLIENTS:
-                    networks.clear()
-                network = networks[client] = client_network(client)
+            # The client (and its network) depends on the peer and its forwarding headers alone; working it out
+            # parses addresses, which costs more than the rest of this, and a connection makes many calls.
+            peer = context.peer() or ""
+            known = clients.get((peer, forwarding))
+            if known is None:
+                if len(clients) >= _KNOWN_CLIENTS:
+                    clients.clear()
+                client = proxies.client_address(peer, received)
+                known = clients[(peer, forwarding)] = (client, client_network(client))
+            client, network = known
             network_token = request_network.set(network)
             client_token = request_client.set(client)
             reason_token = error_reason.set("")
@@ -220,6 +230,7 @@ class AccessLogInterceptor(_PerMethod):
 
 
 _KNOWN_CLIENTS = 4096
+_FORWARDING = frozenset({"forwarded", "x-forwarded-for"})  # what TrustedProxies.client_address reads
 
 
 def _split(method: str) -> tuple[str, str]:

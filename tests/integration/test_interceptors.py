@@ -28,6 +28,7 @@ from internal.conf.config import GRPC, TLS
 from internal.pkg.log import request_id, request_network
 from internal.server.accesslog import ACCESS_LOGGER
 from internal.server.grpc import ServiceRegistration, new_grpc_server
+from internal.server.peer import TrustedProxies
 from internal.service.wire import encode_encrypt_batch
 
 
@@ -281,3 +282,25 @@ async def test_health_checks_are_counted_without_an_access_line(
     assert _counter("grpc_server_handled_total", **labels) == before + 1
     lines = [r for r in caplog.records if r.name == ACCESS_LOGGER]
     assert [r.__dict__["method"] for r in lines] == ["test.v1.Probe/Echo"]
+
+
+async def test_the_client_follows_each_calls_forwarding_headers_on_one_connection() -> None:
+    """The client address is worked out once per peer and forwarding headers, never reused across different ones."""
+    proxies = TrustedProxies(["127.0.0.0/8"])
+    probe = [ServiceRegistration("test.v1.Probe", _register)]
+    server, port = new_grpc_server(GRPC(addr="127.0.0.1:0"), probe, health.aio.HealthServicer(), proxies)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as chan:
+            stub = chan.unary_unary(
+                "/test.v1.Probe/Network",
+                request_serializer=wrappers_pb2.StringValue.SerializeToString,
+                response_deserializer=wrappers_pb2.StringValue.FromString,
+            )
+            seen = []
+            for forwarded in ("198.51.100.4", "203.0.113.9", "198.51.100.4", None):
+                metadata = (("x-forwarded-for", forwarded),) if forwarded else ()
+                seen.append((await stub(wrappers_pb2.StringValue(), metadata=metadata)).value)
+    finally:
+        await server.stop(None)
+    assert seen == ["198.51.100.0/24", "203.0.113.0/24", "198.51.100.0/24", "127.0.0.0/24"]
