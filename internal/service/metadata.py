@@ -25,7 +25,7 @@ def bearer_token(context: grpc.aio.ServicerContext, *, reason: str = "TOKEN_MISS
 
 def user_agent(context: grpc.aio.ServicerContext, limit: int = 256) -> str:
     """The client's User-Agent (HTTP header or gRPC metadata), printable and bounded; "" when absent."""
-    for key, value in _metadata(context):
+    for key, value in context.invocation_metadata() or ():
         if key == "user-agent" and isinstance(value, str):
             return "".join(c for c in value if c.isprintable())[:limit]
     return ""
