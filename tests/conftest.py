@@ -21,8 +21,6 @@ import redis.asyncio as aioredis
 from internal.data.migrate import migrate_up
 from tests.helpers import admin_sql, with_database
 
-_with_database = with_database  # the older name, still imported by some test modules
-
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -99,6 +97,24 @@ def database_url(postgres_server_url: str) -> Iterator[str]:
         yield url
     finally:
         asyncio.run(admin_sql(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def empty_database(postgres_server_url: str) -> Iterator[str]:
+    """A database of its own, not yet migrated, dropped afterwards."""
+    name = f"test_own_{uuid.uuid4().hex[:8]}"
+    asyncio.run(admin_sql(postgres_server_url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield with_database(postgres_server_url, name)
+    finally:
+        asyncio.run(admin_sql(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def own_database(empty_database: str) -> str:
+    """A migrated database of its own, so maintenance there meets no other test's rows."""
+    asyncio.run(migrate_up(empty_database))
+    return empty_database
 
 
 @pytest.fixture(scope="session")

@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import os
+import random
 import secrets
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from internal.biz.credentials import TOKEN_PREFIX, token_hash
 
@@ -134,6 +144,21 @@ def start_server(tmp_path: Path, env: dict[str, str], args: tuple[str, ...] = ()
     return ServerProcess(proc, grpc_port, http_port, log_path, full_env)
 
 
+@contextmanager
+def running(tmp_path: Path, *envs: dict[str, str]) -> Iterator[list[ServerProcess]]:
+    """Start one server per environment in parallel; terminate them all afterwards."""
+    processes: list[ServerProcess] = []
+    try:
+        for env in envs:
+            processes.append(start_server(tmp_path, env))
+        for process in processes:
+            process.wait_serving()
+        yield processes
+    finally:
+        for process in processes:
+            process.terminate()
+
+
 def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run ``cmd/server/main.py`` with ``args`` (a CLI command) in ``env``."""
     return subprocess.run(
@@ -155,6 +180,14 @@ def create_credential(env: dict[str, str], name: str, scopes: str) -> str:
     return token
 
 
+def credential(env: dict[str, str], scopes: str, keys: str = "") -> str:
+    """A new service credential from the CLI; ``keys`` empty: the default (``default`` only)."""
+    args = ["credentials", "create", "--name", f"svc-{uuid.uuid4().hex[:10]}", "--scopes", scopes]
+    result = cli(env, *args, *(["--keys", keys] if keys else []))
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
 def introspection_credential(database_url: str) -> str:
     """A service credential with auth.introspect, stored the way the credentials command stores one."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -174,3 +207,53 @@ def introspection_credential(database_url: str) -> str:
 
     asyncio.run(insert())
     return token
+
+
+def auth(token: str) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata carrying ``token`` as a bearer credential."""
+    return (("authorization", f"Bearer {token}"),)
+
+
+def reason(err: grpc.RpcError) -> str:
+    """The ``ErrorInfo.reason`` of a failed call."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None, "error without google.rpc.Status details"
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    return info.reason
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def unique_account(tag: str) -> dict[str, str]:
+    """A fresh username, password, lower-case email and E.164 (China mobile) phone."""
+    suffix = uuid.uuid4().hex[:8]
+    return {
+        "username": f"{tag}_{suffix}",
+        "password": f"Pw{secrets.token_hex(8)}x9",
+        "email": f"{tag}.{suffix}@example.com",
+        "phone": f"+86138{random.randrange(10**8):08d}",
+    }
+
+
+def totp_code(secret_b32: str, step: int) -> str:
+    """RFC 6238 / RFC 4226 (SHA-1, 6 digits), written here independently of the service."""
+    key = base64.b32decode(secret_b32 + "=" * (-len(secret_b32) % 8))
+    mac = hmac.new(key, struct.pack(">Q", step), hashlib.sha1).digest()
+    offset = mac[-1] & 0x0F
+    return f"{(struct.unpack('>I', mac[offset : offset + 4])[0] & 0x7FFFFFFF) % 1_000_000:06d}"
+
+
+def query(database_url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """The rows of one statement, on a connection of its own."""
+
+    async def run() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())

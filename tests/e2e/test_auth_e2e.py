@@ -14,14 +14,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
-import hashlib
-import hmac
 import json
 import os
 import random
 import re
 import secrets
-import struct
 import subprocess
 import sys
 import time
@@ -42,8 +39,18 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
-from internal.biz.credentials import TOKEN_PREFIX, token_hash
-from tests.e2e.harness import NODE_CLIENT, ROOT, ServerProcess, node_with_client_modules, start_server
+from tests.e2e.harness import (
+    NODE_CLIENT,
+    ROOT,
+    ServerProcess,
+    auth,
+    cli,
+    introspection_credential,
+    node_with_client_modules,
+    running,
+    totp_code,
+    unique_account,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -81,41 +88,12 @@ def expect_error(call: Callable[[], object], code: grpc.StatusCode, reason: str)
     return info
 
 
-def bearer(token: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),)
-
-
 def b64url(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def jwt_header(token: str) -> dict[str, Any]:
     return cast(dict[str, Any], json.loads(b64url(token.split(".")[0])))
-
-
-def totp_code(secret_b32: str, step: int) -> str:
-    """RFC 6238 / RFC 4226 (SHA-1, 6 digits), written here independently of the service."""
-    key = base64.b32decode(secret_b32 + "=" * (-len(secret_b32) % 8))
-    mac = hmac.new(key, struct.pack(">Q", step), hashlib.sha1).digest()
-    offset = mac[-1] & 0x0F
-    return f"{(struct.unpack('>I', mac[offset : offset + 4])[0] & 0x7FFFFFFF) % 1_000_000:06d}"
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "cmd/server/main.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
-
-
-def unique_account(tag: str) -> dict[str, str]:
-    """A fresh username, password, lower-case email and E.164 (China mobile) phone."""
-    suffix = uuid.uuid4().hex[:8]
-    return {
-        "username": f"{tag}_{suffix}",
-        "password": f"Pw{secrets.token_hex(8)}x9",
-        "email": f"{tag}.{suffix}@example.com",
-        "phone": f"+86138{random.randrange(10**8):08d}",
-    }
 
 
 class Client:
@@ -160,61 +138,25 @@ class Client:
         return self.stub.Login(request, timeout=CALL_TIMEOUT)
 
     def profile(self, token: str) -> auth_pb2.GetProfileReply:
-        return self.stub.GetProfile(auth_pb2.GetProfileRequest(), metadata=bearer(token), timeout=CALL_TIMEOUT)
+        return self.stub.GetProfile(auth_pb2.GetProfileRequest(), metadata=auth(token), timeout=CALL_TIMEOUT)
 
     def refresh(self, refresh_token: str) -> auth_pb2.RefreshTokenReply:
         return self.stub.RefreshToken(auth_pb2.RefreshTokenRequest(refresh_token=refresh_token), timeout=CALL_TIMEOUT)
 
     def logout(self, token: str) -> auth_pb2.LogoutReply:
-        return self.stub.Logout(auth_pb2.LogoutRequest(), metadata=bearer(token), timeout=CALL_TIMEOUT)
+        return self.stub.Logout(auth_pb2.LogoutRequest(), metadata=auth(token), timeout=CALL_TIMEOUT)
 
     def lock_status(self, username: str, token: str) -> auth_pb2.LockStatusReply:
         return self.stub.LockStatus(
-            auth_pb2.LockStatusRequest(username=username), metadata=bearer(token), timeout=CALL_TIMEOUT
+            auth_pb2.LockStatusRequest(username=username), metadata=auth(token), timeout=CALL_TIMEOUT
         )
 
     def introspect(self, token: str, credential: str) -> auth_pb2.IntrospectTokenReply:
         request = auth_pb2.IntrospectTokenRequest(token=token)
-        return self.stub.IntrospectToken(request, metadata=bearer(credential), timeout=CALL_TIMEOUT)
+        return self.stub.IntrospectToken(request, metadata=auth(credential), timeout=CALL_TIMEOUT)
 
 
 INACTIVE = auth_pb2.IntrospectTokenReply()  # RFC 7662 §2.2: active=false and nothing else
-
-
-def introspection_credential(database_url: str) -> str:
-    """A service credential with auth.introspect, stored the way the credentials command stores one."""
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-    async def insert() -> None:
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.execute(
-                "INSERT INTO service_credentials (id, name, token_hash, scopes) VALUES ($1, $2, $3, $4)",
-                uuid.uuid4(),
-                f"introspect-{uuid.uuid4().hex[:6]}",
-                token_hash(token),
-                ["auth.introspect"],
-            )
-        finally:
-            await conn.close()
-
-    asyncio.run(insert())
-    return token
-
-
-@contextmanager
-def running(tmp_path: Path, *envs: dict[str, str]) -> Iterator[list[ServerProcess]]:
-    """Start one server per environment in parallel; terminate them all afterwards."""
-    processes: list[ServerProcess] = []
-    try:
-        for env in envs:
-            processes.append(start_server(tmp_path, env))
-        for process in processes:
-            process.wait_serving()
-        yield processes
-    finally:
-        for process in processes:
-            process.terminate()
 
 
 @contextmanager
@@ -660,7 +602,7 @@ def test_full_flow_error_paths_and_no_secret_leaks(
         b.register(carol)
         carol_token = b.login(carol["email"], carol["password"]).access_token
         used["carol access"] = carol_token
-        meta = bearer(carol_token)
+        meta = auth(carol_token)
         expect_error(
             lambda: b.stub.DisableTotp(
                 auth_pb2.DisableTotpRequest(password=carol["password"], code="123456"),

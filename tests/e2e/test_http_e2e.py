@@ -33,7 +33,17 @@ from google.api import annotations_pb2
 from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from api.gen.errors.v1 import errors_pb2
 from api.gen.kms.v1 import kms_pb2
-from tests.e2e.harness import NODE_CLIENT, ROOT, ServerProcess, node_with_client_modules
+from tests.e2e.harness import (
+    NODE_CLIENT,
+    ROOT,
+    ServerProcess,
+    cli,
+    create_credential,
+    node_with_client_modules,
+    running,
+    totp_code,
+    unique_account,
+)
 from tests.e2e.http_api import (
     JSON,
     LIMITS,
@@ -45,8 +55,6 @@ from tests.e2e.http_api import (
     raw_exchange,
     status_line,
 )
-from tests.e2e.test_auth_e2e import cli, running, totp_code, unique_account
-from tests.e2e.test_kms_e2e import create_credential
 
 pytestmark = pytest.mark.e2e
 

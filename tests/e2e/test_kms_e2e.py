@@ -5,50 +5,15 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
-from tests.e2e.harness import ROOT, ServerProcess, buf_curl, start_server
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "cmd/server/main.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def create_credential(env: dict[str, str], name: str, scopes: str) -> str:
-    result = cli(env, "credentials", "create", "--name", name, "--scopes", scopes)
-    assert result.returncode == 0, result.stderr
-    token = result.stdout.strip().splitlines()[-1]
-    assert token.startswith("akms_")
-    return token
-
-
-def reason(err: grpc.RpcError) -> str:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None, "error without google.rpc.Status details"
-    info = error_details_pb2.ErrorInfo()
-    assert status.details[0].Unpack(info)
-    return info.reason
-
-
-def auth(token: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),)
+from tests.e2e.harness import ServerProcess, auth, buf_curl, cli, create_credential, reason, start_server
 
 
 @pytest.fixture

@@ -4,14 +4,12 @@ replicas creating and rotating keys at once."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import grpc
@@ -19,41 +17,16 @@ import pytest
 
 from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
-from internal.data.migrate import migrate_up
-from tests.e2e.harness import ServerProcess, start_server
-from tests.e2e.test_kms_e2e import auth, cli, reason
+from tests.e2e.harness import ServerProcess, auth, cli, credential, query, reason, start_server, unique
 
 TIMEOUT = 10
 USERS_KEY = "authkms.users"
-
-
-def credential(env: dict[str, str], scopes: str, keys: str = "") -> str:
-    """A new service credential from the CLI; ``keys`` empty: the default (``default`` only)."""
-    args = ["credentials", "create", "--name", f"svc-{uuid.uuid4().hex[:10]}", "--scopes", scopes]
-    result = cli(env, *args, *(["--keys", keys] if keys else []))
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()[-1]
 
 
 def fails(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as caught:
         call()
     return caught.value.code(), reason(caught.value)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:8]}"
-
-
-def query(database_url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            return list(await conn.fetch(sql, *args))
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
 
 
 class Kms:
@@ -313,32 +286,6 @@ def test_scheduled_destruction_is_pending_then_cancellable(module_server: Server
         grpc.StatusCode.FAILED_PRECONDITION,
         "KEY_STATE_INVALID",
     )
-
-
-@pytest.fixture
-def empty_database(postgres_server_url: str) -> Iterator[str]:
-    """A database of its own, not yet migrated, dropped afterwards."""
-    name = unique("test_own_")
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(postgres_server_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield urlunsplit(urlsplit(postgres_server_url)._replace(path="/" + name))
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-@pytest.fixture
-def own_database(empty_database: str) -> str:
-    """A migrated database of its own, so maintenance here meets no other test's rows."""
-    asyncio.run(migrate_up(empty_database))
-    return empty_database
 
 
 def test_scheduled_rotation_and_maintenance_never_break_a_callers_ciphertext(

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 import schemathesis
 import yaml
@@ -27,11 +26,9 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tests.conftest import _with_database
-from tests.e2e.harness import ROOT, ServerProcess
+from tests.e2e.harness import ROOT, ServerProcess, create_credential, running, unique_account
 from tests.e2e.http_api import LIMITS, Api
-from tests.e2e.test_auth_e2e import running, unique_account
-from tests.e2e.test_kms_e2e import create_credential
+from tests.helpers import admin_sql, with_database
 
 pytestmark = pytest.mark.e2e
 
@@ -39,14 +36,6 @@ DOCUMENT = yaml.safe_load((ROOT / "api" / "openapi.yaml").read_text())
 schema = schemathesis.openapi.from_dict(DOCUMENT)
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXAMPLES_PER_OPERATION = 12
-
-
-async def _admin(server_url: str, sql: str) -> None:
-    connection = await asyncpg.connect(server_url)
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
 
 
 class Live:
@@ -80,10 +69,10 @@ class Live:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory, postgres_server_url: str, redis_url: str) -> Iterator[Live]:
     name = f"test_fuzz_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(postgres_server_url, f'CREATE DATABASE "{name}"'))
+    asyncio.run(admin_sql(postgres_server_url, f'CREATE DATABASE "{name}"'))
     tmp_path: Path = tmp_path_factory.mktemp("schemathesis")
     env = {
-        "DATABASE_URL": _with_database(postgres_server_url, name),
+        "DATABASE_URL": with_database(postgres_server_url, name),
         "REDIS_URL": redis_url,
         "APP__DATA__REDIS__KEY_PREFIX": f"test:{uuid.uuid4().hex[:10]}:",
         "APP__DATA__DATA_DIR": str(tmp_path / "data"),
@@ -95,7 +84,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, postgres_server_url: str, red
         with running(tmp_path, env) as (process,):
             yield Live(process)
     finally:
-        asyncio.run(_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(admin_sql(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def test_document_covers_every_operation() -> None:

@@ -22,9 +22,7 @@ import pytest
 
 from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
-from tests.e2e.harness import ServerProcess, start_server
-from tests.e2e.test_kms_e2e import auth, cli
-from tests.e2e.test_named_keys import credential, empty_database, own_database  # noqa: F401 - fixtures
+from tests.e2e.harness import ServerProcess, auth, cli, credential, start_server
 
 OLD = {"APP__KMS__SEED": "rolling-old-seed-0123456789", "APP__KMS__SALT": "rolling-old-salt"}
 NEW = {"APP__KMS__SEED": "rolling-new-seed-9876543210", "APP__KMS__SALT": "rolling-new-salt"}
@@ -96,7 +94,7 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, server_env: dict[str, str], own_database: str) -> Iterator[Fleet]:  # noqa: F811
+def fleet(tmp_path: Path, server_env: dict[str, str], own_database: str) -> Iterator[Fleet]:
     env = {
         **server_env,
         "DATABASE_URL": own_database,

@@ -31,9 +31,7 @@ from internal.data.migrate import migrate_up
 from internal.pkg.kms.datakey import KeyWrapper
 from internal.pkg.kms.envelope import MAGIC, Algorithm, associated_data
 from internal.pkg.kms.rootkey import derive_root_key
-from tests.e2e.harness import ROOT, start_server
-from tests.e2e.test_kms_e2e import auth, cli, reason
-from tests.e2e.test_named_keys import credential, empty_database  # noqa: F401 - fixture
+from tests.e2e.harness import ROOT, auth, cli, credential, reason, start_server
 
 ITERATIONS = 10_000  # what the e2e harness configures
 PASSWORD = "correct-horse-9-battery"
@@ -100,7 +98,7 @@ async def users_row(url: str, user_id: int) -> asyncpg.Record:
 
 
 @pytest.fixture
-def upgraded(tmp_path: Path, server_env: dict[str, str], empty_database: str) -> Iterator[tuple[object, ...]]:  # noqa: F811
+def upgraded(tmp_path: Path, server_env: dict[str, str], empty_database: str) -> Iterator[tuple[object, ...]]:
     legacy = asyncio.run(write_pre_named_keys_data(empty_database))
     server = start_server(
         tmp_path, {**server_env, "DATABASE_URL": empty_database, "APP__AUTH__CAPTCHA_ENABLED": "false"}

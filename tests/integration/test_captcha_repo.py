@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-import secrets
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -17,59 +15,21 @@ from internal.biz.captcha import (
     CaptchaCheck,
     CaptchaRecord,
     CaptchaSettings,
-    CaptchaUsecase,
-    CodeSenders,
 )
 from internal.biz.errors import InvalidArgument, ResourceExhausted, Unavailable
-from internal.data.captcha import ImageCaptchaRenderer, RedisCaptchaStore
-from internal.data.ratelimit import RedisRateLimiter
-from internal.data.senders import DevOutboxSender
-from tests.integration.test_ratelimit import closed_port_url
+from internal.data.captcha import RedisCaptchaStore
+from tests.integration.helpers import CaptchaEnv, closed_port_url
 
-KEY = secrets.token_bytes(32)
 PHONE = "+8613812345678"
 EMAIL_ADDR = "jane@example.com"
 
 
-class RecordingRenderer(ImageCaptchaRenderer):
-    """The real renderer, remembering the last code so a test can answer like a human would."""
-
-    last_code = ""
-
-    def render(self, code: str) -> bytes:
-        self.last_code = code
-        return super().render(code)
-
-
-class Env:
-    def __init__(self, redis: aioredis.Redis, prefix: str, settings: CaptchaSettings) -> None:
-        self.redis = redis
-        self.prefix = prefix
-        self.store = RedisCaptchaStore(redis, prefix)
-        self.outbox = DevOutboxSender(redis, prefix, settings.expiration, security_mode="development")
-        self.renderer = RecordingRenderer()
-        self.usecase = CaptchaUsecase(
-            settings,
-            self.store,
-            self.renderer,
-            CodeSenders(email=self.outbox, sms=self.outbox),
-            RedisRateLimiter(redis, prefix),
-            KEY,
-        )
-
-    async def last_code(self, target: str) -> str:
-        return (await self.outbox.codes(target))[0]
-
-    async def stored(self, captcha_id: str) -> dict[Any, Any]:
-        return dict(await self.redis.hgetall(self.store.key(captcha_id)))
-
-
 @pytest.fixture
-def env(redis_client: aioredis.Redis, redis_prefix: str) -> Env:
-    return Env(redis_client, redis_prefix, CaptchaSettings(max_attempts=3))
+def env(redis_client: aioredis.Redis, redis_prefix: str) -> CaptchaEnv:
+    return CaptchaEnv(redis_client, redis_prefix, CaptchaSettings(max_attempts=3))
 
 
-async def test_image_captcha_is_a_real_png(env: Env) -> None:
+async def test_image_captcha_is_a_real_png(env: CaptchaEnv) -> None:
     challenge = await env.usecase.issue("image", "", "10.0.0.1")
     png = challenge.image_png
     assert png is not None and png.startswith(b"\x89PNG")
@@ -78,7 +38,7 @@ async def test_image_captcha_is_a_real_png(env: Env) -> None:
         assert image.format == "PNG" and image.size == (160, 60)
 
 
-async def test_code_stored_hashed_with_ttl(env: Env) -> None:
+async def test_code_stored_hashed_with_ttl(env: CaptchaEnv) -> None:
     challenge = await env.usecase.issue("email", EMAIL_ADDR, "10.0.0.1")
     code = await env.last_code(EMAIL_ADDR)
     stored = await env.stored(challenge.captcha_id)
@@ -93,7 +53,7 @@ async def test_code_stored_hashed_with_ttl(env: Env) -> None:
 
 
 async def test_captcha_expires(redis_client: aioredis.Redis, redis_prefix: str) -> None:
-    env = Env(redis_client, redis_prefix, CaptchaSettings(expiration=timedelta(milliseconds=200)))
+    env = CaptchaEnv(redis_client, redis_prefix, CaptchaSettings(expiration=timedelta(milliseconds=200)))
     challenge = await env.usecase.issue("sms", PHONE, "c")
     code = await env.last_code(PHONE)
     assert await env.usecase.verify(challenge.captcha_id, code)
@@ -104,7 +64,7 @@ async def test_captcha_expires(redis_client: aioredis.Redis, redis_prefix: str) 
     assert err.value.reason == "CAPTCHA_EXPIRED"
 
 
-async def test_verify_does_not_consume_and_attempts_exhaust(env: Env) -> None:
+async def test_verify_does_not_consume_and_attempts_exhaust(env: CaptchaEnv) -> None:
     challenge = await env.usecase.issue("sms", PHONE, "c")
     code = await env.last_code(PHONE)
     wrong = str((int(code) + 1) % 10**6).zfill(6)
@@ -119,7 +79,7 @@ async def test_verify_does_not_consume_and_attempts_exhaust(env: Env) -> None:
     assert not await env.usecase.verify(challenge.captcha_id, code)
 
 
-async def test_consume_single_use_and_errors(env: Env) -> None:
+async def test_consume_single_use_and_errors(env: CaptchaEnv) -> None:
     challenge = await env.usecase.issue("image", "", "c")
     with pytest.raises(InvalidArgument) as err:
         await env.usecase.consume(challenge.captcha_id, "")
@@ -135,7 +95,7 @@ async def test_consume_single_use_and_errors(env: Env) -> None:
     assert err.value.reason == "CAPTCHA_EXPIRED"
 
 
-async def test_consume_attempts_exhaust(env: Env) -> None:
+async def test_consume_attempts_exhaust(env: CaptchaEnv) -> None:
     challenge = await env.usecase.issue("email", EMAIL_ADDR, "c")
     code = await env.last_code(EMAIL_ADDR)
     reasons = []
@@ -149,7 +109,7 @@ async def test_consume_attempts_exhaust(env: Env) -> None:
     assert err.value.reason == "CAPTCHA_EXPIRED"
 
 
-async def test_target_binding(env: Env) -> None:
+async def test_target_binding(env: CaptchaEnv) -> None:
     challenge = await env.usecase.issue("sms", PHONE, "c")
     code = await env.last_code(PHONE)
     with pytest.raises(InvalidArgument) as err:
@@ -164,7 +124,7 @@ async def test_fifty_concurrent_consumers_exactly_one_wins(redis_url: str, redis
     """Ten 'replicas' (own client, store and use case), five concurrent consumers each."""
     clients = [aioredis.from_url(redis_url) for _ in range(10)]
     try:
-        envs = [Env(c, redis_prefix, CaptchaSettings(max_attempts=5)) for c in clients]
+        envs = [CaptchaEnv(c, redis_prefix, CaptchaSettings(max_attempts=5)) for c in clients]
         challenge = await envs[0].usecase.issue("email", EMAIL_ADDR, "c")
         code = await envs[0].last_code(EMAIL_ADDR)
 
@@ -186,7 +146,7 @@ async def test_fifty_concurrent_consumers_exactly_one_wins(redis_url: str, redis
             await c.aclose()
 
 
-async def test_concurrent_wrong_guesses_bounded_by_attempts(env: Env) -> None:
+async def test_concurrent_wrong_guesses_bounded_by_attempts(env: CaptchaEnv) -> None:
     challenge = await env.usecase.issue("sms", PHONE, "c")
     code = await env.last_code(PHONE)
     guesses = [str(n).zfill(6) for n in range(40) if str(n).zfill(6) != code]
@@ -196,7 +156,7 @@ async def test_concurrent_wrong_guesses_bounded_by_attempts(env: Env) -> None:
 
 async def test_send_rate_limits_per_target_and_client(redis_client: aioredis.Redis, redis_prefix: str) -> None:
     settings = CaptchaSettings(send_limit_per_target=2, send_limit_per_client=3, image_limit_per_client=2)
-    env = Env(redis_client, redis_prefix, settings)
+    env = CaptchaEnv(redis_client, redis_prefix, settings)
     await env.usecase.issue("sms", PHONE, "client-a")
     await env.usecase.issue("sms", PHONE, "client-b")
     with pytest.raises(ResourceExhausted) as err:
@@ -242,7 +202,7 @@ async def down_client() -> AsyncIterator[aioredis.Redis]:
 
 
 async def test_redis_down_is_unavailable(down_client: aioredis.Redis) -> None:
-    env = Env(down_client, "x:", CaptchaSettings())
+    env = CaptchaEnv(down_client, "x:", CaptchaSettings())
     store = env.store
     record = CaptchaRecord(code_hash="h", captcha_type="image", target="")
     calls = [

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from internal.data.migrate import discover, migrate_down, migrate_up, schema_version
-from tests.conftest import _with_database
+from tests.helpers import with_database
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ async def scratch_db(postgres_server_url: str) -> AsyncIterator[str]:
     admin = await asyncpg.connect(postgres_server_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield _with_database(postgres_server_url, name)
+        yield with_database(postgres_server_url, name)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 import redis.asyncio as aioredis
 
 from internal.biz.errors import Unavailable
 from internal.data.ratelimit import RedisRateLimiter
-
-
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"redis://127.0.0.1:{port}/0"
+from tests.integration.helpers import closed_port_url
 
 
 async def test_allows_up_to_limit_then_denies(redis_client: aioredis.Redis, redis_prefix: str) -> None:

@@ -64,3 +64,48 @@ def test_audit_events_has_one_writer() -> None:
         if "INSERT INTO audit_events" in p.read_text(encoding="utf-8")
     ]
     assert writers == ["internal/data/audit.py"]
+
+
+# Test modules that still import from another test module, and exactly what they import; none may be added.
+TEST_IMPORTS_ALLOWED = {
+    "tests/e2e/test_client_library.py": {"tests.e2e.test_named_keys": {"credential", "query", "unique"}},
+    "tests/e2e/test_metrics.py": {"tests.e2e.test_kms_e2e": {"auth", "create_credential"}},
+}
+
+
+def _imported(path: Path, tree: ast.Module) -> list[tuple[str, str]]:
+    """(module, name) for every import in ``tree``; ``name`` is empty for ``import module``."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found: list[tuple[str, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, "") for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+            module = node.module or ""
+            if node.level:
+                module = f"{base}.{module}" if module else base
+            # ``from tests.e2e import test_x`` imports a module: record it as one.
+            found += [(module, alias.name) for alias in node.names]
+            found += [(f"{module}.{alias.name}", "") for alias in node.names]
+    return found
+
+
+def _is_test_module(module: str) -> bool:
+    parts = module.split(".")
+    if parts[0] != "tests" or not parts[-1].startswith("test_"):
+        return False
+    return (ROOT.joinpath(*parts[:-1]) / f"{parts[-1]}.py").is_file()
+
+
+def test_no_test_module_imports_another() -> None:
+    """Test modules stay independent: shared helpers live in a conftest.py or a tests/**/helpers module
+    (tests/e2e/harness.py for the server processes), never in another test_*.py module."""
+    wrong: list[str] = []
+    for path, tree in _modules("tests"):
+        where = path.relative_to(ROOT).as_posix()
+        allowed = TEST_IMPORTS_ALLOWED.get(where, {})
+        for module, name in _imported(path, tree):
+            if _is_test_module(module) and name not in allowed.get(module, set()):
+                wrong.append(f"{where}: {f'{name} from ' if name else 'import '}{module}")
+    assert not wrong, wrong

@@ -32,7 +32,7 @@ from internal.data.credentials import PgCredentialRepo
 from internal.server.grpc import ServiceRegistration, new_grpc_server
 from internal.service.auth import AuthService
 from tests.integration.auth.conftest import build_accounts, build_stack, unique
-from tests.integration.test_captcha_repo import Env as CaptchaEnv
+from tests.integration.helpers import CaptchaEnv
 
 PASSWORD = "s3cretpass"
 SERVICE = auth_pb2.DESCRIPTOR.services_by_name["Auth"]

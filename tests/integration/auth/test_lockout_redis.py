@@ -14,7 +14,7 @@ from internal.biz.captcha import CaptchaSettings
 from internal.biz.errors import DomainError
 from internal.biz.ports import Caller
 from tests.integration.auth.conftest import Stack, build_stack, unique
-from tests.integration.test_captcha_repo import Env as CaptchaEnv
+from tests.integration.helpers import CaptchaEnv
 
 PASSWORD = "s3cretpass"
 ATTACKERS = ("198.51.100.", "198.51.101.", "2001:db8:bad:1::")

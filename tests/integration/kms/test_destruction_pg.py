@@ -22,7 +22,6 @@ from internal.data.audit import PgAuditLog
 from internal.data.kms import PgKeyRepo
 from internal.data.kms_file import FileKeyRepo
 from internal.data.users_pii import PgUsersPiiStore
-from tests.e2e.test_named_keys import empty_database, own_database  # noqa: F401 - fixtures
 from tests.unit.kms.stack import FakeClock, KmsStack, build_kms
 
 SEED = "destruction-test-seed-0123456789"
@@ -31,7 +30,7 @@ USERS_KEY = "authkms.users"
 
 
 @pytest.fixture
-async def pool(own_database: str) -> AsyncIterator[asyncpg.Pool]:  # noqa: F811
+async def pool(own_database: str) -> AsyncIterator[asyncpg.Pool]:
     """A database of its own: these tests rotate and destroy versions of the users' key."""
     created = await asyncpg.create_pool(own_database, min_size=1, max_size=4)
     try:

@@ -15,42 +15,12 @@ from internal.biz.kms import DEFAULT_KEY, USERS_KEY
 from internal.biz.kms_admin import MaintenanceProgress
 from internal.data.users_pii import PgUsersPiiStore
 from internal.pkg.kms.envelope import parse_header
+from tests.integration.helpers import insert_user
 from tests.integration.kms.conftest import MakeKms, eventually
 from tests.unit.kms.stack import FakeClock, KmsStack, user_values
 
 COLUMNS = ("email_encrypted", "phone_encrypted", "name_encrypted", "totp_secret_encrypted")
 WAIT = timedelta(days=30)  # the default waiting period before a scheduled destruction
-
-
-async def insert_user(db: asyncpg.Pool, kms: KmsStack, i: int) -> int:
-    """A users row written the way the auth use cases write it (ciphertexts under the users' key, bound to the
-    row id)."""
-    user_id = int(await db.fetchval("SELECT nextval('users_id_seq')"))
-    context = pii.user_context(user_id)
-    ciphertexts: dict[str, bytes | None] = {}
-    versions = []
-    for field, value in user_values(i).items():
-        ciphertexts[field] = None
-        if value is not None:
-            sealed = await kms.users.encrypt(field, value, context)
-            ciphertexts[field] = sealed.ciphertext
-            versions.append(sealed.key_version)
-    await db.execute(
-        """
-        INSERT INTO users (id, username, password, email_encrypted, email_hash, phone_encrypted,
-                           name_encrypted, totp_secret_encrypted, pii_key_version)
-        VALUES ($1, $2, 'x', $3, $4, $5, $6, $7, $8)
-        """,
-        user_id,
-        f"user{i}",
-        ciphertexts[pii.EMAIL],
-        kms.users.blind_index(pii.EMAIL, f"user{i}@example.com"),
-        ciphertexts[pii.PHONE],
-        ciphertexts[pii.NAME],
-        ciphertexts[pii.TOTP_SECRET],
-        min(versions),
-    )
-    return user_id
 
 
 async def assert_rows(db: asyncpg.Pool, kms: KmsStack, version: int, users: Mapping[int, int]) -> None:

@@ -17,8 +17,8 @@ from internal.biz.kms_cipher import DecryptItem, EncryptItem
 from internal.biz.kms_keyring import RootKeyMismatch
 from internal.pkg.kms.datakey import KeyWrapper
 from internal.pkg.kms.rootkey import derive_root_key
+from tests.integration.helpers import insert_user
 from tests.integration.kms.conftest import SALT, SEED, MakeKms
-from tests.integration.kms.test_maintenance_pg import insert_user
 from tests.unit.kms.stack import FakeClock, user_values
 
 PLAINTEXTS = [b"alice@example.com", b"+8613800000001", b"Alice Liddell", b"JBSWY3DPEHPK3PXP"]

@@ -16,7 +16,6 @@ from internal.biz.kms import DEFAULT_KEY, USERS_KEY
 from internal.biz.kms_keyring import RootKeyMismatch
 from internal.data.kms import PgKeyRepo
 from internal.data.users_pii import PgUsersPiiStore
-from tests.e2e.test_named_keys import empty_database, own_database  # noqa: F401 - fixtures
 from tests.unit.kms.stack import KmsStack, build_kms
 
 OLD = ("old-root-seed-0123456789abcdef", "old-root-salt")
@@ -25,7 +24,7 @@ CONTEXT = {"order": "9"}
 
 
 @pytest.fixture
-async def pool(own_database: str) -> AsyncIterator[asyncpg.Pool]:  # noqa: F811
+async def pool(own_database: str) -> AsyncIterator[asyncpg.Pool]:
     created = await asyncpg.create_pool(own_database, min_size=1, max_size=8)
     try:
         yield created
