@@ -395,6 +395,11 @@ def production_problems(config: Bootstrap) -> list[str]:
         problems.append("auth.sms_webhook.url: only https:// webhooks are allowed in production mode")
     if auth.dev_outbox:
         problems.append("auth.dev_outbox: the development outbox is refused in production mode")
+    # Empty URLs start the embedded servers, a development convenience with no persistence guarantees.
+    if not config.data.database.url:
+        problems.append("data.database.url: set a PostgreSQL URL; the embedded server is for development only")
+    if not config.data.redis.url:
+        problems.append("data.redis.url: set a Redis URL; the embedded server is for development only")
     return problems
 
 

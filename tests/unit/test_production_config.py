@@ -19,6 +19,8 @@ SAFE = {
     "APP__SERVER__GRPC__ALLOW_INSECURE_TRANSPORT": "true",
     "APP__SERVER__HTTP__ALLOW_INSECURE_TRANSPORT": "true",
     "APP__SERVER__HTTP__ADDR": "127.0.0.1:8000",
+    "APP__DATA__DATABASE__URL": "postgresql://authkms@db.internal/authkms",
+    "APP__DATA__REDIS__URL": "redis://cache.internal:6379/0",
 }
 
 
@@ -45,6 +47,8 @@ def test_a_safe_production_configuration_loads() -> None:
         ({"APP__SERVER__HTTP__ALLOW_INSECURE_TRANSPORT": "false"}, "server.http.allow_insecure_transport:"),
         ({"APP__AUTH__SMS_WEBHOOK__URL": "http://sms.example/send"}, "auth.sms_webhook.url: only https://"),
         ({"APP__AUTH__DEV_OUTBOX": "true"}, "auth.dev_outbox: the development outbox is refused"),
+        ({"APP__DATA__DATABASE__URL": ""}, "data.database.url: set a PostgreSQL URL; the embedded server"),
+        ({"APP__DATA__REDIS__URL": ""}, "data.redis.url: set a Redis URL; the embedded server"),
     ],
 )
 def test_each_unsafe_setting_is_refused_with_one_line_naming_its_key(change: dict[str, str], message: str) -> None:
