@@ -28,8 +28,7 @@ from authkms_client.envelope import NONCE_SIZE, parse
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
-from tests.e2e.harness import ROOT, ServerProcess, free_port, start_server
-from tests.e2e.test_named_keys import credential, query, unique
+from tests.e2e.harness import ROOT, ServerProcess, credential, free_port, query, start_server, unique
 
 DATAKEY = "kms.datakey"
 

@@ -11,8 +11,7 @@ import pytest
 
 from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
-from tests.e2e.harness import ServerProcess, start_server
-from tests.e2e.test_kms_e2e import auth, create_credential
+from tests.e2e.harness import ServerProcess, auth, create_credential, start_server
 
 
 @pytest.fixture

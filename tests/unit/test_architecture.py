@@ -66,13 +66,6 @@ def test_audit_events_has_one_writer() -> None:
     assert writers == ["internal/data/audit.py"]
 
 
-# Test modules that still import from another test module, and exactly what they import; none may be added.
-TEST_IMPORTS_ALLOWED = {
-    "tests/e2e/test_client_library.py": {"tests.e2e.test_named_keys": {"credential", "query", "unique"}},
-    "tests/e2e/test_metrics.py": {"tests.e2e.test_kms_e2e": {"auth", "create_credential"}},
-}
-
-
 def _imported(path: Path, tree: ast.Module) -> list[tuple[str, str]]:
     """(module, name) for every import in ``tree``; ``name`` is empty for ``import module``."""
     package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
@@ -104,8 +97,7 @@ def test_no_test_module_imports_another() -> None:
     wrong: list[str] = []
     for path, tree in _modules("tests"):
         where = path.relative_to(ROOT).as_posix()
-        allowed = TEST_IMPORTS_ALLOWED.get(where, {})
         for module, name in _imported(path, tree):
-            if _is_test_module(module) and name not in allowed.get(module, set()):
+            if _is_test_module(module):
                 wrong.append(f"{where}: {f'{name} from ' if name else 'import '}{module}")
     assert not wrong, wrong
