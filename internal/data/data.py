@@ -18,7 +18,9 @@ from prometheus_client import Counter
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
+from internal.biz.errors import Unavailable
 from internal.conf.config import Database, Redis
+from internal.data.ratelimit import redis_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +36,40 @@ async def _instrument(conn: asyncpg.Connection) -> None:
     conn.add_query_logger(_count_query)
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    # Behind a transaction pooler no session state is ever set, and a reset query would only run on
+    # whichever server connection the pooler lends next.
+    return None
+
+
+def pool_options(conf: Database) -> dict[str, Any]:
+    """asyncpg options for a direct connection or for one through a transaction-mode pooler."""
+    if conf.pooler == "transaction":
+        # Named prepared statements live on one server connection, which the pooler hands to another
+        # client after each transaction ("prepared statement does not exist"): unnamed ones only.
+        # PgBouncer refuses unknown startup parameters, so statement_timeout is the client's timeout
+        # (asyncpg cancels the statement through the pooler when it passes).
+        return {
+            "statement_cache_size": 0,
+            "command_timeout": conf.statement_timeout.total_seconds(),
+            "reset": _no_reset,
+        }
+    return {"server_settings": {"statement_timeout": str(int(conf.statement_timeout.total_seconds() * 1000))}}
+
+
 async def pg_pool_resource(conf: Database) -> AsyncIterator[asyncpg.Pool]:
     pool = await asyncpg.create_pool(
         conf.url,
         min_size=conf.min_pool_size,
         max_size=conf.max_pool_size,
         timeout=conf.connect_timeout.total_seconds(),
-        server_settings={"statement_timeout": str(int(conf.statement_timeout.total_seconds() * 1000))},
         init=_instrument,
+        **pool_options(conf),
     )
-    log.info("postgres pool open", extra={"min_size": conf.min_pool_size, "max_size": conf.max_pool_size})
+    log.info(
+        "postgres pool open",
+        extra={"min_size": conf.min_pool_size, "max_size": conf.max_pool_size, "pooler": conf.pooler},
+    )
     try:
         yield pool
     finally:
@@ -51,22 +77,54 @@ async def pg_pool_resource(conf: Database) -> AsyncIterator[asyncpg.Pool]:
         log.info("postgres pool closed")
 
 
+REPLICA_ACKS = "_authkms_replica_acks"
+
+
 def create_redis(conf: Redis) -> Any:
     """A redis.asyncio client for a redis://, rediss://, unix://, redis+sentinel:// or redis+cluster:// URL."""
     timeout = conf.socket_timeout.total_seconds()
     parts = urlsplit(conf.url)
+    client: Any
     if parts.scheme == "redis+sentinel":
         # redis+sentinel://host:port,host:port/service_name[/db]
         hosts = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in parts.netloc.split(",")]
         service, _, db = parts.path.strip("/").partition("/")
         password = parse_qs(parts.query).get("password", [None])[0]
-        sentinel = Sentinel(hosts, socket_timeout=timeout, password=password)
-        return sentinel.master_for(service, db=int(db or 0), socket_timeout=timeout, password=password)
-    if parts.scheme == "redis+cluster":
-        return RedisCluster.from_url(
-            conf.url.replace("redis+cluster://", "redis://", 1), socket_timeout=timeout
+        sentinel = Sentinel(
+            hosts,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            password=password,
+            sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
         )
-    return aioredis.from_url(conf.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        client = sentinel.master_for(service, db=int(db or 0), socket_timeout=timeout, password=password)
+    elif parts.scheme == "redis+cluster":
+        if conf.replica_acks:
+            raise ValueError("data.redis.replica_acks is for a master with replicas (Sentinel), not Redis Cluster")
+        client = RedisCluster.from_url(
+            conf.url.replace("redis+cluster://", "redis://", 1),
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+    else:
+        client = aioredis.from_url(conf.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    setattr(client, REPLICA_ACKS, (conf.replica_acks, max(1, int(timeout * 1000))))
+    return client
+
+
+async def wait_for_replicas(client: Any, what: str) -> None:
+    """After a write a failover must not undo: wait until ``data.redis.replica_acks`` replicas have it.
+
+    Fewer acknowledgements in time answer Unavailable: the write may exist on the master alone, so it is
+    not acknowledged to the client (which retries, and meets the state the write left behind)."""
+    wanted, timeout_ms = getattr(client, REPLICA_ACKS, (0, 0))
+    if not wanted:
+        return
+    with redis_unavailable(what):
+        acked = int(await client.wait(wanted, timeout_ms))
+    if acked < wanted:
+        log.warning("redis write not replicated in time", extra={"acked": acked, "wanted": wanted})
+        raise Unavailable("SERVICE_UNAVAILABLE", f"{what} is temporarily unavailable")
 
 
 async def redis_resource(conf: Redis) -> AsyncIterator[aioredis.Redis]:

@@ -1,0 +1,289 @@
+"""The production components the topology suite starts itself, from Debian's packages.
+
+PostgreSQL 15 clusters (``initdb``, ``pg_basebackup``, ``pg_ctl promote``), PgBouncer, Redis with
+Sentinel, a Redis Cluster and HAProxy: each on free ports under one temporary folder, each stopped by
+the fixture that started it. PostgreSQL and PgBouncer refuse to run as root, so they run as the
+``postgres`` user when the suite runs as root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.e2e.harness import free_port
+
+PG_BIN = Path(os.environ.get("TOPOLOGY_PG_BIN", "/usr/lib/postgresql/15/bin"))
+DEBIAN_PACKAGES = {
+    "pgbouncer": "pgbouncer",
+    "redis-sentinel": "redis-sentinel",
+    "redis-server": "redis-server",
+    "haproxy": "haproxy",
+}
+
+
+def missing_components() -> list[str]:
+    """Debian packages (and the PostgreSQL server binaries) this machine lacks."""
+    missing = [package for binary, package in DEBIAN_PACKAGES.items() if shutil.which(binary) is None]
+    if not (PG_BIN / "pg_ctl").exists():
+        missing.append(f"postgresql server binaries in {PG_BIN}")
+    return missing
+
+
+def _as_service_user() -> dict[str, object]:
+    """Popen arguments that drop root to the postgres user (no wrapper process, so signals reach the server)."""
+    return {"user": "postgres", "group": "postgres", "extra_groups": []} if os.geteuid() == 0 else {}
+
+
+def _own(path: Path) -> None:
+    if os.geteuid() == 0:
+        shutil.chown(path, "postgres", "postgres")
+
+
+def _run(argv: list[str], timeout: float = 120) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd="/", **_as_service_user())  # type: ignore[call-overload]
+    if done.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+    return False
+
+
+def wait_until(predicate: object, timeout: float, what: str, interval: float = 0.1) -> float:
+    """Seconds until ``predicate()`` is true; AssertionError after ``timeout``."""
+    began = time.monotonic()
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() - began > timeout:
+            raise AssertionError(f"{what} not within {timeout}s")
+        time.sleep(interval)
+    return time.monotonic() - began
+
+
+def topology_root(base: Path) -> Path:
+    base.mkdir(parents=True, exist_ok=True)
+    base.chmod(0o755)
+    _own(base)
+    return base
+
+
+# ---- PostgreSQL ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class PgNode:
+    """One PostgreSQL 15 cluster in ``root/name`` on its own port."""
+
+    root: Path
+    name: str
+    port: int = field(default_factory=free_port)
+    extra: tuple[str, ...] = ()
+
+    @property
+    def datadir(self) -> Path:
+        return self.root / self.name
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def initdb(self) -> None:
+        _run(
+            [
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(self.datadir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]
+        )
+        with (self.datadir / "postgresql.conf").open("a") as conf:
+            conf.write(
+                "\nlisten_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = '{self.root}'\n"
+                "wal_level = replica\nmax_wal_senders = 5\nhot_standby = on\n"
+                "fsync = off\nfull_page_writes = off\nmax_connections = 200\n"
+            )
+
+    def basebackup_of(self, primary: PgNode, application_name: str) -> None:
+        """A streaming standby of ``primary`` (standby.signal + primary_conninfo naming it)."""
+        _run(
+            [
+                str(PG_BIN / "pg_basebackup"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(primary.port),
+                "-U",
+                "postgres",
+                "-D",
+                str(self.datadir),
+                "-X",
+                "stream",
+                "--no-sync",
+            ]
+        )
+        with (self.datadir / "postgresql.auto.conf").open("a") as conf:
+            conf.write(
+                f"primary_conninfo = 'host=127.0.0.1 port={primary.port} user=postgres "
+                f"application_name={application_name}'\n"
+            )
+        (self.datadir / "standby.signal").touch()
+        _own(self.datadir / "standby.signal")
+
+    def start(self) -> None:
+        options = " ".join([f"-p {self.port}", *(f"-c {o}" for o in self.extra)])
+        _run(
+            [
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.root / f"{self.name}.log"),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        if (self.datadir / "postmaster.pid").exists():
+            _run([str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "-t", "60", "stop"])
+
+    def promote(self) -> None:
+        _run([str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "-w", "-t", "60", "promote"])
+
+    def psql(self, query: str, database: str = "postgres") -> str:
+        return _run(
+            [
+                str(PG_BIN / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-At",
+                "-c",
+                query,
+            ]
+        ).strip()
+
+
+# ---- PgBouncer -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class PgBouncer:
+    """PgBouncer in transaction pooling mode in front of one PostgreSQL server."""
+
+    root: Path
+    server_host: str
+    server_port: int
+    pool_size: int = 4
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    @property
+    def ini(self) -> Path:
+        return self.root / "pgbouncer.ini"
+
+    def start(self) -> None:
+        users = self.root / "pgbouncer-users.txt"
+        users.write_text('"postgres" ""\n')
+        self.ini.write_text(
+            "[databases]\n"
+            f"* = host={self.server_host} port={self.server_port}\n"
+            "[pgbouncer]\n"
+            "listen_addr = 127.0.0.1\n"
+            f"listen_port = {self.port}\n"
+            "unix_socket_dir =\n"
+            "auth_type = trust\n"
+            f"auth_file = {users}\n"
+            "admin_users = postgres\n"
+            "pool_mode = transaction\n"
+            f"default_pool_size = {self.pool_size}\n"
+            "max_client_conn = 1000\n"
+            "server_reset_query = DISCARD ALL\n"
+            "server_check_delay = 1\n"
+            f"logfile = {self.root / 'pgbouncer.log'}\n"
+        )
+        for path in (users, self.ini):
+            _own(path)
+        self.proc = subprocess.Popen(  # type: ignore[call-overload]
+            ["pgbouncer", str(self.ini)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            cwd="/",
+            **_as_service_user(),
+        )
+        wait_until(lambda: port_open(self.port), 20, "pgbouncer listening")
+
+    def version(self) -> str:
+        return package_version("pgbouncer")
+
+    def admin(self, command: str) -> list[dict[str, str]]:
+        """Rows of an admin console command (it speaks the simple query protocol only, hence psql)."""
+        out = subprocess.run(
+            [
+                str(PG_BIN / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                "pgbouncer",
+                "-A",
+                "-F",
+                "\t",
+                "-P",
+                "footer=off",
+                "-c",
+                command,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        header, *rows = [line.split("\t") for line in out.splitlines() if line]
+        return [dict(zip(header, row, strict=False)) for row in rows]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def package_version(binary: str, flag: str = "--version") -> str:
+    out = subprocess.run([binary, flag], capture_output=True, text=True, timeout=10)
+    return (out.stdout or out.stderr).strip().splitlines()[0]
