@@ -8,6 +8,7 @@ are handled by asyncpg itself; Redis accepts plain, TLS, unix-socket, Sentinel a
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -80,6 +81,23 @@ async def pg_pool_resource(conf: Database) -> AsyncIterator[asyncpg.Pool]:
 REPLICA_ACKS = "_authkms_replica_acks"
 
 
+class _ReplicaAcks:
+    """``data.redis.replica_acks`` of one client, with the master's connected-replica count (≤ 1 s old)."""
+
+    def __init__(self, wanted: int, timeout_ms: int) -> None:
+        self.wanted = wanted
+        self.timeout_ms = timeout_ms
+        self.connected = wanted
+        self.checked_at = 0.0
+
+    async def refresh(self, client: Any, force: bool = False) -> int:
+        now = time.monotonic()
+        if force or now - self.checked_at > 1.0:
+            self.connected = int((await client.info("replication")).get("connected_slaves", 0))
+            self.checked_at = now
+        return self.connected
+
+
 def create_redis(conf: Redis) -> Any:
     """A redis.asyncio client for a redis://, rediss://, unix://, redis+sentinel:// or redis+cluster:// URL."""
     timeout = conf.socket_timeout.total_seconds()
@@ -108,23 +126,29 @@ def create_redis(conf: Redis) -> Any:
         )
     else:
         client = aioredis.from_url(conf.url, socket_timeout=timeout, socket_connect_timeout=timeout)
-    setattr(client, REPLICA_ACKS, (conf.replica_acks, max(1, int(timeout * 1000))))
+    # WAIT blocks at most a quarter of the socket timeout, so it answers before the socket gives up.
+    setattr(client, REPLICA_ACKS, _ReplicaAcks(conf.replica_acks, max(1, int(timeout * 250))))
     return client
 
 
 async def wait_for_replicas(client: Any, what: str) -> None:
     """After a write a failover must not undo: wait until ``data.redis.replica_acks`` replicas have it.
 
-    Fewer acknowledgements in time answer Unavailable: the write may exist on the master alone, so it is
-    not acknowledged to the client (which retries, and meets the state the write left behind)."""
-    wanted, timeout_ms = getattr(client, REPLICA_ACKS, (0, 0))
-    if not wanted:
+    While fewer replicas are connected (one is down), every connected one must have it: a failover can only
+    promote a replica. Fewer acknowledgements answer Unavailable: the write may be on the master alone, so
+    it is not acknowledged to the client (whose retry meets the state the write left behind)."""
+    acks: _ReplicaAcks | None = getattr(client, REPLICA_ACKS, None)
+    if acks is None or not acks.wanted:
         return
     with redis_unavailable(what):
-        acked = int(await client.wait(wanted, timeout_ms))
-    if acked < wanted:
-        log.warning("redis write not replicated in time", extra={"acked": acked, "wanted": wanted})
-        raise Unavailable("SERVICE_UNAVAILABLE", f"{what} is temporarily unavailable")
+        wanted = min(acks.wanted, await acks.refresh(client))
+        if not wanted:
+            return
+        acked = int(await client.wait(wanted, acks.timeout_ms))
+        if acked >= wanted or acked >= await acks.refresh(client, force=True):
+            return
+    log.warning("redis write not replicated in time", extra={"acked": acked, "wanted": wanted})
+    raise Unavailable("SERVICE_UNAVAILABLE", f"{what} is temporarily unavailable")
 
 
 async def redis_resource(conf: Redis) -> AsyncIterator[aioredis.Redis]:

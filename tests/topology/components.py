@@ -287,3 +287,125 @@ class PgBouncer:
 def package_version(binary: str, flag: str = "--version") -> str:
     out = subprocess.run([binary, flag], capture_output=True, text=True, timeout=10)
     return (out.stdout or out.stderr).strip().splitlines()[0]
+
+
+# ---- Redis, Sentinel, Cluster --------------------------------------------------------------------------
+
+
+def redis_command(port: int, *args: str, timeout: float = 5) -> str:
+    done = subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args], capture_output=True, text=True, timeout=timeout
+    )
+    return done.stdout.strip()
+
+
+@dataclass
+class RedisNode:
+    """A redis-server (or redis-sentinel) child on its own port, without persistence."""
+
+    root: Path
+    name: str
+    args: tuple[str, ...] = ()
+    port: int = field(default_factory=free_port)
+    binary: str = "redis-server"
+    proc: subprocess.Popen[bytes] | None = None
+    config: str = ""
+
+    def start(self, timeout: float = 20) -> None:
+        workdir = self.root / self.name
+        workdir.mkdir(parents=True, exist_ok=True)
+        argv = [self.binary]
+        if self.config:
+            conf = workdir / f"{self.name}.conf"  # Sentinel rewrites its file: a fresh copy per start
+            conf.write_text(self.config)
+            argv.append(str(conf))
+        argv += [
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(workdir),
+            "--logfile",
+            str(workdir / f"{self.name}.log"),
+            *self.args,
+        ]
+        if self.binary == "redis-server":
+            argv += ["--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_until(lambda: redis_command(self.port, "PING") == "PONG", timeout, f"{self.name} answering")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
+
+
+@dataclass
+class SentinelGroup:
+    """A master, one replica and three sentinels (quorum 2) watching ``service``."""
+
+    root: Path
+    service: str = "authkms"
+    down_after_ms: int = 1000
+    nodes: list[RedisNode] = field(default_factory=list)
+    sentinels: list[RedisNode] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}/0"
+
+    def start(self) -> None:
+        master = RedisNode(self.root, "redis-a")
+        master.start()
+        replica = RedisNode(self.root, "redis-b", ("--replicaof", "127.0.0.1", str(master.port)))
+        replica.start()
+        self.nodes = [master, replica]
+        for i in range(3):
+            config = (
+                f"sentinel monitor {self.service} 127.0.0.1 {master.port} 2\n"
+                f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.service} 10000\n"
+                f"sentinel parallel-syncs {self.service} 1\n"
+            )
+            sentinel = RedisNode(self.root, f"sentinel-{i}", binary="redis-sentinel", config=config)
+            sentinel.start()
+            self.sentinels.append(sentinel)
+        wait_until(lambda: self.master_port() == master.port and self._in_sync(), 30, "replica in sync")
+        wait_until(
+            lambda: all(
+                redis_command(s.port, "SENTINEL", "CKQUORUM", self.service).startswith("OK 3") for s in self.sentinels
+            ),
+            30,
+            "sentinels agreeing",
+        )
+
+    def _in_sync(self) -> bool:
+        info = redis_command(self.nodes[0].port, "INFO", "replication")
+        return "connected_slaves:1" in info and "state=online" in info
+
+    def master_port(self) -> int:
+        """The master port the sentinels currently name (0 when none answers)."""
+        for sentinel in self.sentinels:
+            reply = redis_command(sentinel.port, "SENTINEL", "get-master-addr-by-name", self.service).split()
+            if len(reply) == 2:
+                return int(reply[1])
+        return 0
+
+    def node(self, port: int) -> RedisNode:
+        return next(n for n in self.nodes if n.port == port)
+
+    def stop(self) -> None:
+        for node in [*self.sentinels, *self.nodes]:
+            node.stop()

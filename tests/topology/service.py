@@ -7,12 +7,18 @@ Server processes and the mixed client workload come from the hardening suite's h
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import subprocess
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import grpc
 
+from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
+from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
 from internal.data.migrate import migrate_up
 from tests.hardening.cluster import Cluster, cli_popen, server_env
 
@@ -66,8 +72,61 @@ def create_credential(env: dict[str, str], name: str) -> str:
     proc = cli_popen(
         env, "credentials", "create", "--name", name, "--scopes", "kms.encrypt,kms.decrypt,kms.datakey,kms.admin"
     )
-    out, err = proc.communicate(timeout=120)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"credentials create hung:\n{err[-3000:]}") from None
     assert proc.returncode == 0, err
     token = out.strip().splitlines()[-1]
     assert token.startswith("akms_")
     return token
+
+
+def kms_md(credential: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {credential}"),)
+
+
+def rotation_reaches_every_replica(targets: list[str], credential: str, timeout: float) -> tuple[int, float]:
+    """Rotate on the first replica; seconds until every other replica encrypts under the new version."""
+    md = kms_md(credential)
+    with grpc.insecure_channel(targets[0]) as channel:
+        reply = kms_pb2_grpc.KMSStub(channel).RotateDataKey(
+            kms_pb2.RotateDataKeyRequest(reason="topology"), metadata=md, timeout=15
+        )
+    version, began = reply.key.version, time.monotonic()
+    pending = list(targets[1:])
+    while pending:
+        assert time.monotonic() - began < timeout, f"{pending} still encrypt under an older version after {timeout}s"
+        for target in list(pending):
+            with grpc.insecure_channel(target) as channel, contextlib.suppress(grpc.RpcError):
+                got = kms_pb2_grpc.KMSStub(channel).Encrypt(
+                    kms_pb2.EncryptRequest(field="probe", plaintext=b"x"), metadata=md, timeout=5
+                )
+                if got.key_version == version:
+                    pending.remove(target)
+        time.sleep(0.02)
+    return version, time.monotonic() - began
+
+
+def register_user(target: str) -> tuple[str, str]:
+    username, password = f"topo_{uuid.uuid4().hex[:10]}", "Pw" + uuid.uuid4().hex[:10] + "9"
+    with grpc.insecure_channel(target) as channel:
+        auth_pb2_grpc.AuthStub(channel).Register(
+            auth_pb2.RegisterRequest(username=username, password=password, email=f"{username}@example.com"),
+            timeout=30,
+        )
+    return username, password
+
+
+def login_works(target: str, username: str, password: str) -> bool:
+    """A login (PostgreSQL and Redis both needed) answered OK by ``target``."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            reply = auth_pb2_grpc.AuthStub(channel).Login(
+                auth_pb2.LoginRequest(username=username, password=password), timeout=5
+            )
+        except grpc.RpcError:
+            return False
+    return bool(reply.access_token)
