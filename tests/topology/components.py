@@ -409,3 +409,138 @@ class SentinelGroup:
     def stop(self) -> None:
         for node in [*self.sentinels, *self.nodes]:
             node.stop()
+
+
+# ---- HAProxy -------------------------------------------------------------------------------------------
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def _literal(name_index: int, value: str) -> bytes:
+    # HPACK "literal header field without indexing" with an indexed name (4-bit prefix), no Huffman.
+    raw = value.encode()
+    assert len(raw) < 127
+    prefix = bytes([name_index]) if name_index < 15 else bytes([15, name_index - 15])
+    return prefix + bytes([len(raw)]) + raw
+
+
+def grpc_health_check_hex(service: str) -> str:
+    """One grpc.health.v1.Health/Check call for ``service`` as raw HTTP/2 (preface, SETTINGS, HEADERS, DATA):
+    the ``tcp-check send-binary`` payload. HAProxy 2.6's http-check cannot send a body holding NUL bytes,
+    and every gRPC message starts with one."""
+    headers = (
+        bytes([0x83, 0x86])  # :method POST, :scheme http (static table)
+        + _literal(4, "/grpc.health.v1.Health/Check")  # :path
+        + _literal(1, "haproxy-check")  # :authority
+        + _literal(31, "application/grpc")  # content-type
+        + b"\x00\x02te\x08trailers"  # te: trailers (a new name)
+    )
+    request = b"\x0a" + bytes([len(service)]) + service.encode() if service else b""
+    message = b"\x00" + len(request).to_bytes(4, "big") + request
+    return (
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        + _frame(0x4, 0, 0, b"")  # SETTINGS
+        + _frame(0x1, 0x4, 1, headers)  # HEADERS, END_HEADERS
+        + _frame(0x0, 0x1, 1, message)  # DATA, END_STREAM
+    ).hex()
+
+
+# The reply message HealthCheckResponse{status: SERVING} in its gRPC frame: 5 bytes of prefix, then 08 01.
+SERVING_REPLY_HEX = "00000000020801"
+ROUTED_SERVICES = {"auth": "auth.v1.Auth", "kms": "kms.v1.KMS", "any": ""}
+# A backend no call is routed to, checked on a service the replicas do not have: it must stay DOWN,
+# which shows the check reads the gRPC answer rather than a TCP connect.
+PROBE_BACKEND = ("probe", "authkms.v1.Missing")
+
+
+def haproxy_config(port: int, stats_socket: Path, servers: list[str], inter_ms: int = 500) -> str:
+    """gRPC (HTTP/2 end to end) in front of ``servers``: one backend per service, each with a gRPC health
+    check on that service name; calls are routed by their path (/auth.v1.Auth/…, /kms.v1.KMS/…, the rest)."""
+    lines = [
+        "global",
+        f"    stats socket {stats_socket} mode 600 level admin",
+        "defaults",
+        "    mode http",
+        "    timeout connect 2s",
+        "    timeout client 60s",
+        "    timeout server 60s",
+        "    timeout check 1s",
+        "    retries 2",
+        "    retry-on conn-failure",
+        "    option redispatch 1",
+        "frontend grpc",
+        f"    bind 127.0.0.1:{port} proto h2",
+        "    use_backend auth if { path_beg /auth.v1.Auth/ }",
+        "    use_backend kms if { path_beg /kms.v1.KMS/ }",
+        "    default_backend any",
+    ]
+    for backend, service in [*ROUTED_SERVICES.items(), PROBE_BACKEND]:
+        lines += [
+            f"backend {backend}",
+            "    balance roundrobin",
+            "    option tcp-check",
+            f"    tcp-check send-binary {grpc_health_check_hex(service)}",
+            f"    tcp-check expect binary {SERVING_REPLY_HEX}",
+        ]
+        lines += [
+            f"    server r{i} {target} proto h2 check inter {inter_ms} fall 1 rise 1"
+            for i, target in enumerate(servers)
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class HAProxy:
+    root: Path
+    servers: list[str]
+    inter_ms: int = 500
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def stats_socket(self) -> Path:
+        return self.root / "haproxy.sock"
+
+    def start(self) -> None:
+        conf = self.root / "haproxy.cfg"
+        conf.write_text(haproxy_config(self.port, self.stats_socket, self.servers, self.inter_ms))
+        log = (self.root / "haproxy.log").open("wb")
+        self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        wait_until(lambda: port_open(self.port), 20, "haproxy listening")
+
+    def server_states(self) -> dict[tuple[str, str], str]:
+        """(backend, server) -> UP/DOWN/… from the stats socket."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.stats_socket))
+            sock.sendall(b"show stat\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        rows = data.decode().splitlines()
+        header = rows[0].lstrip("# ").split(",")
+        states = {}
+        for line in rows[1:]:
+            if not line:
+                continue
+            row = dict(zip(header, line.split(","), strict=False))
+            if row["svname"] not in ("FRONTEND", "BACKEND"):
+                states[(row["pxname"], row["svname"])] = row["status"]
+        return states
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
