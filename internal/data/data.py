@@ -153,6 +153,9 @@ async def wait_for_replicas(client: Any, what: str) -> None:
 
 async def redis_resource(conf: Redis) -> AsyncIterator[aioredis.Redis]:
     client = create_redis(conf)
+    if isinstance(client, RedisCluster):
+        # Learn the slot map now: pub/sub (key events) looks a channel's slot up before any command ran.
+        await client.initialize()
     try:
         yield client
     finally:

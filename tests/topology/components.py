@@ -70,6 +70,15 @@ def wait_until(predicate: object, timeout: float, what: str, interval: float = 0
     return time.monotonic() - began
 
 
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def topology_root(base: Path) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     base.chmod(0o755)
@@ -544,3 +553,63 @@ class HAProxy:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+@dataclass
+class RedisClusterGroup:
+    """Three Redis Cluster masters (no replicas), slots spread by ``redis-cli --cluster create``."""
+
+    root: Path
+    nodes: list[RedisNode] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> None:
+        for i in range(3):
+            port = free_port()
+            while port > 55535 or not _free(port + 10000):  # the cluster bus listens on port + 10000
+                port = free_port()
+            node = RedisNode(
+                self.root,
+                f"cluster-{i}",
+                (
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(self.root / f"cluster-{i}" / "nodes.conf"),
+                    "--cluster-node-timeout",
+                    "3000",
+                ),
+                port=port,
+            )
+            node.start()
+            self.nodes.append(node)
+        done = subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        wait_until(
+            lambda: all("cluster_state:ok" in redis_command(n.port, "CLUSTER", "INFO") for n in self.nodes),
+            30,
+            "cluster state ok",
+        )
+
+    def keys_per_node(self) -> list[int]:
+        return [int(redis_command(n.port, "DBSIZE") or 0) for n in self.nodes]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
