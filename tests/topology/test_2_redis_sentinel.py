@@ -151,7 +151,7 @@ def test_sentinel_failover_under_load(topology_dir: Path, sentinels: SentinelGro
     SUMMARY.add(
         "components",
         f"Redis Sentinel ({package_version('redis-sentinel')}): master + replica + 3 sentinels "
-        f"(quorum 2, down-after {sentinels.down_after_ms} ms), 3 replicas on redis+sentinel://, replica_acks 1",
+        f"(quorum 2, down-after {sentinels.down_after_ms} ms), 3 service replicas on redis+sentinel://, replica_acks 1",
     )
     unavailable = sum(n for k, n in errors.items() if k.endswith("UNAVAILABLE"))
     SUMMARY.add(

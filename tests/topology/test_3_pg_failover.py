@@ -101,7 +101,7 @@ def test_primary_stopped_and_standby_promoted_under_load(
     SUMMARY.add(
         "components",
         f"PostgreSQL ({package_version(str(PG_BIN / 'postgres'))}) primary + streaming standby "
-        f"(pg_basebackup, synchronous_standby_names={STANDBY}), 3 replicas on a multi-host DSN with "
+        f"(pg_basebackup, synchronous_standby_names={STANDBY}), 3 service replicas on a multi-host DSN with "
         "target_session_attrs=read-write",
     )
     SUMMARY.add(
