@@ -185,6 +185,12 @@ class Redis(_Section):
     # acknowledged only once this many replicas have it (WAIT), so a failover cannot undo it. 0: no wait.
     replica_acks: int = Field(default=0, ge=0, le=5)
 
+    @model_validator(mode="after")
+    def _acks(self) -> Redis:
+        if self.replica_acks and self.url.startswith("redis+cluster://"):
+            raise ValueError("replica_acks is for a master with replicas (Sentinel), not Redis Cluster")
+        return self
+
 
 class Data(_Section):
     database: Database = Database()

@@ -117,8 +117,6 @@ def create_redis(conf: Redis) -> Any:
         )
         client = sentinel.master_for(service, db=int(db or 0), socket_timeout=timeout, password=password)
     elif parts.scheme == "redis+cluster":
-        if conf.replica_acks:
-            raise ValueError("data.redis.replica_acks is for a master with replicas (Sentinel), not Redis Cluster")
         client = RedisCluster.from_url(
             conf.url.replace("redis+cluster://", "redis://", 1),
             socket_timeout=timeout,
