@@ -160,11 +160,21 @@ class Database(_Section):
     connect_timeout: Duration = timedelta(seconds=5)
     statement_timeout: Duration = timedelta(seconds=10)
     auto_migrate: bool = True
+    # "transaction" behind PgBouncer (or any pooler) in transaction pooling mode: no prepared-statement
+    # cache, no session settings (statement_timeout is then enforced by the client, which cancels the
+    # statement), no reset query when a connection returns to the pool. Migrations hold a session lock:
+    # run `migrate up` against PostgreSQL itself and set auto_migrate false.
+    pooler: Literal["none", "transaction"] = "none"
 
     @model_validator(mode="after")
     def _pool(self) -> Database:
         if self.min_pool_size > self.max_pool_size:
             raise ValueError("min_pool_size must not exceed max_pool_size")
+        if self.pooler == "transaction" and self.auto_migrate:
+            raise ValueError(
+                "auto_migrate needs a session of its own: with pooler transaction set auto_migrate false "
+                "and run `migrate up` against PostgreSQL directly"
+            )
         return self
 
 
@@ -174,6 +184,15 @@ class Redis(_Section):
     url: str = ""
     key_prefix: str = ""
     socket_timeout: Duration = timedelta(seconds=2)
+    # With replicas (Sentinel): a captcha consumed, a login attempt counted or a revocation cached is
+    # acknowledged only once this many replicas have it (WAIT), so a failover cannot undo it. 0: no wait.
+    replica_acks: int = Field(default=0, ge=0, le=5)
+
+    @model_validator(mode="after")
+    def _acks(self) -> Redis:
+        if self.replica_acks and self.url.startswith("redis+cluster://"):
+            raise ValueError("replica_acks is for a master with replicas (Sentinel), not Redis Cluster")
+        return self
 
 
 class Data(_Section):

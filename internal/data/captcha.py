@@ -16,6 +16,7 @@ from typing import Any
 from captcha.image import ImageCaptcha
 
 from internal.biz.captcha import IMAGE, CaptchaCheck, CaptchaRecord
+from internal.data.data import wait_for_replicas
 from internal.data.ratelimit import redis_unavailable
 
 # KEYS[1] captcha; ARGV: code_hash, max_attempts.
@@ -94,6 +95,7 @@ class RedisCaptchaStore:
     async def check(self, captcha_id: str, code_hash: str, max_attempts: int) -> CaptchaCheck:
         with redis_unavailable("captcha storage"):
             raw = await self._check(keys=[self.key(captcha_id)], args=[code_hash, max_attempts])
+        await wait_for_replicas(self._redis, "captcha storage")
         return _outcome(raw)
 
     async def consume(
@@ -109,6 +111,7 @@ class RedisCaptchaStore:
             raw = await self._consume(
                 keys=[self.key(captcha_id)], args=[code_hash, max_attempts, exempt, *sorted(target_digests)]
             )
+        await wait_for_replicas(self._redis, "captcha storage")
         return _outcome(raw)
 
     async def delete(self, captcha_id: str) -> None:

@@ -58,6 +58,7 @@ class RedisKeyEvents:
         self._max_delay = max_delay
         self._pubsub: Any = None
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def _subscribe(self) -> None:
         pubsub = self._redis.pubsub()
@@ -91,7 +92,7 @@ class RedisKeyEvents:
 
     async def _run(self, handler: EventHandler) -> None:
         delay = self._reconnect_delay
-        while True:
+        while not self._closing:
             try:
                 if self._pubsub is None:
                     await self._subscribe()
@@ -120,5 +121,10 @@ class RedisKeyEvents:
     async def close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            await cancel_and_wait(task)
+            # Leave the loop between two reads: a cancellation that lands as a pub/sub read times out can
+            # be swallowed by redis-py (seen with Sentinel), leaving the task reading forever.
+            self._closing = True
+            await asyncio.wait({task}, timeout=3.0)
+            if not task.done():
+                await cancel_and_wait(task)
         await self._drop()

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from internal.biz.lockout import AttemptDecision, AttemptKey, LockoutPolicy, LockState
+from internal.data.data import wait_for_replicas
 from internal.data.errors import translate_driver_errors
 
 # Login counters (see internal.biz.lockout). KEYS: [1] source hash {n, last}, [2] account failures,
@@ -80,6 +81,7 @@ class RedisLoginGuard:
         allowed, retry_ms, lock_ms = await self._begin(
             keys=keys, args=[policy.free_attempts, *delays, _ms(policy.lock_seconds)]
         )
+        await wait_for_replicas(self._redis, "login attempts")
         locked_until = time.time() + int(lock_ms) / 1000 if int(lock_ms) > 0 else 0.0
         return AttemptDecision(bool(allowed), int(retry_ms) / 1000, locked_until)
 
@@ -87,6 +89,7 @@ class RedisLoginGuard:
     async def record_failure(self, account: str, policy: LockoutPolicy) -> float:
         args = [policy.hard_lock_attempts, _ms(policy.lock_seconds)]
         ttl_ms = int(await self._failed(keys=self._account_keys(account), args=args))
+        await wait_for_replicas(self._redis, "login attempts")
         return time.time() + ttl_ms / 1000 if ttl_ms > 0 else 0.0
 
     @translate_driver_errors

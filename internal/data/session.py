@@ -12,8 +12,8 @@ A missing entry always means "ask PostgreSQL", so a Redis FLUSHALL or restart on
 lookup per token and can never revive a revoked one. The one residual window: if Redis is unreachable
 exactly while a revocation is written, an earlier ``"0"`` entry may answer "active" for at most
 ``active_cache_ttl``. Measured locally (tests/integration/auth/test_sessions_pg.py): warm, a check is
-one MGET (~0.2 ms); cold, it adds one indexed PostgreSQL query and a pipelined SET (~1.5 ms), paid
-once per token per ``active_cache_ttl``.
+one round trip (two pipelined GETs, ~0.2 ms); cold, it adds one indexed PostgreSQL query and a pipelined
+SET (~1.5 ms), paid once per token per ``active_cache_ttl``.
 
 Login failure counters and locks are not here: ``internal.data.login_guard``.
 """
@@ -30,6 +30,7 @@ import asyncpg
 from redis import exceptions as redis_errors
 
 from internal.biz.token import Rotation, RotationResult
+from internal.data.data import wait_for_replicas
 from internal.data.errors import translate_driver_errors
 
 log = logging.getLogger(__name__)
@@ -252,7 +253,11 @@ class PgSessionRepo:
 
     async def _cache_get(self, keys: list[str]) -> list[bytes | None]:
         try:
-            return list(await self._redis.mget(keys))
+            # Not MGET: a jti and a sid key hash to different Redis Cluster slots.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(key)
+                return list(await pipe.execute())
         except _CACHE_ERRORS:
             log.warning("revocation cache unavailable; asking PostgreSQL")
             return [None] * len(keys)
@@ -276,3 +281,6 @@ class PgSessionRepo:
             # PostgreSQL already holds the revocation; a stale "active" entry expires within
             # active_cache_ttl.
             log.warning("revocation cache unavailable; revocation stored durably only")
+            return
+        # A revocation a failover could drop would let a cached "active" entry answer for it again.
+        await wait_for_replicas(self._redis, "the revocation cache")

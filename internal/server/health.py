@@ -7,7 +7,6 @@ NOT_SERVING, and it flips back by itself when they recover. Shutdown sets NOT_SE
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -80,6 +79,7 @@ class DependencyHealth:
         self.ready = False
         if self._task:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # A cancellation can be lost inside a driver's own read timeout (redis-py), and the probe loop
+            # would then run on: never let it hold up the drain.
+            await asyncio.wait({self._task}, timeout=self._timeout + 1)
         await self.servicer.enter_graceful_shutdown()
