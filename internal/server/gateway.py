@@ -34,9 +34,8 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 
 from api.gen.errors.v1 import errors_pb2
-from internal.server.grpc import ServiceRegistration
+from internal.server.grpc import ServiceRegistration, reply_message
 from internal.server.interceptors import Undecodable
-from internal.service.wire import EncodedReply
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
@@ -300,10 +299,8 @@ def to_json(message: Message) -> bytes:
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def encode_reply(route: Route, reply: Any, codec: Codec) -> bytes:
-    if type(reply) is EncodedReply:  # EncryptBatch's hot path writes wire bytes itself
-        return reply.wire if codec.protobuf else to_json(route.output.FromString(reply.wire))
-    return reply.SerializeToString() if codec.protobuf else to_json(reply)  # type: ignore[no-any-return]
+def encode_reply(route: Route, reply: Message, codec: Codec) -> bytes:
+    return reply.SerializeToString() if codec.protobuf else to_json(reply)
 
 
 def error_body(code: grpc.StatusCode, message: str, trailing: Sequence[tuple[str, Any]]) -> errors_pb2.Status:
@@ -393,15 +390,20 @@ Behaviour = Callable[[Any, HttpCallContext], Awaitable[Any]]
 
 
 class Invoker:
-    """Runs one RPC the way the gRPC server would: through ``interceptors`` (outermost first) into the servicer."""
+    """Runs one RPC the way the gRPC server would: through ``interceptors`` (outermost first) into the servicer.
+    The reply is always the method's generated message (the gRPC server says how to get it from a handler that
+    answers in a form of its own)."""
 
     def __init__(self, interceptors: Sequence[grpc.aio.ServerInterceptor], route_table: Sequence[Route]) -> None:
         self._interceptors = tuple(interceptors)
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._as_message: dict[str, Callable[[Any], Message]] = {}
         for route in route_table:
             self._handlers[route.grpc_method] = grpc.unary_unary_rpc_method_handler(
                 getattr(route.servicer, route.method.name)
             )
+            if (as_message := reply_message(route.grpc_method)) is not None:
+                self._as_message[route.grpc_method] = as_message
 
     async def _resolve(self, details: _CallDetails, depth: int = 0) -> grpc.RpcMethodHandler:
         if depth == len(self._interceptors):
@@ -417,9 +419,11 @@ class Invoker:
         handler = await self._resolve(_CallDetails(method, context.invocation_metadata()))
         behaviour: Behaviour = handler.unary_unary
         try:
-            return await behaviour(request, context)
+            reply = await behaviour(request, context)
         except grpc.aio.AbortError:
             return None
+        as_message = self._as_message.get(method)
+        return reply if as_message is None else as_message(reply)
 
 
 def grpc_peer(host: str, port: int) -> str:

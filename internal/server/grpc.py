@@ -9,9 +9,11 @@ from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from api.gen.kms.v1 import kms_pb2
 from internal.conf.config import GRPC
 from internal.pkg.tracing import tracing_interceptors
 from internal.server.interceptors import AccessLogInterceptor, ErrorInterceptor
@@ -19,8 +21,9 @@ from internal.server.peer import TrustedProxies
 from internal.service.wire import EncodedReply
 
 # EncryptBatch, the one RPC whose speed counts per item, answers with its reply already in wire form
-# (internal.service.wire): its handler sends those bytes as they are, and its metrics read the counts that come
-# with them. Everything else on the gRPC path sees a method like any other.
+# (internal.service.wire): its handler sends those bytes as they are, its metrics read the counts that come
+# with them, and a call over HTTP gets the generated message back (``reply_message``). Everything else sees a
+# method like any other.
 ENCRYPT_BATCH = "/kms.v1.KMS/EncryptBatch"
 
 
@@ -32,7 +35,18 @@ def _encoded_items(reply: EncodedReply) -> dict[int, int]:
     return reply.items
 
 
+def _encoded_message(reply: EncodedReply) -> Message:
+    return kms_pb2.EncryptBatchReply.FromString(reply.wire)
+
+
 _OWN_SERIALIZERS: dict[str, Callable[[Any], bytes]] = {ENCRYPT_BATCH: _encoded_wire}
+_OWN_MESSAGES: dict[str, Callable[[Any], Message]] = {ENCRYPT_BATCH: _encoded_message}
+
+
+def reply_message(method: str) -> Callable[[Any], Message] | None:
+    """For a method whose handler answers in a form of its own, what turns that reply into the method's
+    generated message (for transports that encode messages themselves); None for every other method."""
+    return _OWN_MESSAGES.get(method)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from internal.server.gateway import (
     reply_codec,
     routes,
 )
-from internal.server.grpc import ServiceRegistration
+from internal.server.grpc import ServiceRegistration, server_interceptors
 from internal.server.interceptors import AccessLogInterceptor, ErrorInterceptor, Undecodable
 from internal.server.peer import TrustedProxies
 from internal.service.metadata import client_address
@@ -144,14 +144,12 @@ def test_replies_emit_unpopulated_fields_in_lower_camel_case() -> None:
         "refreshToken": "",
         "expiresIn": "0",
     }
-    encoded = encode_encrypt_batch([b"sealed"], 3, "AES-256-GCM")
+    batch = kms_pb2.EncryptBatchReply(algorithm="A", results=[kms_pb2.EncryptResult(ciphertext=b"c", key_version=3)])
     route = table()["EncryptBatch"]
-    assert encode_reply(route, encoded, Codec("application/x-protobuf", True)) == encoded.wire
-    expected = json_format.MessageToDict(
-        kms_pb2.EncryptBatchReply.FromString(encoded.wire), always_print_fields_with_no_presence=True
-    )
+    assert encode_reply(route, batch, Codec("application/x-protobuf", True)) == batch.SerializeToString()
+    expected = json_format.MessageToDict(batch, always_print_fields_with_no_presence=True)
     expected["results"][0]["status"] = None  # unset message fields are null, as Go's protojson writes them
-    assert json.loads(encode_reply(route, encoded, JSON_CODEC)) == expected
+    assert json.loads(encode_reply(route, batch, JSON_CODEC)) == expected
     assert json.loads(encode_reply(table()["GetDataKey"], kms_pb2.GetDataKeyReply(), JSON_CODEC)) == {"key": None}
 
 
@@ -217,3 +215,20 @@ async def test_calls_run_through_the_interceptors_into_the_servicer() -> None:
     forwarded = context(("x-forwarded-for", "198.51.100.4"))
     reply = await invoker.call("/auth.v1.Auth/Register", auth_pb2.RegisterRequest(), forwarded)
     assert reply.message == "198.51.100.4"
+
+
+class _BatchServicer(kms_pb2_grpc.KMSServicer):
+    async def EncryptBatch(self, request: Any, context: Any) -> Any:
+        return encode_encrypt_batch([b"sealed", PermissionDenied("KEY_DENIED", "no")], 3, "AES-256-GCM")
+
+
+async def test_a_reply_in_wire_form_reaches_http_as_its_generated_message() -> None:
+    services = [ServiceRegistration("kms.v1.KMS", lambda s: None, KMS, _BatchServicer())]
+    invoker = Invoker(server_interceptors(TrustedProxies()), routes(services))
+    context = HttpCallContext("ipv4:127.0.0.1:5000", ())
+    reply = await invoker.call("/kms.v1.KMS/EncryptBatch", kms_pb2.EncryptBatchRequest(), context)
+    assert context.error() is None and type(reply) is kms_pb2.EncryptBatchReply
+    assert reply.algorithm == "AES-256-GCM"
+    assert (reply.results[0].ciphertext, reply.results[0].key_version) == (b"sealed", 3)
+    failed = reply.results[1]
+    assert failed.status.code == grpc.StatusCode.PERMISSION_DENIED.value[0] and not failed.ciphertext
