@@ -155,15 +155,19 @@ class KmsCipher:
                 "BATCH_TOO_LARGE", f"batch exceeds {self.max_batch_items} items", {"limit": str(self.max_batch_items)}
             )
 
-    async def encrypt_batch(self, key_name: str, items: Sequence[FieldValue]) -> EncryptBatchResult:
-        """One active version for the whole batch; a bad item fails alone with its own error."""
+    async def encrypt_batch(
+        self, key_name: str, items: Sequence[FieldValue], refused: Mapping[str, DomainError] | None = None
+    ) -> EncryptBatchResult:
+        """One active version for the whole batch; a bad item fails alone with its own error, and an item naming a
+        field in ``refused`` with that field's error (checked in the sealing loop, where the field is read anyway)."""
         self._check_batch(len(items))
         key = await self._active(key_name)
         results: list[bytes | DomainError] = []
+        limit = self.max_plaintext_bytes
         for start in range(0, len(items), chunk := self._chunk_items(key)):
             if start:
                 await asyncio.sleep(0)  # let other calls run between chunks
-            results += self._ring.sealer(key).seal_many(items[start : start + chunk], self.max_plaintext_bytes)
+            results += self._ring.sealer(key).seal_many(items[start : start + chunk], limit, refused)
         self._ring.count_encryptions(key_name, key.version, sum(type(r) is bytes for r in results))
         return EncryptBatchResult(key.algorithm.value, key.version, results)
 

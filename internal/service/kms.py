@@ -74,6 +74,10 @@ def _refuse_reserved_items(items: Sequence[HasField], results: list[Any]) -> Non
             results[index] = reserved_field()
 
 
+# Fields no batch item may name, with the error such an item gets.
+_REFUSED_FIELDS = {DATA_KEY_FIELD: reserved_field()}
+
+
 class KMSService(kms_pb2_grpc.KMSServicer):
     def __init__(
         self,
@@ -137,8 +141,7 @@ class KMSService(kms_pb2_grpc.KMSServicer):
     ) -> EncodedReply:
         """Encrypt many values under one active version; each item succeeds or fails on its own (status unset: OK)."""
         key_name = await self._authorize(context, "EncryptBatch", request.key_name, ENCRYPT)
-        batch = await self._cipher.encrypt_batch(key_name, request.items)
-        _refuse_reserved_items(request.items, batch.results)
+        batch = await self._cipher.encrypt_batch(key_name, request.items, _REFUSED_FIELDS)
         return encode_encrypt_batch(batch.results, batch.key_version, batch.algorithm)
 
     async def DecryptBatch(

@@ -327,28 +327,54 @@ class Sealer:
         except (InvalidTag, ValueError):
             raise ciphertext_invalid() from None
 
-    def seal_many(self, items: Sequence[FieldValue], max_plaintext: int) -> list[bytes | InvalidArgument]:
+    def seal_many(
+        self, items: Sequence[FieldValue], max_plaintext: int, refused: Mapping[str, DomainError] | None = None
+    ) -> list[bytes | DomainError]:
         """One envelope per item, in order, or that item's own error; one ``os.urandom`` call for all nonces.
+        An item whose field is in ``refused`` gets that error instead of an envelope.
 
-        This loop is the EncryptBatch hot path (a few µs per item), hence the local names and the check against
-        the previous item's binding before the per-field cache."""
+        This loop is the EncryptBatch hot path (a few µs per item), hence the local names and the previous item's
+        binding checked inline, entry by entry: a protobuf map's lookups are the dearest part of an item, and the
+        per-field cache and the refused fields are consulted only when the field or context changes."""
         prefix, encrypt, binding = self._prefix, self._encrypt, self.binding
+        refused = refused or {}
         random = os.urandom(NONCE_SIZE * len(items))
-        nonces = [random[i : i + NONCE_SIZE] for i in range(0, len(random), NONCE_SIZE)]
-        results: list[bytes | InvalidArgument] = []
+        results: list[bytes | DomainError] = []
         append = results.append
         last_field: str | None = None
         last_entries: tuple[tuple[str, str], ...] = ()
+        last_count = -1
         ad = b""
-        for item, nonce in zip(items, nonces, strict=True):
-            field, context = item.field, item.context
+        offset = 0
+        for item in items:
+            field, context, data = item.field, item.context, item.plaintext
+            nonce = random[offset : offset + NONCE_SIZE]
+            offset += NONCE_SIZE
             try:
-                data = item.plaintext
                 if type(data) is not bytes or len(data) > max_plaintext:
                     data = check_plaintext(data, max_plaintext)
-                if field != last_field or not _same_context(context, last_entries):
+                same = field == last_field and len(context) == last_count
+                if same:
+                    for key, value in last_entries:
+                        # ``in`` first: a protobuf map's [] would insert a missing key (and its get is slower).
+                        if key not in context or context[key] != value:
+                            same = False
+                            break
+                if not same:
+                    last_field = None
+                    if field in refused:
+                        append(refused[field])
+                        continue
                     last_entries, ad = binding(field, context)
-                    last_field = field
+                    last_field, last_count = field, len(last_entries)
+            except (TypeError, AttributeError):  # a context that is no mapping: validate_binding names it
+                last_field = None
+                try:
+                    binding(field, context)
+                except InvalidArgument as exc:
+                    append(exc)
+                    continue
+                raise
             except InvalidArgument as exc:
                 append(exc)
                 continue

@@ -305,6 +305,26 @@ def test_seal_many_matches_seal(
     assert opened == [(p, key.version) for _, p, _ in items]
 
 
+def test_seal_many_refuses_named_fields_item_by_item_and_leaves_contexts_alone() -> None:
+    key = KEYS[Algorithm.AES_256_GCM]
+    refused = InvalidArgument("VALIDATION_ERROR", "reserved")
+    items = [
+        kms_pb2.EncryptItem(field="f", plaintext=b"1", context={"a": "1"}),
+        kms_pb2.EncryptItem(field="reserved", plaintext=b"2", context={"a": "1"}),
+        kms_pb2.EncryptItem(field="reserved", plaintext=b"3", context={"a": "1"}),
+        kms_pb2.EncryptItem(field="f", plaintext=b"4", context={"a": "1"}),
+        kms_pb2.EncryptItem(field="f", plaintext=b"5", context={"b": "1"}),  # same size, another key
+        kms_pb2.EncryptItem(field="f", plaintext=b"6", context={"a": "1"}),
+    ]
+    results = Sealer(key).seal_many(items, 10, {"reserved": refused})
+    assert results[1] is refused and results[2] is refused
+    assert [dict(item.context) for item in items[3:]] == [{"a": "1"}, {"b": "1"}, {"a": "1"}]  # nothing inserted
+    for index in (0, 3, 4, 5):
+        sealed = results[index]
+        assert isinstance(sealed, bytes)
+        assert open_sealed(key, "f", sealed, dict(items[index].context)) == items[index].plaintext
+
+
 def test_seal_many_fails_item_by_item() -> None:
     key = KEYS[Algorithm.AES_256_GCM]
     items = [
