@@ -128,3 +128,53 @@ async def test_a_data_key_seals_exactly_its_message_limit() -> None:
     headers = [parse(await enc.seal("f", b"v"))[0] for _ in range(3001)]
     assert [len(set(headers[i : i + 1500])) for i in (0, 1500)] == [1, 1]
     assert len(set(headers)) == 3 and len(kms.keys) == 3
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_seal_sync_and_open_sync_work_while_the_key_is_cached_and_keep_its_age() -> None:
+    kms, clock = FakeKms(), Clock()
+    enc = encryptor(kms, limits=CacheLimits(max_age=60), clock=clock)
+    assert enc.seal_sync("f", b"v") is None  # no data key yet: nothing sealed, no RPC
+    assert len(kms.keys) == 0
+    await enc.warm()
+    sealed = enc.seal_sync("f", b"secret", {"row": "1"})
+    assert sealed is not None and len(kms.keys) == 1
+    assert await enc.open("f", sealed, {"row": "1"}) == b"secret"
+    reader = encryptor(kms, limits=CacheLimits(max_age=60), clock=clock)
+    assert reader.open_sync("f", sealed, {"row": "1"}) is None  # not unwrapped yet
+    assert await reader.open("f", sealed, {"row": "1"}) == b"secret" and kms.unwraps == 1
+    assert reader.open_sync("f", sealed, {"row": "1"}) == b"secret"
+    assert reader.open_sync("f", enc.seal_sync("f", b"") or b"", None) == b""  # empty values open as b""
+    with pytest.raises(CiphertextInvalidError):
+        reader.open_sync("f", sealed, {"row": "2"})
+    clock.now += 60  # max_age reached: neither seals nor opens without asking the server again
+    assert enc.seal_sync("f", b"v") is None and reader.open_sync("f", sealed, {"row": "1"}) is None
+    again = await enc.seal("f", b"v")
+    assert len(kms.keys) == 2 and parse(again)[0] != parse(sealed)[0]
+    assert enc.seal_sync("f", b"v") is not None
+
+
+async def test_seal_sync_keeps_the_message_and_byte_limits() -> None:
+    kms = FakeKms()
+    enc = encryptor(kms, limits=CacheLimits(max_messages=1500))
+    headers = [parse(enc.seal_sync("f", b"v") or await enc.seal("f", b"v"))[0] for _ in range(3001)]
+    assert [len(set(headers[i : i + 1500])) for i in (0, 1500)] == [1, 1]
+    assert len(set(headers)) == 3 and len(kms.keys) == 3
+    by_bytes = encryptor(FakeKms(), limits=CacheLimits(max_bytes=100))
+    await by_bytes.warm()
+    assert [by_bytes.seal_sync("f", b"x" * 30) is not None for _ in range(4)] == [True, True, True, False]
+
+
+def test_seal_sync_outside_an_event_loop_never_prefetches() -> None:
+    enc = encryptor(FakeKms(), limits=CacheLimits(max_messages=2048), prefetch=True)
+    asyncio.run(enc.warm())
+    sealed = [enc.seal_sync("f", b"v") for _ in range(2048)]  # the second nonce pool is past half the limit
+    assert all(s is not None for s in sealed) and enc._next is None
+    assert enc.seal_sync("f", b"v") is None  # the limit is reached: ``seal`` must fetch the next key

@@ -2,7 +2,8 @@
 
 ``EnvelopeEncryptor.seal`` encrypts a value in this process with AES-256-GCM under a data key from
 ``GenerateDataKey``; the output carries the wrapped copy of that key, so ``open`` asks the server
-(``DecryptDataKey``) at most once per data key and then opens locally too.
+(``DecryptDataKey``) at most once per data key and then opens locally too. ``seal_sync`` / ``open_sync`` do the
+same without an await while the data key is cached, and answer None when it is not (bulk work).
 
 Sealed value layout (all integers big-endian)::
 
@@ -219,6 +220,31 @@ class EnvelopeEncryptor:
         start, nonce = key.nonces.pop()
         return start + key.encrypt(nonce, value, ad)
 
+    def seal_sync(self, field: str, value: bytes, context: Mapping[str, str] | None = None) -> bytes | None:
+        """``seal`` without an await, for bulk work: the sealed value when the cached data key may seal it now,
+        else None (no key yet, or it has reached a limit): then ``await seal(...)`` fetches one. Sealed values
+        are never empty, so ``enc.seal_sync(f, v, c) or await enc.seal(f, v, c)`` seals every value, awaiting
+        only at a change of key. The cache limits hold exactly as for ``seal``."""
+        size = len(value)
+        key = self._sealing
+        if key is None or key.bytes + size > self._max_bytes or self._clock() >= key.expires:
+            return None
+        if not key.nonces:
+            if key.messages >= self._max_messages:
+                return None
+            self._new_nonces(key)
+        # As in ``seal``: the cached associated data inlined.
+        cached = key.bindings.get(field)
+        ad = cached[1] if cached is not None and cached[0] == context else key.ad(field, context)
+        key.bytes += size
+        start, nonce = key.nonces.pop()
+        return start + key.encrypt(nonce, value, ad)
+
+    async def warm(self, size: int = 0) -> None:
+        """Make sure a data key is cached that may seal a value of ``size`` bytes (an RPC only if there is none
+        or it has reached a limit), so that the ``seal_sync`` calls that follow seal without waiting."""
+        await self._ready_key(size)
+
     async def _ready_key(self, size: int) -> _Key:
         """The key to seal a value of ``size`` bytes with, a nonce in its pool: the current one (its pool refilled)
         or a fresh one."""
@@ -255,7 +281,11 @@ class EnvelopeEncryptor:
             and self._clock() < key.expires - limits.max_age / 2
         ):
             return
-        self._next = asyncio.get_running_loop().create_task(self._generate())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # ``seal_sync`` outside an event loop: the key is fetched when ``seal`` or ``warm`` needs it
+        self._next = loop.create_task(self._generate())
         # Its failure is met again by the call that needs the key; never "exception was never retrieved".
         self._next.add_done_callback(lambda task: task.cancelled() or task.exception())
 
@@ -295,12 +325,21 @@ class EnvelopeEncryptor:
         key = self._opening.get(header)
         if key is None or self._clock() >= key.expires:
             key = await self._unwrap(header, sealed)
-        start = len(header)
-        nonce = sealed[start : start + NONCE_SIZE]
-        try:
-            return key.aead.decrypt(nonce, sealed[start + NONCE_SIZE :], key.ad(field, context))
-        except InvalidTag:
-            raise CiphertextInvalidError() from None
+        return _open_with(key, len(header), field, sealed, context)
+
+    def open_sync(self, field: str, sealed: bytes, context: Mapping[str, str] | None = None) -> bytes | None:
+        """``open`` without an await: the value when its data key is cached (unwrapped and not older than
+        ``max_age``), else None: then ``await open(...)`` unwraps it. A value may be empty, so test the result
+        with ``is None``. CiphertextInvalidError as for ``open``."""
+        if type(sealed) is not bytes:
+            sealed = bytes(sealed)
+        header, key_name = parse(sealed)
+        if key_name != self.key_name:
+            raise CiphertextInvalidError(f"sealed under the key {key_name!r}, not {self.key_name!r}")
+        key = self._opening.get(header)
+        if key is None or self._clock() >= key.expires:
+            return None
+        return _open_with(key, len(header), field, sealed, context)
 
     async def _unwrap(self, header: bytes, sealed: bytes) -> _Key:
         """The data key of ``header``: one DecryptDataKey however many opens wait for it at once."""
@@ -331,6 +370,15 @@ class EnvelopeEncryptor:
         self._opening.move_to_end(header)
         while len(self._opening) > self.limits.max_open_keys:
             self._opening.popitem(last=False)
+
+
+def _open_with(key: _Key, start: int, field: str, sealed: bytes, context: Mapping[str, str] | None) -> bytes:
+    """The value of ``sealed`` (its header ``start`` bytes long) under ``key``."""
+    nonce = sealed[start : start + NONCE_SIZE]
+    try:
+        return key.aead.decrypt(nonce, sealed[start + NONCE_SIZE :], key.ad(field, context))
+    except InvalidTag:
+        raise CiphertextInvalidError() from None
 
 
 # A forked child must never seal with its parent's data key and nonce pool (the two would reuse nonces under one
