@@ -18,8 +18,8 @@ One run, one fresh database and Redis prefix, one credential; everything below i
    share the cores): health Check, Encrypt and EncryptBatch per field, beside a bare grpc.aio servicer's Check
    (``bench.floor``); beside EncryptBatch, the bare servicer's and its gRPC transport alone (no AEAD).
 8. The client library's envelope encryptor (local AES-GCM under a cached data key): fields/s of its bulk path
-   (``seal_sync``, ``await seal`` only at a change of key) ÷ in-process AES-GCM/s (1,000-value chunks of each,
-   alternating), beside it ``await seal`` per value; its RPCs per 100,000 fields, beside EncryptBatch.
+   (``seal_many`` of 1,000 values) ÷ in-process AES-GCM/s (1,000-value chunks of each, alternating), beside it
+   ``seal_sync`` and ``await seal`` per value; its RPCs per 100,000 fields, beside EncryptBatch.
 
 Goals are reported, not enforced: the exit status is 0 whenever the measurements ran, 1 on errors.
 """
@@ -315,11 +315,13 @@ def _measure(run: Run, token: str) -> None:
     envelope_per_s = sum(e.fields_per_s for e in envelope_rounds) / len(envelope_rounds)
     envelope_ratio = sum(e.fields_per_s / e.aesgcm_per_s for e in envelope_rounds) / len(envelope_rounds)
     awaited_ratio = sum(e.awaited_per_s / e.aesgcm_per_s for e in envelope_rounds) / len(envelope_rounds)
+    sync_ratio = sum(e.sync_per_s / e.aesgcm_per_s for e in envelope_rounds) / len(envelope_rounds)
     prefetch_ratio = sum(e.fields_per_s / e.aesgcm_per_s for e in prefetch_rounds) / len(prefetch_rounds)
     envelope_rpcs = max(e.rpcs_per_100k for e in envelope_rounds)
     implied = envelope_rounds[0].data_keys_implied
     details["envelope"] = {
         "fields_per_s_rounds": [e.fields_per_s for e in envelope_rounds],
+        "sync_per_s_rounds": [e.sync_per_s for e in envelope_rounds],
         "awaited_per_s_rounds": [e.awaited_per_s for e in envelope_rounds],
         "aesgcm_per_s_rounds": [e.aesgcm_per_s for e in envelope_rounds],
         "rpcs_per_100k_fields": [e.rpcs_per_100k for e in envelope_rounds],
@@ -419,12 +421,14 @@ def _measure(run: Run, token: str) -> None:
                    cpu_us["bare_batch_field"], "µs"))
     report.add(Row("cpu_transport_batch_field_us", "   server CPU per field, gRPC transport alone (canned reply)",
                    cpu_us["transport_batch_field"], "µs"))
-    report.add(Row("envelope_aesgcm_ratio", "8. envelope encryptor (bulk: seal_sync) fields/s ÷ in-process AES-GCM/s",
+    report.add(Row("envelope_aesgcm_ratio", "8. envelope encryptor (bulk: seal_many) fields/s ÷ in-process AES-GCM/s",
                    envelope_ratio, goal=at_least(0.8)))
-    report.add(Row("envelope_fields_per_s", "   envelope encryptor, seal_sync (32 B, one task, local AES-GCM)",
+    report.add(Row("envelope_fields_per_s", "   envelope encryptor, seal_many (32 B, one task, local AES-GCM)",
                    envelope_per_s, "fields/s"))
-    report.add(Row("envelope_awaited_aesgcm_ratio", "   the same with `await seal` per value ÷ AES-GCM", awaited_ratio))
-    report.add(Row("envelope_prefetch_aesgcm_ratio", "   the same with prefetch=True (next key asked ahead) ÷ AES-GCM",
+    report.add(Row("envelope_sync_aesgcm_ratio", "   seal_sync per value (await at key changes only) ÷ AES-GCM",
+                   sync_ratio))
+    report.add(Row("envelope_awaited_aesgcm_ratio", "   `await seal` per value ÷ AES-GCM", awaited_ratio))
+    report.add(Row("envelope_prefetch_aesgcm_ratio", "   seal_many with prefetch=True (next key asked ahead) ÷ AES-GCM",
                    prefetch_ratio))
     report.add(Row("envelope_rpcs_per_100k", f"   its RPCs per 100,000 fields (≤ {ENVELOPE_MAX_MESSAGES:,} per key)",
                    envelope_rpcs, goal=at_most(implied, f"≤ {implied}"), digits=0))

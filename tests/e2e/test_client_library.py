@@ -111,6 +111,16 @@ async def test_round_trips_through_the_encryptor(
         opened = await asyncio.gather(*(reader.open("customers.email", s, {"row": str(i)}) for i, s in sealed.items()))
         assert opened == [rows[i] for i in sealed]
         assert reader.data_keys_unwrapped == 1 and other.calls == 1
+        # The bulk calls: under the key already unwrapped, no further RPC.
+        assert [reader.open_sync("customers.email", s, {"row": str(i)}) for i, s in sealed.items()] == list(
+            rows.values()
+        )
+        assert other.calls == 1
+
+    many = await encryptor.seal_many("customers.email", list(rows.values()), {"batch": "1"})
+    assert client.calls == 1 and [await encryptor.open("customers.email", s, {"batch": "1"}) for s in many] == list(
+        rows.values()
+    )
 
 
 async def test_wrong_context_field_tampering_or_key_context_is_a_clear_error(

@@ -178,3 +178,20 @@ def test_seal_sync_outside_an_event_loop_never_prefetches() -> None:
     sealed = [enc.seal_sync("f", b"v") for _ in range(2048)]  # the second nonce pool is past half the limit
     assert all(s is not None for s in sealed) and enc._next is None
     assert enc.seal_sync("f", b"v") is None  # the limit is reached: ``seal`` must fetch the next key
+
+
+async def test_seal_many_keeps_every_limit_and_opens_like_seal() -> None:
+    kms, clock = FakeKms(), Clock()
+    enc = encryptor(kms, limits=CacheLimits(max_age=60, max_messages=1500), clock=clock)
+    values = [str(i).encode() for i in range(3001)]
+    sealed = await enc.seal_many("f", values, {"row": "1"})
+    headers = [parse(s)[0] for s in sealed]
+    assert [len(set(headers[i : i + 1500])) for i in (0, 1500)] == [1, 1] and len(set(headers)) == 3
+    assert [await enc.open("f", s, {"row": "1"}) for s in sealed[::500]] == values[::500]
+    header = len(headers[0])
+    assert len({s[header : header + NONCE_SIZE] for s in sealed}) == 3001
+    by_bytes = encryptor(FakeKms(), limits=CacheLimits(max_bytes=100))
+    assert len({parse(s)[0] for s in await by_bytes.seal_many("f", [b"x" * 30] * 7)}) == 3  # 3 + 3 + 1
+    last = headers[-1]
+    clock.now += 60  # max_age reached: the next values get a fresh key
+    assert parse((await enc.seal_many("f", [b"v"]))[0])[0] != last and len(kms.keys) == 4

@@ -2,8 +2,9 @@
 
 ``EnvelopeEncryptor.seal`` encrypts a value in this process with AES-256-GCM under a data key from
 ``GenerateDataKey``; the output carries the wrapped copy of that key, so ``open`` asks the server
-(``DecryptDataKey``) at most once per data key and then opens locally too. ``seal_sync`` / ``open_sync`` do the
-same without an await while the data key is cached, and answer None when it is not (bulk work).
+(``DecryptDataKey``) at most once per data key and then opens locally too. ``seal_many`` seals many values with an
+await only at a change of data key; ``seal_sync`` / ``open_sync`` work without an await while the data key is
+cached, and answer None when it is not.
 
 Sealed value layout (all integers big-endian)::
 
@@ -33,7 +34,7 @@ import struct
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -239,6 +240,29 @@ class EnvelopeEncryptor:
         key.bytes += size
         start, nonce = key.nonces.pop()
         return start + key.encrypt(nonce, value, ad)
+
+    async def seal_many(
+        self, field: str, values: Sequence[bytes], context: Mapping[str, str] | None = None
+    ) -> list[bytes]:
+        """Every value sealed as ``seal`` seals it, in order, all under one field and context: the bulk path, with
+        an await only at a change of data key and the associated data looked up once per key. Every cache limit is
+        checked per value, as in ``seal``."""
+        sealed: list[bytes] = []
+        append, clock, max_bytes = sealed.append, self._clock, self._max_bytes
+        index, count = 0, len(values)
+        while index < count:
+            key = await self._ready_key(len(values[index]))  # a nonce in its pool
+            ad, encrypt, nonces, expires = key.ad(field, context), key.encrypt, key.nonces, key.expires
+            while index < count and nonces:
+                value = values[index]
+                size = len(value)
+                if key.bytes + size > max_bytes or clock() >= expires:
+                    break
+                key.bytes += size
+                start, nonce = nonces.pop()
+                append(start + encrypt(nonce, value, ad))
+                index += 1
+        return sealed
 
     async def warm(self, size: int = 0) -> None:
         """Make sure a data key is cached that may seal a value of ``size`` bytes (an RPC only if there is none
