@@ -192,6 +192,9 @@ async def test_seal_many_keeps_every_limit_and_opens_like_seal() -> None:
     assert len({s[header : header + NONCE_SIZE] for s in sealed}) == 3001
     by_bytes = encryptor(FakeKms(), limits=CacheLimits(max_bytes=100))
     assert len({parse(s)[0] for s in await by_bytes.seal_many("f", [b"x" * 30] * 7)}) == 3  # 3 + 3 + 1
+    # A value larger than max_bytes alone gets a fresh key of its own, as with ``seal``.
+    alone = await asyncio.wait_for(by_bytes.seal_many("f", [b"z" * 500, b"x" * 30]), 5)
+    assert len({parse(s)[0] for s in alone}) == 2 and by_bytes.data_keys_generated == 5
     last = headers[-1]
     clock.now += 60  # max_age reached: the next values get a fresh key
     assert parse((await enc.seal_many("f", [b"v"]))[0])[0] != last and len(kms.keys) == 4

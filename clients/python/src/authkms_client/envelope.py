@@ -251,8 +251,14 @@ class EnvelopeEncryptor:
         append, clock, max_bytes = sealed.append, self._clock, self._max_bytes
         index, count = 0, len(values)
         while index < count:
-            key = await self._ready_key(len(values[index]))  # a nonce in its pool
+            value = values[index]
+            key = await self._ready_key(len(value))  # a nonce in its pool
             ad, encrypt, nonces, expires = key.ad(field, context), key.encrypt, key.nonces, key.expires
+            # As in ``seal``: the key just made ready seals this value (even one larger than max_bytes alone).
+            key.bytes += len(value)
+            start, nonce = nonces.pop()
+            append(start + encrypt(nonce, value, ad))
+            index += 1
             while index < count and nonces:
                 value = values[index]
                 size = len(value)
