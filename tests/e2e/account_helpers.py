@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import hashlib
-import hmac
-import random
-import secrets
-import struct
 import time
-import uuid
 from collections.abc import Callable
 from typing import cast
 
-import asyncpg
 import grpc
 import pytest
 import redis
@@ -22,8 +13,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
-from internal.biz.credentials import TOKEN_PREFIX, token_hash
-from tests.e2e.harness import ServerProcess
+from tests.e2e.harness import ServerProcess, auth, totp_code
 
 CALL_TIMEOUT = 30
 CODE = grpc.StatusCode
@@ -40,49 +30,6 @@ def expect_error(call: Callable[[], object], code: grpc.StatusCode, reason: str)
     assert len(status.details) == 1 and status.details[0].Unpack(info), status
     assert (err.code(), info.reason) == (code, reason), err.details()
     return info
-
-
-def bearer(token: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),)
-
-
-def new_account(tag: str) -> dict[str, str]:
-    suffix = uuid.uuid4().hex[:8]
-    return {
-        "username": f"{tag}_{suffix}",
-        "password": f"Pw{secrets.token_hex(8)}x9",
-        "email": f"{tag}.{suffix}@example.com",
-        "phone": f"+86139{random.randrange(10**8):08d}",
-    }
-
-
-def admin_credential(database_url: str, scopes: tuple[str, ...] = ("auth.admin",)) -> str:
-    """A service credential stored the way ``credentials create`` stores one."""
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-    async def insert() -> None:
-        conn = await asyncpg.connect(database_url)
-        try:
-            await conn.execute(
-                "INSERT INTO service_credentials (id, name, token_hash, scopes) VALUES ($1, $2, $3, $4)",
-                uuid.uuid4(),
-                f"admin-{uuid.uuid4().hex[:8]}",
-                token_hash(token),
-                list(scopes),
-            )
-        finally:
-            await conn.close()
-
-    asyncio.run(insert())
-    return token
-
-
-def totp_code(secret_b32: str, step: int) -> str:
-    """RFC 6238 / RFC 4226 (SHA-1, 6 digits), written here independently of the service."""
-    key = base64.b32decode(secret_b32 + "=" * (-len(secret_b32) % 8))
-    mac = hmac.new(key, struct.pack(">Q", step), hashlib.sha1).digest()
-    offset = mac[-1] & 0x0F
-    return f"{(struct.unpack('>I', mac[offset : offset + 4])[0] & 0x7FFFFFFF) % 1_000_000:06d}"
 
 
 def wrong_totp_code(secret_b32: str, step: int) -> str:
@@ -162,14 +109,14 @@ class Client:
         return self.stub.Login(request, timeout=CALL_TIMEOUT)
 
     def profile(self, token: str) -> auth_pb2.GetProfileReply:
-        return self.stub.GetProfile(auth_pb2.GetProfileRequest(), metadata=bearer(token), timeout=CALL_TIMEOUT)
+        return self.stub.GetProfile(auth_pb2.GetProfileRequest(), metadata=auth(token), timeout=CALL_TIMEOUT)
 
     def refresh(self, refresh_token: str) -> auth_pb2.RefreshTokenReply:
         return self.stub.RefreshToken(auth_pb2.RefreshTokenRequest(refresh_token=refresh_token), timeout=CALL_TIMEOUT)
 
     def enable_totp(self, token: str, password: str) -> tuple[str, int]:
         """Enrol and confirm TOTP; the secret and the time step the confirmation used (now spent)."""
-        meta = bearer(token)
+        meta = auth(token)
         begin = auth_pb2.BeginTotpEnrollmentRequest(password=password)
         secret = self.stub.BeginTotpEnrollment(begin, metadata=meta, timeout=CALL_TIMEOUT).secret
         step = int(time.time()) // 30
@@ -179,7 +126,7 @@ class Client:
 
     def change_password(self, token: str, current: str, new: str, totp: str = "") -> auth_pb2.ChangePasswordReply:
         request = auth_pb2.ChangePasswordRequest(current_password=current, new_password=new, totp_code=totp)
-        return self.stub.ChangePassword(request, metadata=bearer(token), timeout=CALL_TIMEOUT)
+        return self.stub.ChangePassword(request, metadata=auth(token), timeout=CALL_TIMEOUT)
 
     def request_reset(self, target: str) -> auth_pb2.RequestPasswordResetReply:
         return self.stub.RequestPasswordReset(auth_pb2.RequestPasswordResetRequest(target=target), timeout=CALL_TIMEOUT)
@@ -190,15 +137,15 @@ class Client:
 
     def sessions(self, token: str, username: str = "") -> auth_pb2.ListSessionsReply:
         request = auth_pb2.ListSessionsRequest(username=username)
-        return self.stub.ListSessions(request, metadata=bearer(token), timeout=CALL_TIMEOUT)
+        return self.stub.ListSessions(request, metadata=auth(token), timeout=CALL_TIMEOUT)
 
     def revoke(self, token: str, session_id: str, username: str = "") -> auth_pb2.RevokeSessionReply:
         request = auth_pb2.RevokeSessionRequest(session_id=session_id, username=username)
-        return self.stub.RevokeSession(request, metadata=bearer(token), timeout=CALL_TIMEOUT)
+        return self.stub.RevokeSession(request, metadata=auth(token), timeout=CALL_TIMEOUT)
 
     def revoke_others(self, token: str, username: str = "") -> auth_pb2.RevokeOtherSessionsReply:
         request = auth_pb2.RevokeOtherSessionsRequest(username=username)
-        return self.stub.RevokeOtherSessions(request, metadata=bearer(token), timeout=CALL_TIMEOUT)
+        return self.stub.RevokeOtherSessions(request, metadata=auth(token), timeout=CALL_TIMEOUT)
 
     def change_email(
         self, token: str, new_email: str, proof: tuple[str, str], password: str, totp: str = ""
@@ -206,7 +153,7 @@ class Client:
         request = auth_pb2.ChangeEmailRequest(
             new_email=new_email, captcha_id=proof[0], captcha_code=proof[1], password=password, totp_code=totp
         )
-        return self.stub.ChangeEmail(request, metadata=bearer(token), timeout=CALL_TIMEOUT)
+        return self.stub.ChangeEmail(request, metadata=auth(token), timeout=CALL_TIMEOUT)
 
     def change_phone(
         self, token: str, new_phone: str, proof: tuple[str, str], password: str, totp: str = ""
@@ -214,8 +161,8 @@ class Client:
         request = auth_pb2.ChangePhoneRequest(
             new_phone=new_phone, captcha_id=proof[0], captcha_code=proof[1], password=password, totp_code=totp
         )
-        return self.stub.ChangePhone(request, metadata=bearer(token), timeout=CALL_TIMEOUT)
+        return self.stub.ChangePhone(request, metadata=auth(token), timeout=CALL_TIMEOUT)
 
     def delete(self, token: str, password: str = "", username: str = "", totp: str = "") -> auth_pb2.DeleteAccountReply:
         request = auth_pb2.DeleteAccountRequest(password=password, username=username, totp_code=totp)
-        return self.stub.DeleteAccount(request, metadata=bearer(token), timeout=CALL_TIMEOUT)
+        return self.stub.DeleteAccount(request, metadata=auth(token), timeout=CALL_TIMEOUT)

@@ -188,8 +188,8 @@ def credential(env: dict[str, str], scopes: str, keys: str = "") -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-def introspection_credential(database_url: str) -> str:
-    """A service credential with auth.introspect, stored the way the credentials command stores one."""
+def stored_credential(database_url: str, *scopes: str) -> str:
+    """A service credential with ``scopes``, stored the way the credentials command stores one."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
 
     async def insert() -> None:
@@ -198,15 +198,20 @@ def introspection_credential(database_url: str) -> str:
             await conn.execute(
                 "INSERT INTO service_credentials (id, name, token_hash, scopes) VALUES ($1, $2, $3, $4)",
                 uuid.uuid4(),
-                f"introspect-{uuid.uuid4().hex[:6]}",
+                f"svc-{uuid.uuid4().hex[:8]}",
                 token_hash(token),
-                ["auth.introspect"],
+                list(scopes),
             )
         finally:
             await conn.close()
 
     asyncio.run(insert())
     return token
+
+
+def introspection_credential(database_url: str) -> str:
+    """A service credential with auth.introspect."""
+    return stored_credential(database_url, "auth.introspect")
 
 
 def auth(token: str) -> tuple[tuple[str, str], ...]:

@@ -7,13 +7,11 @@ the same for a known and an unknown address; and after DeleteAccount no trace of
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
 import statistics
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,7 +19,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import asyncpg
 import pytest
 
 from api.gen.auth.v1 import auth_pb2
@@ -30,14 +27,19 @@ from tests.e2e.account_helpers import (
     CODE,
     Client,
     Outbox,
-    admin_credential,
-    bearer,
     expect_error,
-    new_account,
-    totp_code,
     wrong_totp_code,
 )
-from tests.e2e.harness import ROOT, ServerProcess, start_server
+from tests.e2e.harness import (
+    ServerProcess,
+    auth,
+    query,
+    start_server,
+    stored_credential,
+    totp_code,
+    unique_account,
+)
+from tests.e2e.harness import cli as harness_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -96,17 +98,6 @@ def clients(cluster: Cluster) -> Iterator[tuple[Client, Client]]:
         b.close()
 
 
-def query(database_url: str, sql: str, *args: object) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            return list(await conn.fetch(sql, *args))
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
-
-
 def user_id(database_url: str, username: str) -> int:
     rows = query(database_url, "SELECT id FROM users WHERE lower(username) = lower($1)", username)
     assert len(rows) == 1
@@ -114,14 +105,7 @@ def user_id(database_url: str, username: str) -> int:
 
 
 def cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "cmd/server/main.py", *args],
-        cwd=ROOT,
-        env=server.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return harness_cli(server.env, *args, timeout=120)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -130,7 +114,7 @@ def cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_change_password_ends_other_sessions_on_every_server(cluster: Cluster, clients: tuple[Client, Client]) -> None:
     a, b = clients
-    alice = new_account("cpw")
+    alice = unique_account("cpw")
     a.register(alice)
     here, elsewhere = a.login(alice["email"], alice["password"]), b.login(alice["email"], alice["password"])
     new_password = "a completely new passphrase 7"
@@ -213,7 +197,7 @@ def test_reauthentication_is_throttled_and_tells_a_hard_lock_only_to_the_right_p
     """Re-checks count like logins: past the free attempts the source waits; a hard lock is told only to the
     right password."""
     a, b = clients
-    user = new_account("rck")
+    user = unique_account("rck")
     a.register(user, with_phone=False)
     call = reauthenticating_call(a, rpc, a.login(user["email"], user["password"]).access_token)
     for _ in range(5):
@@ -229,7 +213,7 @@ def test_reauthentication_is_throttled_and_tells_a_hard_lock_only_to_the_right_p
     # Five wrong passwords; the throttled attempt never reached the check.
     assert [r["outcome"] for r in audited] == ["failure"] * 5
 
-    locked = new_account("rckl")
+    locked = unique_account("rckl")
     a.register(locked, with_phone=False)
     locked_call = reauthenticating_call(b, rpc, b.login(locked["email"], locked["password"]).access_token)
     locking = cli(cluster.servers[0], "users", "lock", locked["username"])
@@ -243,7 +227,7 @@ def test_reauthentication_is_throttled_and_tells_a_hard_lock_only_to_the_right_p
 def test_reauthentication_demands_the_totp_code_when_enabled(clients: tuple[Client, Client], rpc: str) -> None:
     """With TOTP on, the password alone no longer suffices: the same factors and reasons as Login."""
     a, b = clients
-    user = new_account("tfa")
+    user = unique_account("tfa")
     a.register(user)
     session = a.login(user["email"], user["password"])
     secret, step = a.enable_totp(session.access_token, user["password"])
@@ -276,7 +260,7 @@ def test_reauthentication_demands_the_totp_code_when_enabled(clients: tuple[Clie
 
 def test_sessions_list_revoke_and_admin(cluster: Cluster, clients: tuple[Client, Client]) -> None:
     a, b = clients
-    alice, bob = new_account("ses"), new_account("sesb")
+    alice, bob = unique_account("ses"), unique_account("sesb")
     a.register(alice)
     a.register(bob, with_phone=False)
     phone_app, laptop = cluster.client(0, "phone-app/2.1"), cluster.client(1, "laptop-browser/7")
@@ -334,8 +318,8 @@ def test_sessions_list_revoke_and_admin(cluster: Cluster, clients: tuple[Client,
     assert a.revoke_others(phone.access_token).sessions_ended == 0
 
     # An auth.admin credential names the user; anything less may not.
-    admin = admin_credential(cluster.database_url)
-    introspector = admin_credential(cluster.database_url, ("auth.introspect",))
+    admin = stored_credential(cluster.database_url, "auth.admin")
+    introspector = stored_credential(cluster.database_url, "auth.introspect")
     as_admin = a.sessions(admin, alice["username"]).sessions
     assert [s.session_id for s in as_admin] == [mine.session_id] and not as_admin[0].current
     expect_error(lambda: a.sessions(admin), CODE.PERMISSION_DENIED, "PERMISSION_DENIED")
@@ -379,7 +363,7 @@ def bob_session_id(client: Client, token: str) -> str:
 
 def test_password_reset_by_email_and_phone(cluster: Cluster, clients: tuple[Client, Client]) -> None:
     a, b = clients
-    alice = new_account("rst")
+    alice = unique_account("rst")
     a.register(alice)
     session = b.login(alice["email"], alice["password"])
     new_password = "reset to something new 42"
@@ -409,7 +393,7 @@ def test_password_reset_by_email_and_phone(cluster: Cluster, clients: tuple[Clie
     expect_error(lambda: b.login(alice["email"], alice["password"]), CODE.UNAUTHENTICATED, "INVALID_CREDENTIALS")
     fresh = b.login(alice["email"], new_password)
     assert not a.stub.LockStatus(
-        auth_pb2.LockStatusRequest(username=alice["username"]), metadata=bearer(fresh.access_token), timeout=30
+        auth_pb2.LockStatusRequest(username=alice["username"]), metadata=auth(fresh.access_token), timeout=30
     ).locked
     expect_error(
         lambda: a.confirm_reset(reply.reset_id, code, "yet another passphrase 9"),
@@ -488,7 +472,7 @@ def test_reset_reply_and_timing_do_not_tell_whether_an_account_exists(
     so a round is repeated (at most five in all) only when its medians differ by more than 10%.
     """
     a, _ = clients
-    alice = new_account("enum")
+    alice = unique_account("enum")
     a.register(alice, with_phone=False)
     nobody = f"nobody.{uuid.uuid4().hex[:8]}@example.com"
     for _ in range(5):  # warm both paths
@@ -523,7 +507,7 @@ def test_reset_reply_and_timing_do_not_tell_whether_an_account_exists(
 
 def test_change_email_and_phone(cluster: Cluster, clients: tuple[Client, Client]) -> None:
     a, b = clients
-    alice, bob = new_account("chg"), new_account("chgb")
+    alice, bob = unique_account("chg"), unique_account("chgb")
     a.register(alice)
     a.register(bob)
     session = a.login(alice["email"], alice["password"])
@@ -597,7 +581,7 @@ def test_change_email_and_phone(cluster: Cluster, clients: tuple[Client, Client]
     )
     assert by_phone.access_token
     # The old addresses are free again for someone who proves them.
-    carol = {**new_account("chgc"), "email": alice["email"], "phone": alice["phone"]}
+    carol = {**unique_account("chgc"), "email": alice["email"], "phone": alice["phone"]}
     a.register(carol)
 
     uid = user_id(cluster.database_url, alice["username"])
@@ -620,12 +604,12 @@ def pg_dump(database_url: str) -> str:
 
 def test_delete_account_erases_pii_and_blocks_reuse(cluster: Cluster, clients: tuple[Client, Client]) -> None:
     a, b = clients
-    carol, dave = new_account("del"), new_account("deld")
+    carol, dave = unique_account("del"), unique_account("deld")
     a.register(carol)
     a.register(dave)
     here, there = a.login(carol["email"], carol["password"]), b.login(carol["email"], carol["password"])
     enrollment = a.stub.BeginTotpEnrollment(
-        auth_pb2.BeginTotpEnrollmentRequest(password=carol["password"]), metadata=bearer(here.access_token), timeout=30
+        auth_pb2.BeginTotpEnrollmentRequest(password=carol["password"]), metadata=auth(here.access_token), timeout=30
     )
     uid = user_id(cluster.database_url, carol["username"])
     before = pg_dump(cluster.database_url)
@@ -651,9 +635,9 @@ def test_delete_account_erases_pii_and_blocks_reuse(cluster: Cluster, clients: t
     expect_error(lambda: b.login(carol["email"], carol["password"]), CODE.UNAUTHENTICATED, "INVALID_CREDENTIALS")
     # Within the grace period the username and the addresses stay taken.
     for taken in (
-        {**new_account("delx"), "username": carol["username"]},
-        {**new_account("dely"), "email": carol["email"]},
-        {**new_account("delz"), "phone": carol["phone"]},
+        {**unique_account("delx"), "username": carol["username"]},
+        {**unique_account("dely"), "email": carol["email"]},
+        {**unique_account("delz"), "phone": carol["phone"]},
     ):
         expect_error(lambda taken=taken: a.register(taken), CODE.ALREADY_EXISTS, "USER_EXISTS")
     # A reset for the deleted address answers as for any address, and sends nothing.
@@ -696,8 +680,8 @@ def test_delete_account_erases_pii_and_blocks_reuse(cluster: Cluster, clients: t
 
     # An auth.admin credential deletes without the password; anything less may not.
     dave_session = b.login(dave["email"], dave["password"])
-    admin = admin_credential(cluster.database_url)
-    introspector = admin_credential(cluster.database_url, ("auth.introspect",))
+    admin = stored_credential(cluster.database_url, "auth.admin")
+    introspector = stored_credential(cluster.database_url, "auth.introspect")
     expect_error(lambda: a.delete(introspector, "", dave["username"]), CODE.PERMISSION_DENIED, "PERMISSION_DENIED")
     expect_error(lambda: a.delete(admin), CODE.PERMISSION_DENIED, "PERMISSION_DENIED")
     expect_error(lambda: a.delete(admin, "", "nobody_" + uuid.uuid4().hex[:6]), CODE.NOT_FOUND, "USER_NOT_FOUND")
