@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -43,6 +44,18 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
     return None
 
 
+class PoolerConnection(asyncpg.Connection):  # type: ignore[misc]
+    """Statement names unique across processes.
+
+    Even with the statement cache off, asyncpg names the statements of type introspection and
+    ``prepare()`` from a per-process counter, so two replicas both create ``__asyncpg_stmt_1__`` and
+    collide on a server connection the pooler shares ("prepared statement ... already exists").
+    """
+
+    def _get_unique_id(self, prefix: str) -> str:
+        return f"__asyncpg_{prefix}_{uuid.uuid4().hex}__"
+
+
 def pool_options(conf: Database) -> dict[str, Any]:
     """asyncpg options for a direct connection or for one through a transaction-mode pooler."""
     if conf.pooler == "transaction":
@@ -52,6 +65,7 @@ def pool_options(conf: Database) -> dict[str, Any]:
         # (asyncpg cancels the statement through the pooler when it passes).
         return {
             "statement_cache_size": 0,
+            "connection_class": PoolerConnection,
             "command_timeout": conf.statement_timeout.total_seconds(),
             "reset": _no_reset,
         }

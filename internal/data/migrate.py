@@ -23,6 +23,8 @@ from pathlib import Path
 
 import asyncpg
 
+from internal.data.data import PoolerConnection
+
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 _FILE = re.compile(r"^(\d+)_(\w+)\.(up|down)\.sql$")
 # Arbitrary constant shared by every replica of this service (and `migrate adopt`).
@@ -264,7 +266,8 @@ async def check_schema(conn: asyncpg.Connection, version: int | None, directory:
 
 async def verify_schema(dsn: str, directory: Path = MIGRATIONS_DIR) -> None:
     """At start-up without auto_migrate: the same refusal as ``migrate up``."""
-    conn = await asyncpg.connect(dsn)
+    # Read-only, so it may go through a transaction pooler: no statement names that could collide.
+    conn = await asyncpg.connect(dsn, statement_cache_size=0, connection_class=PoolerConnection)
     try:
         version, _ = await current_version(conn)
         await check_schema(conn, version, directory)
@@ -335,7 +338,7 @@ async def migrate_down(dsn: str, directory: Path = MIGRATIONS_DIR, steps: int = 
 
 
 async def schema_version(dsn: str) -> tuple[int | None, bool]:
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, statement_cache_size=0, connection_class=PoolerConnection)
     try:
         return await current_version(conn)
     finally:
