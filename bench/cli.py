@@ -306,18 +306,19 @@ def _measure(run: Run, token: str) -> None:
 
     # 7: the client library's envelope encryptor, in rounds alternating with in-process AES-GCM.
     _say("the client library's envelope encryptor (local AES-GCM, cached data keys)")
-    envelope_rounds, prefetch_rounds = [], []
+    envelope_rounds, no_prefetch_rounds = [], []
     for _ in range(s.rounds):
         envelope_rounds.append(envelope_rate(server.target, token, ENVELOPE_KEY, s.seconds / 2, ENVELOPE_MAX_MESSAGES))
-        prefetch_rounds.append(
-            envelope_rate(server.target, token, ENVELOPE_KEY, s.seconds / 2, ENVELOPE_MAX_MESSAGES, prefetch=True)
+        no_prefetch_rounds.append(
+            envelope_rate(server.target, token, ENVELOPE_KEY, s.seconds / 2, ENVELOPE_MAX_MESSAGES, prefetch=False)
         )
     envelope_per_s = sum(e.fields_per_s for e in envelope_rounds) / len(envelope_rounds)
     envelope_ratio = sum(e.fields_per_s / e.aesgcm_per_s for e in envelope_rounds) / len(envelope_rounds)
     awaited_ratio = sum(e.awaited_per_s / e.aesgcm_per_s for e in envelope_rounds) / len(envelope_rounds)
     sync_ratio = sum(e.sync_per_s / e.aesgcm_per_s for e in envelope_rounds) / len(envelope_rounds)
-    prefetch_ratio = sum(e.fields_per_s / e.aesgcm_per_s for e in prefetch_rounds) / len(prefetch_rounds)
+    no_prefetch_ratio = sum(e.fields_per_s / e.aesgcm_per_s for e in no_prefetch_rounds) / len(no_prefetch_rounds)
     envelope_rpcs = max(e.rpcs_per_100k for e in envelope_rounds)
+    first_rpcs = max(e.rpcs_first_100k for e in envelope_rounds)
     implied = envelope_rounds[0].data_keys_implied
     details["envelope"] = {
         "fields_per_s_rounds": [e.fields_per_s for e in envelope_rounds],
@@ -325,8 +326,9 @@ def _measure(run: Run, token: str) -> None:
         "awaited_per_s_rounds": [e.awaited_per_s for e in envelope_rounds],
         "aesgcm_per_s_rounds": [e.aesgcm_per_s for e in envelope_rounds],
         "rpcs_per_100k_fields": [e.rpcs_per_100k for e in envelope_rounds],
-        "prefetch_fields_per_s_rounds": [e.fields_per_s for e in prefetch_rounds],
-        "prefetch_rpcs_per_100k_fields": [e.rpcs_per_100k for e in prefetch_rounds],
+        "rpcs_first_100k_fields": [e.rpcs_first_100k for e in envelope_rounds],
+        "no_prefetch_fields_per_s_rounds": [e.fields_per_s for e in no_prefetch_rounds],
+        "no_prefetch_rpcs_per_100k_fields": [e.rpcs_per_100k for e in no_prefetch_rounds],
         "max_messages_per_data_key": ENVELOPE_MAX_MESSAGES,
     }
 
@@ -428,10 +430,12 @@ def _measure(run: Run, token: str) -> None:
     report.add(Row("envelope_sync_aesgcm_ratio", "   seal_sync per value (await at key changes only) ÷ AES-GCM",
                    sync_ratio))
     report.add(Row("envelope_awaited_aesgcm_ratio", "   `await seal` per value ÷ AES-GCM", awaited_ratio))
-    report.add(Row("envelope_prefetch_aesgcm_ratio", "   seal_many with prefetch=True (next key asked ahead) ÷ AES-GCM",
-                   prefetch_ratio))
-    report.add(Row("envelope_rpcs_per_100k", f"   its RPCs per 100,000 fields (≤ {ENVELOPE_MAX_MESSAGES:,} per key)",
+    report.add(Row("envelope_no_prefetch_aesgcm_ratio", "   seal_many, prefetch=False (waits at new keys) ÷ AES-GCM",
+                   no_prefetch_ratio))
+    report.add(Row("envelope_rpcs_per_100k", f"   its RPCs per 100,000 fields, steady ({ENVELOPE_MAX_MESSAGES:,}/key)",
                    envelope_rpcs, goal=at_most(implied, f"≤ {implied}"), digits=0))
+    report.add(Row("envelope_rpcs_first_100k", "   its RPCs, a fresh encryptor's first 100,000 (+ key asked ahead)",
+                   first_rpcs, digits=0))
     report.add(Row("batch_grpc_aesgcm_ratio", "   EncryptBatch over gRPC: fields/s ÷ in-process AES-GCM/s",
                    batch.item_rate / aes, digits=3))
     report.add(Row("batch_rpcs_per_100k", f"   EncryptBatch RPCs per 100,000 fields ({BATCH_SIZE:,} per call)",
@@ -464,8 +468,8 @@ def _measure(run: Run, token: str) -> None:
     report.notes.append(
         "8: envelope encryptor ÷ AES-GCM (1,000-value chunks of each, alternating) per round: "
         f"{', '.join(f'{e.fields_per_s / e.aesgcm_per_s:.2f}' for e in envelope_rounds)} "
-        f"(prefetch: {', '.join(f'{e.fields_per_s / e.aesgcm_per_s:.2f}' for e in prefetch_rounds)}"
-        f"; its RPCs per 100,000 fields {max(e.rpcs_per_100k for e in prefetch_rounds)}); "
+        f"(prefetch=False: {', '.join(f'{e.fields_per_s / e.aesgcm_per_s:.2f}' for e in no_prefetch_rounds)}"
+        f"; its RPCs per 100,000 fields {max(e.rpcs_per_100k for e in no_prefetch_rounds)}); "
         f"EncryptBatch runs {s.batch_concurrency} calls in flight from {s.processes} client processes, the "
         "encryptor one task in the benchmark process"
     )

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from authkms_client import CacheLimits, CiphertextInvalidError, EnvelopeEncryptor
 from authkms_client.client import DataKey
-from authkms_client.envelope import FORMAT_VERSION, MAGIC, NONCE_SIZE, TAG_SIZE, parse
+from authkms_client.envelope import FORMAT_VERSION, MAGIC, NONCE_SIZE, PREFETCH_LEAD, TAG_SIZE, parse
 
 
 class FakeKms:
@@ -115,10 +115,30 @@ async def test_the_next_data_key_is_fetched_in_the_background_before_the_limit()
         await enc.seal("f", b"v")
     switched = await enc.seal("f", b"v")  # value 4,097: the prefetched key, no new request
     assert parse(switched)[0] != first and len(kms.keys) == 2
-    without = encryptor(FakeKms(), limits=CacheLimits(max_messages=4096))  # the default: no look-ahead
+    without = encryptor(FakeKms(), limits=CacheLimits(max_messages=4096), prefetch=False)  # no look-ahead
     for _ in range(4000):
         await without.seal("f", b"v")
     assert without._next is None and without.data_keys_generated == 1
+
+
+async def test_the_next_key_is_asked_for_shortly_before_the_age_limit_not_at_half_of_it() -> None:
+    """Asked at half the age, the key asked ahead would be half-aged when it takes over; it is asked
+    PREFETCH_LEAD seconds before the current key's age limit instead (checked at nonce-pool refills)."""
+    now = [0.0]
+    kms = FakeKms()
+    enc = encryptor(kms, limits=CacheLimits(max_age=300), clock=lambda: now[0])
+    for _ in range(1024):  # the first pool
+        await enc.seal("f", b"v")
+    now[0] = 300 - PREFETCH_LEAD - 1
+    await enc.seal("f", b"v")  # a refill, past half the age: not yet
+    assert enc._next is None
+    for _ in range(1023):
+        await enc.seal("f", b"v")
+    now[0] = 300 - PREFETCH_LEAD + 1
+    await enc.seal("f", b"v")  # the next refill, within the lead: asked ahead
+    assert enc._next is not None
+    await asyncio.sleep(0.01)
+    assert enc.data_keys_generated == 2
 
 
 async def test_a_data_key_seals_exactly_its_message_limit() -> None:

@@ -51,6 +51,8 @@ DATA_KEY_SIZE = 32
 MAX_FIELD_CHARS = 128
 MAX_CACHED_FIELDS = 1024  # associated data cached per data key, by field name
 NONCE_POOL_BYTES = NONCE_SIZE * 1024
+# How long before a key's age limit the next one is asked for (``prefetch``): ample for one RPC.
+PREFETCH_LEAD = 10.0
 _AD_DOMAIN = b"authkms-client/envelope/v1"
 _LENGTH = struct.Struct(">I")
 _EMPTY: Mapping[str, str] = {}
@@ -152,9 +154,11 @@ class EnvelopeEncryptor:
     that opens the values needs the same one. The per-value ``context`` of ``seal``/``open`` binds a value to
     its row (e.g. ``{"row": "42"}``) and is checked locally. ``clock`` (monotonic seconds) can be injected.
 
-    ``prefetch``: while sealing steadily, ask for the next data key in the background once the current one has
-    used half of a limit, so ``seal`` does not wait for GenerateDataKey at each change of key. It costs at most
-    one key more than the limits imply (the one asked ahead); each key's age counts from its generation."""
+    ``prefetch`` (on by default): while sealing, ask for the next data key in the background once the current
+    one has used half of its messages or bytes, or is within ``PREFETCH_LEAD`` seconds (at most half its
+    ``max_age``) of its age limit, so ``seal`` does not wait for GenerateDataKey at each change of key. Over the
+    encryptor's life it costs at most one key more than the limits imply (the one asked ahead, if sealing
+    stops); each key's age counts from its generation. ``prefetch=False`` asks only when a key is needed."""
 
     def __init__(
         self,
@@ -164,7 +168,7 @@ class EnvelopeEncryptor:
         key_context: Mapping[str, str] | None = None,
         limits: CacheLimits | None = None,
         clock: Clock = time.monotonic,
-        prefetch: bool = False,
+        prefetch: bool = True,
     ) -> None:
         self._client = client
         self._prefetch = prefetch
@@ -299,16 +303,17 @@ class EnvelopeEncryptor:
             self._prefetch_if_due(used)  # here, once per pool, rather than on every seal
 
     def _prefetch_if_due(self, used: int) -> None:
-        """Ask for the next data key in the background once the current one has used half of a limit (``used``:
-        the values it has sealed): early enough for the RPC to finish before the key is spent, even when sealing
-        fast."""
+        """Ask for the next data key in the background once the current one has used half of its messages
+        (``used``: the values it has sealed) or bytes, or nears its age limit: early enough for the RPC to finish
+        before the key is spent, even when sealing fast. The age lead is short, so that the key asked ahead is
+        still young when it takes over (asking at half the age would halve every key's life)."""
         key, limits = self._sealing, self.limits
         if key is None:
             return
         if (
             2 * used < limits.max_messages
             and 2 * key.bytes < limits.max_bytes
-            and self._clock() < key.expires - limits.max_age / 2
+            and self._clock() < key.expires - min(PREFETCH_LEAD, limits.max_age / 2)
         ):
             return
         try:
