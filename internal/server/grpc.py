@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from api.gen.kms.v1 import kms_pb2
 from internal.conf.config import GRPC
 from internal.pkg.tracing import tracing_interceptors
-from internal.server.interceptors import AccessLogInterceptor, ErrorInterceptor
+from internal.server.interceptors import AccessLogInterceptor, ErrorInterceptor, PerMethodInterceptor
 from internal.server.peer import TrustedProxies
 from internal.service.wire import EncodedReply
 
@@ -70,42 +70,57 @@ def server_interceptors(proxies: TrustedProxies) -> list[grpc.aio.ServerIntercep
     ]
 
 
-def _own_serializer(method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+def _own_serializer(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     serializer = _OWN_SERIALIZERS.get(method)
-    if handler is None or serializer is None:
+    return handler if serializer is None else handler._replace(response_serializer=serializer)
+
+
+class _Wrapping:
+    """A method's handler as served: its own reply serializer (if it has one), inside the per-method
+    interceptors, applied once when the method is first seen rather than by grpc.aio's interceptor chain on
+    every call (which awaits each interceptor's ``intercept_service`` per call, CPU a health check would pay)."""
+
+    def __init__(self, interceptors: Sequence[PerMethodInterceptor]) -> None:
+        self._interceptors = list(reversed(interceptors))  # innermost first
+
+    def __call__(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        handler = _own_serializer(method, handler)
+        for interceptor in self._interceptors:
+            handler = interceptor.wrap_handler(method, handler)
         return handler
-    return handler._replace(response_serializer=serializer)
 
 
-class _GenericWithOwnSerializers(grpc.GenericRpcHandler):
-    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+class _WrappedGeneric(grpc.GenericRpcHandler):
+    def __init__(self, inner: grpc.GenericRpcHandler, wrapping: _Wrapping) -> None:
         self._inner = inner
-        self._replaced: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler | None]] = {}
+        self._wrapping = wrapping
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        method = handler_call_details.method
         handler = self._inner.service(handler_call_details)
-        if method not in _OWN_SERIALIZERS or handler is None:
-            return handler
-        known = self._replaced.get(method)
-        if known is None or known[0] is not handler:  # the same handler object every call: replaced once
-            known = self._replaced[method] = (handler, _own_serializer(method, handler))
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is None or known[0] is not handler:  # the same handler object every call: wrapped once
+            known = self._wrapped[method] = (handler, self._wrapping(method, handler))
         return known[1]
 
 
 class _Registrar:
-    """What a service's ``add_to_server`` registers into: the server, with the methods that have their own reply
-    serializer given it."""
+    """What every service's ``add_to_server`` registers into (ours, health, reflection): the server, each method
+    wrapped as served (``_Wrapping``)."""
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: grpc.aio.Server, wrapping: _Wrapping) -> None:
         self._server = server
+        self._wrapping = wrapping
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers([_GenericWithOwnSerializers(h) for h in handlers])
+        self._server.add_generic_rpc_handlers([_WrappedGeneric(h, self._wrapping) for h in handlers])
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
         self._server.add_registered_method_handlers(
-            service, {name: _own_serializer(f"/{service}/{name}", h) for name, h in handlers.items()}
+            service, {name: self._wrapping(f"/{service}/{name}", h) for name, h in handlers.items()}
         )
 
 
@@ -134,14 +149,16 @@ def new_grpc_server(
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
-    server = grpc.aio.server(interceptors=server_interceptors(proxies or TrustedProxies()), options=options)
-    registrar = _Registrar(server)
+    interceptors = server_interceptors(proxies or TrustedProxies())
+    per_call = [i for i in interceptors if not isinstance(i, PerMethodInterceptor)]
+    server = grpc.aio.server(interceptors=per_call or None, options=options)
+    registrar: Any = _Registrar(server, _Wrapping([i for i in interceptors if isinstance(i, PerMethodInterceptor)]))
     for service in services:
-        service.add_to_server(registrar)  # type: ignore[arg-type]
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        service.add_to_server(registrar)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)
     names = [s.full_name for s in services]
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], registrar
     )
     if conf.tls.enabled:
         port = server.add_secure_port(conf.addr, _credentials(conf))

@@ -62,9 +62,10 @@ def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]
 Behaviour = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-class _PerMethod(grpc.aio.ServerInterceptor):
-    """An interceptor that wraps each unary method's handler once, not on every call: grpc.aio asks its
-    interceptors for the handler of every call, and the method's handler is the same object each time."""
+class PerMethodInterceptor(grpc.aio.ServerInterceptor):
+    """An interceptor that wraps each unary method's handler once, not on every call. The gRPC server applies
+    ``wrap_handler`` when a method is first served (internal.server.grpc); as a grpc.aio interceptor (the HTTP
+    gateway runs them so) it keeps the wrapped handler of each method, the same object each time."""
 
     def __init__(self) -> None:
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}  # method → (handler, ours)
@@ -79,15 +80,19 @@ class _PerMethod(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
         method = handler_call_details.method
         known = self._wrapped.get(method)
         if known is not None and known[0] is handler:
             return known[1]
-        ours = self.wrap(method, handler)
+        ours = self.wrap_handler(method, handler)
         self._wrapped[method] = (handler, ours)  # only methods with a handler get here: the table stays small
         return ours
+
+    def wrap_handler(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` as this interceptor serves it: wrapped if unary-unary, else as it is."""
+        return handler if handler.unary_unary is None else self.wrap(method, handler)
 
 
 def _unary(
@@ -102,7 +107,7 @@ def _unary(
     )
 
 
-class ErrorInterceptor(_PerMethod):
+class ErrorInterceptor(PerMethodInterceptor):
     """The one place where domain errors become gRPC statuses; anything unexpected becomes INTERNAL."""
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
@@ -129,7 +134,7 @@ class ErrorInterceptor(_PerMethod):
         return _unary(handler, behaviour, _safe(handler.request_deserializer))
 
 
-class AccessLogInterceptor(_PerMethod):
+class AccessLogInterceptor(PerMethodInterceptor):
     """One log line and metrics per RPC: method, code, duration, request id, business counters. Never the payload.
 
     The request id is the caller's ``x-request-id`` when ``safe_request_id`` accepts it, else a new one. The
