@@ -3,8 +3,9 @@
 Every field of the line is server-defined (method, status code, duration) or was vetted when the call arrived (the
 request id, ``safe_request_id``), so the scan that guards every other line (about 50 µs a line, ten times the rest
 of it) finds nothing here. The line is what the formatter ``setup_logging`` installed renders, written straight to
-its handler's stream (no LogRecord, no trip through logging's handler chain: a third of the line's cost, measured);
-where logging is set up any other way (tests' capture handlers), the line is a record like any other, redacted.
+its handler's stream (no LogRecord, no trip through logging's handler chain: a third of the line's cost, measured),
+in the handler's deferred batches (``StderrHandler.defer``: one system call per batch, not per call); where logging
+is set up any other way (tests' capture handlers), the line is a record like any other, redacted.
 """
 
 from __future__ import annotations
@@ -53,8 +54,4 @@ class AccessLog:
         formatter = installed.formatter
         assert isinstance(formatter, JsonFormatter | TextFormatter)
         line = formatter.render_line(time.time(), "INFO", ACCESS_LOGGER, "rpc", request_id.get(), fields)
-        installed.acquire()
-        try:
-            installed.stream.write(line + "\n")
-        finally:
-            installed.release()
+        installed.defer(line + "\n")

@@ -1,16 +1,19 @@
 """The access line's fast path (internal.server.accesslog): the installed formatter's line, minus the redaction
-scan, on the installed handler's stream; through ordinary logging whenever logging is set up another way."""
+scan, on the installed handler's stream in deferred batches that keep the log's order; through ordinary logging
+whenever logging is set up any other way."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
+import time
+import weakref
 from collections.abc import Iterator
 
 import pytest
 
-from internal.pkg.log import JsonFormatter, TextFormatter, request_id, setup_logging
+from internal.pkg.log import JsonFormatter, StderrHandler, TextFormatter, request_id, setup_logging
 from internal.server.accesslog import ACCESS_LOGGER, AccessLog
 
 FIELDS = {"method": "kms.v1.KMS/Encrypt", "grpc_code": "OK", "ms": 0.42, "n": 3, "ok": True, "é": "ü\n\"q\""}
@@ -38,6 +41,12 @@ def stderr() -> Iterator[io.StringIO]:
 _STREAM = io.StringIO()
 
 
+def written(stream: io.StringIO) -> str:
+    """What reached ``stream`` once the handler has written its deferred lines."""
+    logging.getLogger().handlers[0].flush()
+    return stream.getvalue()
+
+
 def setup(level: str, fmt: str) -> None:
     """Logging as the server sets it up, into ``_STREAM``."""
     setup_logging(level, fmt)
@@ -58,19 +67,19 @@ def test_access_lines_are_the_installed_formatters_lines_unscanned(stderr: io.St
         expected = formatter.render(record)
     finally:
         request_id.reset(token)
-    written = stderr.getvalue()
-    assert written.endswith("\n") and written.count("\n") == 1
+    line = written(stderr)
+    assert line.endswith("\n") and line.count("\n") == 1
     if fmt == "json":  # all but the time
-        assert list(json.loads(written).items())[1:] == list(json.loads(expected).items())[1:]
+        assert list(json.loads(line).items())[1:] == list(json.loads(expected).items())[1:]
     else:
-        assert written.split(" ", 1)[1] == expected.split(" ", 1)[1] + "\n"
-    assert "0123456789abcdef" * 2 in written and "req-1" in written
+        assert line.split(" ", 1)[1] == expected.split(" ", 1)[1] + "\n"
+    assert "0123456789abcdef" * 2 in line and "req-1" in line
 
 
 def test_json_access_lines_are_valid_json(stderr: io.StringIO) -> None:
     setup("INFO", "json")
     AccessLog().write(FIELDS)
-    entry = json.loads(stderr.getvalue())
+    entry = json.loads(written(stderr))
     assert {k: entry[k] for k in FIELDS} == FIELDS
     assert (entry["logger"], entry["msg"], entry["level"]) == (ACCESS_LOGGER, "rpc", "INFO")
 
@@ -81,7 +90,7 @@ def test_other_lines_are_still_scanned_and_keep_their_order(stderr: io.StringIO)
     access.write({"n": 1})
     logging.getLogger("other").warning("failed", extra={"digest": "0123456789abcdef" * 2})
     access.write({"n": 2})
-    lines = [json.loads(line) for line in stderr.getvalue().splitlines()]
+    lines = [json.loads(line) for line in written(stderr).splitlines()]
     assert [line.get("n", line["msg"]) for line in lines] == [1, "failed", 2]
     assert lines[1]["digest"] == "[HEX]"
 
@@ -89,7 +98,7 @@ def test_other_lines_are_still_scanned_and_keep_their_order(stderr: io.StringIO)
 def test_below_the_level_nothing_is_written(stderr: io.StringIO) -> None:
     setup("WARNING", "json")
     AccessLog().write(FIELDS)
-    assert stderr.getvalue() == ""
+    assert written(stderr) == ""
 
 
 def test_a_new_logging_setup_is_followed(stderr: io.StringIO) -> None:
@@ -98,7 +107,7 @@ def test_a_new_logging_setup_is_followed(stderr: io.StringIO) -> None:
     access.write({"n": 1})
     setup("INFO", "text")
     access.write({"n": 2})
-    first, second = stderr.getvalue().splitlines()
+    first, second = written(stderr).splitlines()
     assert json.loads(first)["n"] == 1 and second.endswith(f"{ACCESS_LOGGER}: rpc n=2")
 
 
@@ -109,3 +118,24 @@ def test_any_other_setup_gets_ordinary_redacted_records(stderr: io.StringIO, cap
     AccessLog().write(LOOKS_SECRET)
     assert [r.getMessage() for r in caplog.records if r.name == ACCESS_LOGGER] == ["rpc"]
     assert "0123456789abcdef" * 2 not in stderr.getvalue() and "[HEX]" in stderr.getvalue()
+
+
+def test_access_lines_are_written_in_batches_at_most_a_moment_late(stderr: io.StringIO) -> None:
+    setup("INFO", "json")
+    access = AccessLog()
+    access.write({"n": 1})
+    assert stderr.getvalue() == ""  # deferred: no system call for it yet
+    deadline = time.monotonic() + 5 * StderrHandler.DEFER_SECONDS + 1
+    while not stderr.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [json.loads(line)["n"] for line in stderr.getvalue().splitlines()] == [1]  # with nothing else logged
+    for n in range(StderrHandler.DEFER_LINES):
+        access.write({"n": n})
+    assert len(stderr.getvalue().splitlines()) == 1 + StderrHandler.DEFER_LINES  # a full batch at once
+
+
+def test_shutdown_writes_the_deferred_lines(stderr: io.StringIO) -> None:
+    setup("INFO", "json")
+    AccessLog().write({"n": 1})
+    logging.shutdown([weakref.ref(logging.getLogger().handlers[0])])  # what the interpreter runs at exit
+    assert [json.loads(line)["n"] for line in stderr.getvalue().splitlines()] == [1]
