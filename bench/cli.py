@@ -16,7 +16,8 @@ One run, one fresh database and Redis prefix, one credential; everything below i
    Login p50, in alternating rounds (``bench.http_load``).
 7. Server CPU per RPC, read from /proc for the server process tree alone (so it holds while the load clients
    share the cores): health Check, Encrypt and EncryptBatch per field, beside a bare grpc.aio servicer's Check
-   (``bench.floor``); beside EncryptBatch, the bare servicer's and its gRPC transport alone (no AEAD).
+   (``bench.floor``, its rounds alternating with the server's); beside EncryptBatch, the bare servicer's and its
+   gRPC transport alone (no AEAD).
 8. The client library's envelope encryptor (local AES-GCM under a cached data key): fields/s of its bulk path
    (``seal_many`` of 1,000 values) ÷ in-process AES-GCM/s (1,000-value chunks of each, alternating), beside it
    ``seal_sync`` and ``await seal`` per value; its RPCs per 100,000 fields, beside EncryptBatch.
@@ -255,13 +256,19 @@ def _measure(run: Run, token: str) -> None:
     idle_rate = (db_queries(server) - idle_before) / (time.monotonic() - idle_started)
     # Check and Encrypt alternate, so that a slow spell of the machine (the clients share its cores) weighs on
     # both rates alike; each rate is the mean over its rounds.
+    # The bare servicer's Check (bench.floor) alternates with them too: its CPU per call is the yardstick of the
+    # server's, and both must meet the same spells of the machine.
+    _say("the bare servicer (bench.floor), beside the server")
+    floor_server = run.start_floor()
     checks: list[LoadResult] = []
+    floor_checks: list[LoadResult] = []
     encrypts: list[LoadResult] = []
     spreads: list[LoadResult] = []
     statements = 0.0
     busy_seconds = 0.0
     for _ in range(s.rounds):
         checks.append(run.load(server, "check", s.concurrency))
+        floor_checks.append(run.load(floor_server, "check", s.concurrency))
         busy_started, before = time.monotonic(), db_queries(server)
         encrypts.append(run.load(server, "encrypt", s.concurrency, token=token, key_names=(ONE_KEY,)))
         statements += db_queries(server) - before
@@ -282,10 +289,8 @@ def _measure(run: Run, token: str) -> None:
     _say("in-process AES-GCM and batch sealing")
     aes = aesgcm_rate(s.seconds)
     sealing = sealer_rate(s.seconds)
-    _say("the bare servicer (bench.floor): EncryptBatch and health Check")
-    floor_server = run.start_floor()
+    _say("the bare servicer (bench.floor): EncryptBatch")
     floor = run.load(floor_server, "batch", s.batch_concurrency, token=token, batch_size=BATCH_SIZE)
-    floor_checks = [run.load(floor_server, "check", s.concurrency) for _ in range(s.rounds)]
     transport = run.load(floor_server, "batch", s.batch_concurrency, token=token, batch_size=BATCH_SIZE,
                          key_names=(TRANSPORT_ONLY,))
     run.stop(floor_server)
@@ -421,6 +426,8 @@ def _measure(run: Run, token: str) -> None:
                    cpu_us["batch_field"], "µs", goal=at_most(2.0)))
     report.add(Row("cpu_bare_batch_field_us", "   server CPU per field, bare EncryptBatch servicer (bench.floor)",
                    cpu_us["bare_batch_field"], "µs"))
+    report.add(Row("cpu_batch_bare_ratio", "   EncryptBatch CPU per field ÷ the bare servicer's",
+                   cpu_us["batch_field"] / cpu_us["bare_batch_field"]))
     report.add(Row("cpu_transport_batch_field_us", "   server CPU per field, gRPC transport alone (canned reply)",
                    cpu_us["transport_batch_field"], "µs"))
     report.add(Row("envelope_aesgcm_ratio", "8. envelope encryptor (bulk: seal_many) fields/s ÷ in-process AES-GCM/s",
@@ -440,6 +447,10 @@ def _measure(run: Run, token: str) -> None:
                    batch.item_rate / aes, digits=3))
     report.add(Row("batch_rpcs_per_100k", f"   EncryptBatch RPCs per 100,000 fields ({BATCH_SIZE:,} per call)",
                    100_000 / BATCH_SIZE, digits=0))
+    per_round_cpu = ", ".join(
+        f"{_cpu_per_call_us([c]) / _cpu_per_call_us([f]):.2f}" for c, f in zip(checks, floor_checks, strict=True)
+    )
+    report.notes.append(f"7: Check CPU ÷ bare Check CPU per round (alternating): {per_round_cpu}")
     per_round = ", ".join(f"{e.rate / c.rate:.2f}" for c, e in zip(checks, encrypts, strict=True))
     report.notes.append(f"1: Encrypt ÷ Check per round (alternating): {per_round}")
     report.notes.append(
