@@ -18,12 +18,12 @@ from internal.conf.config import GRPC
 from internal.pkg.tracing import tracing_interceptors
 from internal.server.interceptors import AccessLogInterceptor, ErrorInterceptor, PerMethodInterceptor
 from internal.server.peer import TrustedProxies
-from internal.service.wire import EncodedReply, parse_encrypt_batch
+from internal.service.wire import EncodedReply
 
-# EncryptBatch, the one RPC whose speed counts per item, is read and answered in wire form (internal.service.wire):
-# its handler gets the request as ``parse_encrypt_batch`` reads it and sends its reply's bytes as they are, its
-# metrics read the counts that come with them, and a call over HTTP gets the generated message back
-# (``reply_message``). Everything else sees a method like any other.
+# EncryptBatch, the one RPC whose speed counts per item, answers with its reply already in wire form
+# (internal.service.wire): its handler sends those bytes as they are, its metrics read the counts that come
+# with them, and a call over HTTP gets the generated message back (``reply_message``). Everything else sees a
+# method like any other.
 ENCRYPT_BATCH = "/kms.v1.KMS/EncryptBatch"
 
 
@@ -39,7 +39,6 @@ def _encoded_message(reply: EncodedReply) -> Message:
     return kms_pb2.EncryptBatchReply.FromString(reply.wire)
 
 
-_OWN_PARSERS: dict[str, Callable[[bytes], Any]] = {ENCRYPT_BATCH: parse_encrypt_batch}
 _OWN_SERIALIZERS: dict[str, Callable[[Any], bytes]] = {ENCRYPT_BATCH: _encoded_wire}
 _OWN_MESSAGES: dict[str, Callable[[Any], Message]] = {ENCRYPT_BATCH: _encoded_message}
 
@@ -71,15 +70,13 @@ def server_interceptors(proxies: TrustedProxies) -> list[grpc.aio.ServerIntercep
     ]
 
 
-def _own_wire_forms(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    parser, serializer = _OWN_PARSERS.get(method), _OWN_SERIALIZERS.get(method)
-    if parser is not None:
-        handler = handler._replace(request_deserializer=parser)
+def _own_serializer(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    serializer = _OWN_SERIALIZERS.get(method)
     return handler if serializer is None else handler._replace(response_serializer=serializer)
 
 
 class _Wrapping:
-    """A method's handler as served: its own request parser and reply serializer (if it has them), inside the per-method
+    """A method's handler as served: its own reply serializer (if it has one), inside the per-method
     interceptors, applied once when the method is first seen rather than by grpc.aio's interceptor chain on
     every call (which awaits each interceptor's ``intercept_service`` per call, CPU a health check would pay)."""
 
@@ -87,7 +84,7 @@ class _Wrapping:
         self._interceptors = list(reversed(interceptors))  # innermost first
 
     def __call__(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        handler = _own_wire_forms(method, handler)
+        handler = _own_serializer(method, handler)
         for interceptor in self._interceptors:
             handler = interceptor.wrap_handler(method, handler)
         return handler

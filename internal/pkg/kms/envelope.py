@@ -334,16 +334,14 @@ class Sealer:
         An item whose field is in ``refused`` gets that error instead of an envelope.
 
         This loop is the EncryptBatch hot path (a few µs per item), hence the local names and the previous item's
-        binding checked inline: at once when the item holds the very context mapping (and field) of the previous
-        one, else entry by entry (a protobuf map's lookups are the dearest part of an item). The per-field cache
-        and the refused fields are consulted only when the field or context changes."""
+        binding checked inline, entry by entry: a protobuf map's lookups are the dearest part of an item, and the
+        per-field cache and the refused fields are consulted only when the field or context changes."""
         prefix, encrypt, binding = self._prefix, self._encrypt, self.binding
         refused = refused or {}
         random = os.urandom(NONCE_SIZE * len(items))
         results: list[bytes | DomainError] = []
         append = results.append
         last_field: str | None = None
-        last_context: object = None
         last_entries: tuple[tuple[str, str], ...] = ()
         last_count = -1
         ad = b""
@@ -355,9 +353,6 @@ class Sealer:
             try:
                 if type(data) is not bytes or len(data) > max_plaintext:
                     data = check_plaintext(data, max_plaintext)
-                if context is last_context and field == last_field:
-                    append(prefix + nonce + encrypt(nonce, data, ad))  # the very mapping the binding was made from
-                    continue
                 same = field == last_field and len(context) == last_count
                 if same:
                     for key, value in last_entries:
@@ -372,7 +367,6 @@ class Sealer:
                         continue
                     last_entries, ad = binding(field, context)
                     last_field, last_count = field, len(last_entries)
-                last_context = context
             except (TypeError, AttributeError):  # a context that is no mapping: validate_binding names it
                 last_field = None
                 try:
