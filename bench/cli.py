@@ -1,9 +1,10 @@
-"""`python -m bench [--seconds S] [--concurrency C] [--quick] [--output PATH]`.
+"""`python -m bench [--seconds S] [--rounds N] [--concurrency C] [--quick] [--output PATH]`.
 
 One run, one fresh database and Redis prefix, one credential; everything below is measured in this run:
 
 1. KMS Encrypt RPC rate (on one named key) ÷ grpc.health.v1 Check RPC rate on the same server, same client
-   design; three alternating rounds of each (one with --quick), each rate the mean of its rounds. Beside it,
+   design; five alternating rounds of each (``--rounds``; one with --quick), each rate the mean of its rounds
+   (the machine's slow and fast spells differ by 20% from one round to the next here). Beside it,
    Encrypt spread over 100 named keys (successive calls on different keys) ÷ Encrypt on one key.
 2. EncryptBatch (1,000 × 32-byte fields) fields/s ÷ in-process AES-GCM encryptions/s; beside it the same
    load against ``bench.floor``, a servicer doing nothing but the AEAD calls, as a yardstick.
@@ -99,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="KMS/health calls in flight over both client processes (default 32)")
     parser.add_argument("--auth-concurrency", type=int, default=8,
                         help="concurrent Register/Login clients (default 8)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternating rounds of each measurement that has them (default 5)")
     parser.add_argument("--quick", action="store_true", help="tiny durations, for a smoke test")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                         help=f"also write the results as JSON (default {DEFAULT_OUTPUT.relative_to(ROOT)})")
@@ -106,8 +109,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    if args.seconds <= 0 or args.concurrency < 1 or args.auth_concurrency < 1:
-        raise BenchError("--seconds, --concurrency and --auth-concurrency must be positive")
+    if args.seconds <= 0 or args.concurrency < 1 or args.auth_concurrency < 1 or args.rounds < 1:
+        raise BenchError("--seconds, --rounds, --concurrency and --auth-concurrency must be positive")
     seconds = min(args.seconds, 0.5) if args.quick else args.seconds
     return Settings(
         seconds=seconds,
@@ -118,7 +121,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         processes=2,
         channels=4,
         min_samples=3 if args.quick else 10,
-        rounds=1 if args.quick else 3,
+        rounds=1 if args.quick else args.rounds,
         quick=args.quick,
     )
 
