@@ -16,7 +16,6 @@ import json
 import logging
 import re
 import sys
-import threading
 import time
 from typing import Any
 
@@ -137,70 +136,7 @@ class TextFormatter(logging.Formatter):
 
 
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The one handler ``setup_logging`` installs on the root logger.
-
-    Lines handed to ``defer`` (the access lines, internal.server.accesslog) are written in batches: at most
-    ``DEFER_LINES`` of them, at most ``DEFER_SECONDS`` late. One system call per batch instead of one per call
-    took about 3–6% off the server CPU of an Encrypt under load (ten alternating rounds in one server process).
-    Every record, ``flush`` and ``close`` writes the deferred lines first, so the log keeps its order; a SIGKILL
-    loses at most the last ``DEFER_SECONDS``."""
-
-    DEFER_LINES = 64
-    DEFER_SECONDS = 0.05
-
-    def __init__(self, stream: Any = None) -> None:
-        super().__init__(stream)
-        self._deferred: list[str] = []
-        self._due = threading.Event()  # set when the first line of a batch is deferred
-        self._writer: threading.Thread | None = None
-
-    def defer(self, line: str) -> None:
-        """Write ``line`` (newline included) with the next batch."""
-        with self.lock:  # type: ignore[union-attr]
-            deferred = self._deferred
-            deferred.append(line)
-            if len(deferred) >= self.DEFER_LINES:
-                self._write_deferred()
-            elif len(deferred) == 1:
-                if self._writer is None or not self._writer.is_alive():  # first use, or a forked child
-                    self._writer = threading.Thread(target=self._write_when_due, name="log-batches", daemon=True)
-                    self._writer.start()
-                self._due.set()
-
-    def _write_when_due(self) -> None:
-        while True:
-            self._due.wait()
-            time.sleep(self.DEFER_SECONDS)
-            self._due.clear()
-            self.flush()
-
-    def _write_deferred(self) -> None:
-        """The deferred lines, written; the caller holds the lock."""
-        if self._deferred:
-            lines, self._deferred = "".join(self._deferred), []
-            try:
-                self.stream.write(lines)
-            except Exception:  # as logging does: a broken stream must not break the caller
-                self.handleError(logging.makeLogRecord({"msg": "deferred lines"}))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with self.lock:  # type: ignore[union-attr]
-            self._write_deferred()
-            super().emit(record)
-
-    def flush(self) -> None:
-        with self.lock:  # type: ignore[union-attr]
-            self._write_deferred()
-            super().flush()
-
-    def close(self) -> None:
-        self.flush()
-        super().close()
-
-    def setStream(self, stream: Any) -> Any:
-        with self.lock:  # type: ignore[union-attr]
-            self._write_deferred()
-            return super().setStream(stream)
+    """The one handler ``setup_logging`` installs on the root logger."""
 
 
 def setup_logging(level: str = "INFO", fmt: str = "auto", production: bool = False) -> None:
@@ -212,7 +148,5 @@ def setup_logging(level: str = "INFO", fmt: str = "auto", production: bool = Fal
     handler = StderrHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
-    for old in root.handlers:
-        old.flush()  # what it still holds (deferred lines) is written before the new handler takes over
     root.handlers[:] = [handler]
     root.setLevel(level)

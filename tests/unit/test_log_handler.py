@@ -1,20 +1,21 @@
 """The access line's fast path (internal.server.accesslog): the installed formatter's line, minus the redaction
-scan, on the installed handler's stream in deferred batches that keep the log's order; through ordinary logging
-whenever logging is set up any other way."""
+scan, on the installed handler's stream in batches that keep the log's order and are all written at exit; through
+ordinary logging whenever logging is set up any other way."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
+import subprocess
+import sys
 import time
-import weakref
 from collections.abc import Iterator
 
 import pytest
 
-from internal.pkg.log import JsonFormatter, StderrHandler, TextFormatter, request_id, setup_logging
-from internal.server.accesslog import ACCESS_LOGGER, AccessLog
+from internal.pkg.log import JsonFormatter, TextFormatter, request_id, setup_logging
+from internal.server.accesslog import ACCESS_LOGGER, BATCH_LINES, BATCH_SECONDS, AccessLog, write_access_lines
 
 FIELDS = {"method": "kms.v1.KMS/Encrypt", "grpc_code": "OK", "ms": 0.42, "n": 3, "ok": True, "é": "ü\n\"q\""}
 # What the redaction scan would mask: the access line never carries such a value, so it is not scanned.
@@ -42,8 +43,8 @@ _STREAM = io.StringIO()
 
 
 def written(stream: io.StringIO) -> str:
-    """What reached ``stream`` once the handler has written its deferred lines."""
-    logging.getLogger().handlers[0].flush()
+    """What reached ``stream`` once the waiting access lines are written."""
+    write_access_lines()
     return stream.getvalue()
 
 
@@ -124,18 +125,23 @@ def test_access_lines_are_written_in_batches_at_most_a_moment_late(stderr: io.St
     setup("INFO", "json")
     access = AccessLog()
     access.write({"n": 1})
-    assert stderr.getvalue() == ""  # deferred: no system call for it yet
-    deadline = time.monotonic() + 5 * StderrHandler.DEFER_SECONDS + 1
+    assert stderr.getvalue() == ""  # waiting: no system call for it yet
+    deadline = time.monotonic() + 5 * BATCH_SECONDS + 1
     while not stderr.getvalue() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert [json.loads(line)["n"] for line in stderr.getvalue().splitlines()] == [1]  # with nothing else logged
-    for n in range(StderrHandler.DEFER_LINES):
+    for n in range(BATCH_LINES):
         access.write({"n": n})
-    assert len(stderr.getvalue().splitlines()) == 1 + StderrHandler.DEFER_LINES  # a full batch at once
+    assert len(stderr.getvalue().splitlines()) == 1 + BATCH_LINES  # a full batch at once
 
 
-def test_shutdown_writes_the_deferred_lines(stderr: io.StringIO) -> None:
-    setup("INFO", "json")
-    AccessLog().write({"n": 1})
-    logging.shutdown([weakref.ref(logging.getLogger().handlers[0])])  # what the interpreter runs at exit
-    assert [json.loads(line)["n"] for line in stderr.getvalue().splitlines()] == [1]
+def test_the_waiting_lines_are_written_at_exit() -> None:
+    program = (
+        "from internal.pkg.log import setup_logging\n"
+        "from internal.server.accesslog import AccessLog\n"
+        "setup_logging('INFO', 'json')\n"
+        "AccessLog().write({'n': 1})\n"
+        "AccessLog().write({'n': 2})\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True)
+    assert [json.loads(line)["n"] for line in done.stderr.splitlines()] == [1, 2]
