@@ -151,16 +151,17 @@ def envelope_rate(
                 for _ in range(1000):
                     await seal(FIELD, value, CONTEXT)
 
-            # Every 1,000 values the loop yields to the event loop, as a service does between requests (so the
-            # encryptor's background fetch of its next data key can run).
-            for _ in range(0, fields, 1000):
-                await bulk()
-                await asyncio.sleep(0)
-            first = client.calls
-            for _ in range(0, fields, 1000):
-                await bulk()
-                await asyncio.sleep(0)
-            steady = client.calls - first
+            async def rpcs_for_fields() -> int:
+                """The RPCs made while sealing ``fields`` values. Every 1,000 values the loop yields to the event
+                loop, as a service does between requests (so the background fetch of the next data key can run)."""
+                before = client.calls
+                for _ in range(0, fields, 1000):
+                    await bulk()
+                    await asyncio.sleep(0)
+                return client.calls - before
+
+            first = await rpcs_for_fields()
+            steady = await rpcs_for_fields()
             ways = [bulk, sync, awaited]
             spent = dict.fromkeys(ways, 0.0)
             done, aes = 0, 0.0

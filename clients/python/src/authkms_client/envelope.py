@@ -238,9 +238,7 @@ class EnvelopeEncryptor:
             if key.messages >= self._max_messages:
                 return None
             self._new_nonces(key)
-        # As in ``seal``: the cached associated data inlined.
-        cached = key.bindings.get(field)
-        ad = cached[1] if cached is not None and cached[0] == context else key.ad(field, context)
+        ad = key.ad(field, context)
         key.bytes += size
         start, nonce = key.nonces.pop()
         return start + key.encrypt(nonce, value, ad)
@@ -352,13 +350,8 @@ class EnvelopeEncryptor:
 
     async def open(self, field: str, sealed: bytes, context: Mapping[str, str] | None = None) -> bytes:
         """The value ``seal`` sealed; CiphertextInvalidError for tampering, or the wrong field, context or key."""
-        if type(sealed) is not bytes:
-            sealed = bytes(sealed)
-        header, key_name = parse(sealed)
-        if key_name != self.key_name:
-            raise CiphertextInvalidError(f"sealed under the key {key_name!r}, not {self.key_name!r}")
-        key = self._opening.get(header)
-        if key is None or self._clock() >= key.expires:
+        sealed, header, key = self._cached_key(sealed)
+        if key is None:
             key = await self._unwrap(header, sealed)
         return _open_with(key, len(header), field, sealed, context)
 
@@ -366,15 +359,19 @@ class EnvelopeEncryptor:
         """``open`` without an await: the value when its data key is cached (unwrapped and not older than
         ``max_age``), else None: then ``await open(...)`` unwraps it. A value may be empty, so test the result
         with ``is None``. CiphertextInvalidError as for ``open``."""
+        sealed, header, key = self._cached_key(sealed)
+        return None if key is None else _open_with(key, len(header), field, sealed, context)
+
+    def _cached_key(self, sealed: bytes) -> tuple[bytes, bytes, _Key | None]:
+        """``sealed`` as bytes, its header, and the data key it names if cached and not older than ``max_age``;
+        CiphertextInvalidError for a value of another named key."""
         if type(sealed) is not bytes:
             sealed = bytes(sealed)
         header, key_name = parse(sealed)
         if key_name != self.key_name:
             raise CiphertextInvalidError(f"sealed under the key {key_name!r}, not {self.key_name!r}")
         key = self._opening.get(header)
-        if key is None or self._clock() >= key.expires:
-            return None
-        return _open_with(key, len(header), field, sealed, context)
+        return sealed, header, None if key is None or self._clock() >= key.expires else key
 
     async def _unwrap(self, header: bytes, sealed: bytes) -> _Key:
         """The data key of ``header``: one DecryptDataKey however many opens wait for it at once."""
