@@ -27,7 +27,8 @@ from internal.biz import errors
 from internal.conf.config import GRPC, TLS
 from internal.pkg.log import request_id, request_network
 from internal.server.accesslog import ACCESS_LOGGER
-from internal.server.grpc import ServiceRegistration, new_grpc_server
+from internal.server.grpc import ServiceRegistration, _Registrar, _Wrapping, new_grpc_server
+from internal.server.interceptors import ErrorInterceptor
 from internal.server.peer import TrustedProxies
 from internal.service.wire import encode_encrypt_batch
 
@@ -304,3 +305,38 @@ async def test_the_client_follows_each_calls_forwarding_headers_on_one_connectio
     finally:
         await server.stop(None)
     assert seen == ["198.51.100.0/24", "203.0.113.0/24", "198.51.100.0/24", "127.0.0.0/24"]
+
+
+async def test_generated_services_are_served_by_their_generic_handlers_not_registered_by_name() -> None:
+    """Generated code registers each method twice; the registrar keeps the generic handler (cheaper per call,
+    docs/architecture.md) and registers by name only a method no generic handler serves."""
+    server = grpc.aio.server()
+    registrar = _Registrar(server, _Wrapping([ErrorInterceptor()]))
+    kms_pb2_grpc.add_KMSServicer_to_server(_BatchOnly(), registrar)
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), registrar)
+    echo = grpc.unary_unary_rpc_method_handler(
+        _echo,
+        request_deserializer=wrappers_pb2.StringValue.FromString,
+        response_serializer=wrappers_pb2.StringValue.SerializeToString,
+    )
+    registrar.add_registered_method_handlers("test.v1.NamedOnly", {"Echo": echo})  # no generic handler has it
+    assert registrar.by_name == ["/test.v1.NamedOnly/Echo"]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as chan:
+            opened = await kms_pb2_grpc.KMSStub(chan).Decrypt(kms_pb2.DecryptRequest(ciphertext=b"abc"))
+            checked = await health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest())
+            echoed = await chan.unary_unary(
+                "/test.v1.NamedOnly/Echo",
+                request_serializer=wrappers_pb2.StringValue.SerializeToString,
+                response_deserializer=wrappers_pb2.StringValue.FromString,
+            )(wrappers_pb2.StringValue(value="hi"))
+            with pytest.raises(grpc.aio.AioRpcError) as unknown:
+                await chan.unary_unary("/kms.v1.KMS/NoSuchMethod")(b"")
+    finally:
+        await server.stop(None)
+    assert (opened.plaintext, opened.key_version) == (b"abc", 2)
+    assert checked.status == health_pb2.HealthCheckResponse.SERVING
+    assert echoed.value == "hi"
+    assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
