@@ -20,7 +20,7 @@ from internal.pkg.log import request_id, request_network, safe_request_id
 from internal.server.accesslog import AccessLog
 from internal.server.metrics import ItemVersions, error_reason, item_versions, rpc_recorder
 from internal.server.peer import TrustedProxies
-from internal.service.metadata import request_client
+from internal.service.metadata import request_client, request_metadata
 from internal.service.status import domain_status_proto, status_proto
 
 log = logging.getLogger(__name__)
@@ -177,11 +177,13 @@ class AccessLogInterceptor(PerMethodInterceptor):
             return _unary(handler, counted)
 
         record = rpc_recorder(method, self._batch_items.get(method, item_versions))
+        handled_ok = RPC_HANDLED.labels(service, name, grpc.StatusCode.OK.name)  # looked up once, not per call
         logged_name = f"{service}/{name}"
         proxies, access, clients = self._proxies, self._access, self._clients
 
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            received = context.invocation_metadata() or ()
+            received = tuple(context.invocation_metadata() or ())
+            metadata_token = request_metadata.set(received)
             offered, forwarding = None, ()  # type: tuple[str | bytes | None, tuple[tuple[str, Any], ...]]
             for key, value in received:
                 if key == "x-request-id":
@@ -223,12 +225,13 @@ class AccessLogInterceptor(PerMethodInterceptor):
             finally:
                 elapsed = time.perf_counter() - started
                 in_flight.dec()
-                RPC_HANDLED.labels(service, name, code.name).inc()
+                (handled_ok if code is grpc.StatusCode.OK else RPC_HANDLED.labels(service, name, code.name)).inc()
                 latency.observe(elapsed)
                 access.write({"method": logged_name, "grpc_code": code.name, "ms": round(elapsed * 1000, 2)})
                 request_id.reset(token)
                 request_network.reset(network_token)
                 request_client.reset(client_token)
+                request_metadata.reset(metadata_token)
                 error_reason.reset(reason_token)
 
         return _unary(handler, behaviour)

@@ -96,9 +96,16 @@ def rpc_recorder(method: str, batch_items: ItemVersions = item_versions) -> Reco
     service, _, name = method.lstrip("/").rpartition("/")
     if service == "kms.v1.KMS" and name in _KMS_OPERATIONS:
         operation = _KMS_OPERATIONS[name]
+        # (key name, key version, outcome) → its counter: the registry keeps every one anyway, and a dict lookup
+        # costs a tenth of labels()'s locked, validated one
+        counters: dict[tuple[str, str, str], Any] = {}
 
         def kms_call(request: Any, reply: Any, outcome: str) -> None:
-            KMS_OPERATIONS.labels(operation, _key_name(request, reply), _key_version(reply), outcome).inc()
+            labels = (_key_name(request, reply), _key_version(reply), outcome)
+            counter = counters.get(labels)
+            if counter is None:
+                counter = counters[labels] = KMS_OPERATIONS.labels(operation, *labels)
+            counter.inc()
 
         def kms_batch(request: Any, reply: Any, outcome: str) -> None:
             if reply is None:
