@@ -156,6 +156,7 @@ class AccessLogInterceptor(PerMethodInterceptor):
         inner = handler.unary_unary
         service, name = _split(method)
         in_flight, latency = RPC_IN_FLIGHT.labels(service, name), RPC_LATENCY.labels(service, name)
+        handled_ok = RPC_HANDLED.labels(service, name, grpc.StatusCode.OK.name)  # looked up once, not per call
         if service.startswith("grpc."):
 
             async def counted(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -171,13 +172,12 @@ class AccessLogInterceptor(PerMethodInterceptor):
                     raise
                 finally:
                     in_flight.dec()
-                    RPC_HANDLED.labels(service, name, code.name).inc()
+                    (handled_ok if code is grpc.StatusCode.OK else RPC_HANDLED.labels(service, name, code.name)).inc()
                     latency.observe(time.perf_counter() - started)
 
             return _unary(handler, counted)
 
         record = rpc_recorder(method, self._batch_items.get(method, item_versions))
-        handled_ok = RPC_HANDLED.labels(service, name, grpc.StatusCode.OK.name)  # looked up once, not per call
         logged_name = f"{service}/{name}"
         proxies, access, clients = self._proxies, self._access, self._clients
 
