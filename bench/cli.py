@@ -17,8 +17,8 @@ One run, one fresh database and Redis prefix, one credential; everything below i
    Login p50, in alternating rounds (``bench.http_load``).
 7. Server CPU per RPC, read from /proc for the server process tree alone (so it holds while the load clients
    share the cores): health Check, Encrypt and EncryptBatch per field, beside a bare grpc.aio servicer's Check
-   (``bench.floor``, its rounds alternating with the server's); beside EncryptBatch, the bare servicer's and its
-   gRPC transport alone (no AEAD).
+   (``bench.floor``, its rounds alternating with the server's, first and second in turn); beside EncryptBatch,
+   the bare servicer's and its gRPC transport alone (no AEAD).
 8. The client library's envelope encryptor (local AES-GCM under a cached data key): fields/s of its bulk path
    (``seal_many`` of 1,000 values) ÷ in-process AES-GCM/s (1,000-value chunks of each, alternating), beside it
    ``seal_sync`` and ``await seal`` per value; its RPCs per 100,000 fields, beside EncryptBatch.
@@ -269,9 +269,10 @@ def _measure(run: Run, token: str) -> None:
     spreads: list[LoadResult] = []
     statements = 0.0
     busy_seconds = 0.0
-    for _ in range(s.rounds):
-        checks.append(run.load(server, "check", s.concurrency))
-        floor_checks.append(run.load(floor_server, "check", s.concurrency))
+    for index in range(s.rounds):
+        # Which of the two Checks comes first swaps every round: neither always follows the server's Encrypt.
+        for target in (server, floor_server) if index % 2 == 0 else (floor_server, server):
+            (checks if target is server else floor_checks).append(run.load(target, "check", s.concurrency))
         busy_started, before = time.monotonic(), db_queries(server)
         encrypts.append(run.load(server, "encrypt", s.concurrency, token=token, key_names=(ONE_KEY,)))
         statements += db_queries(server) - before
