@@ -132,9 +132,8 @@ class _Registrar:
         self.by_name: list[str] = []  # the methods registered by name after all (no generic handler serves them)
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        wrapped = [_WrappedGeneric(h, self._wrapping) for h in handlers]
-        self._generic += wrapped
-        self._server.add_generic_rpc_handlers(wrapped)
+        self._generic += handlers  # asked as they are in ``_serves``: nothing is wrapped before it is served
+        self._server.add_generic_rpc_handlers([_WrappedGeneric(h, self._wrapping) for h in handlers])
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
         unserved = {name: h for name, h in handlers.items() if not self._serves(f"/{service}/{name}")}

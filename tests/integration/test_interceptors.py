@@ -30,6 +30,7 @@ from internal.server.accesslog import ACCESS_LOGGER
 from internal.server.grpc import ServiceRegistration, _Registrar, _Wrapping, new_grpc_server
 from internal.server.interceptors import ErrorInterceptor
 from internal.server.peer import TrustedProxies
+from internal.service.metadata import bearer_token, call_metadata, request_metadata
 from internal.service.wire import encode_encrypt_batch
 
 
@@ -55,6 +56,13 @@ async def _network(request: wrappers_pb2.StringValue, context: grpc.aio.Servicer
     return wrappers_pb2.StringValue(value=request_network.get())
 
 
+async def _token(request: wrappers_pb2.StringValue, context: grpc.aio.ServicerContext) -> wrappers_pb2.StringValue:
+    """The bearer token, and whether it came from the metadata the server read for this call."""
+    read_by_server = request_metadata.get()
+    kept = read_by_server is not None and call_metadata(context) is read_by_server
+    return wrappers_pb2.StringValue(value=f"{bearer_token(context)} {'kept' if kept else 'read again'}")
+
+
 def _register(server: grpc.aio.Server) -> None:
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
@@ -68,6 +76,7 @@ def _register(server: grpc.aio.Server) -> None:
             "Echo": _echo,
             "RequestId": _request_id,
             "Network": _network,
+            "Token": _token,
         }.items()
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.v1.Probe", handlers),))
@@ -340,3 +349,17 @@ async def test_generated_services_are_served_by_their_generic_handlers_not_regis
     assert checked.status == health_pb2.HealthCheckResponse.SERVING
     assert echoed.value == "hi"
     assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+
+async def test_servicers_read_the_metadata_the_server_read_once(channel: grpc.aio.Channel) -> None:
+    """The interceptor reads a call's metadata once and bearer_token uses that copy; none is left after the call."""
+    token = channel.unary_unary(
+        "/test.v1.Probe/Token",
+        request_serializer=wrappers_pb2.StringValue.SerializeToString,
+        response_deserializer=wrappers_pb2.StringValue.FromString,
+    )
+    first = await token(wrappers_pb2.StringValue(), metadata=(("authorization", "Bearer akms_one"),))
+    second = await token(wrappers_pb2.StringValue(), metadata=(("authorization", "Bearer akms_two"),))
+    assert (first.value, second.value) == ("akms_one kept", "akms_two kept")
+    assert request_metadata.get() is None
