@@ -4,6 +4,7 @@ binds, fresh nonces, concurrent opens sharing one unwrap, and a forked child nev
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import struct
 from typing import Any
@@ -218,3 +219,21 @@ async def test_seal_many_keeps_every_limit_and_opens_like_seal() -> None:
     last = headers[-1]
     clock.now += 60  # max_age reached: the next values get a fresh key
     assert parse((await enc.seal_many("f", [b"v"]))[0])[0] != last and len(kms.keys) == 4
+
+
+async def test_seal_many_checks_the_age_limit_at_every_pool_of_nonces() -> None:
+    kms, clock = FakeKms(), Clock()
+    enc = encryptor(kms, limits=CacheLimits(max_age=60), clock=clock, prefetch=False)
+    await enc.warm()
+
+    class Aging(list[bytes]):
+        """Values whose every read takes 40 s: each key is past its age once it has sealed one pool."""
+
+        def __getitem__(self, item: Any) -> Any:
+            clock.now += 40
+            return super().__getitem__(item)
+
+    sealed = await enc.seal_many("f", Aging(str(i).encode() for i in range(3000)))
+    per_key = [len(list(group)) for _, group in itertools.groupby(parse(s)[0] for s in sealed)]
+    assert per_key == [1024, 1024, 952] and len(kms.keys) == 3
+    assert [await enc.open("f", s) for s in sealed[1020:1030]] == [str(i).encode() for i in range(1020, 1030)]

@@ -117,7 +117,7 @@ def parse(sealed: bytes) -> tuple[bytes, str]:
 
 class _Key:
     """An unwrapped data key with its header, the associated data it has built (by field) and, while it seals, its
-    pool of fresh nonces, each with the header + nonce a sealed value starts with."""
+    pool of fresh nonces."""
 
     __slots__ = ("aead", "bindings", "bytes", "encrypt", "expires", "header", "messages", "nonces")
     # messages: the nonces handed out to its pools (the values sealed, plus what is left in the pool)
@@ -127,7 +127,7 @@ class _Key:
             raise CiphertextInvalidError("the server returned a data key of the wrong size")
         self.aead = AESGCM(material)
         self.encrypt = self.aead.encrypt
-        self.nonces: list[tuple[bytes, bytes]] = []  # (header + nonce, nonce)
+        self.nonces: list[bytes] = []
         self.header = header
         self.expires = expires
         self.messages = 0
@@ -222,8 +222,8 @@ class EnvelopeEncryptor:
         cached = key.bindings.get(field)
         ad = cached[1] if cached is not None and cached[0] == context else key.ad(field, context)
         key.bytes += size
-        start, nonce = key.nonces.pop()
-        return start + key.encrypt(nonce, value, ad)
+        nonce = key.nonces.pop()
+        return key.header + nonce + key.encrypt(nonce, value, ad)
 
     def seal_sync(self, field: str, value: bytes, context: Mapping[str, str] | None = None) -> bytes | None:
         """``seal`` without an await, for bulk work: the sealed value when the cached data key may seal it now,
@@ -240,36 +240,39 @@ class EnvelopeEncryptor:
             self._new_nonces(key)
         ad = key.ad(field, context)
         key.bytes += size
-        start, nonce = key.nonces.pop()
-        return start + key.encrypt(nonce, value, ad)
+        nonce = key.nonces.pop()
+        return key.header + nonce + key.encrypt(nonce, value, ad)
 
     async def seal_many(
         self, field: str, values: Sequence[bytes], context: Mapping[str, str] | None = None
     ) -> list[bytes]:
         """Every value sealed as ``seal`` seals it, in order, all under one field and context: the bulk path, with
-        an await only at a change of data key and the associated data looked up once per key. Every cache limit is
-        checked per value, as in ``seal``."""
+        an await only at a change of data key and the associated data looked up once per key. The message and byte
+        limits are checked per value; the age limit once per nonce pool (at most 1,024 values, about a millisecond
+        of sealing), where a clock read per value would cost 8% of the sealing."""
         sealed: list[bytes] = []
-        append, clock, max_bytes = sealed.append, self._clock, self._max_bytes
+        append, max_bytes = sealed.append, self._max_bytes
         index, count = 0, len(values)
         while index < count:
             value = values[index]
-            key = await self._ready_key(len(value))  # a nonce in its pool
-            ad, encrypt, nonces, expires = key.ad(field, context), key.encrypt, key.nonces, key.expires
+            key = await self._ready_key(len(value))  # not past its age, a nonce in its pool
+            ad, encrypt, nonces, header = key.ad(field, context), key.encrypt, key.nonces, key.header
             # As in ``seal``: the key just made ready seals this value (even one larger than max_bytes alone).
             key.bytes += len(value)
-            start, nonce = nonces.pop()
-            append(start + encrypt(nonce, value, ad))
+            nonce = nonces.pop()
+            append(header + nonce + encrypt(nonce, value, ad))
             index += 1
-            while index < count and nonces:
-                value = values[index]
-                size = len(value)
-                if key.bytes + size > max_bytes or clock() >= expires:
-                    break
-                key.bytes += size
-                start, nonce = nonces.pop()
-                append(start + encrypt(nonce, value, ad))
-                index += 1
+            room, pop = max_bytes - key.bytes, nonces.pop
+            try:
+                for value in values[index : index + len(nonces)]:
+                    if len(value) > room:
+                        break
+                    room -= len(value)
+                    nonce = pop()
+                    append(header + nonce + encrypt(nonce, value, ad))
+                    index += 1
+            finally:  # also when a value is not bytes-like: the bytes sealed so far are counted
+                key.bytes = max_bytes - room
         return sealed
 
     async def warm(self, size: int = 0) -> None:
@@ -289,13 +292,12 @@ class EnvelopeEncryptor:
 
     def _new_nonces(self, key: _Key) -> None:
         """A fresh pool of random nonces for ``key``, from one os.urandom call (a system call per value would cost
-        more than the encryption), each beside the header + nonce it starts a value with; never more than its
-        message limit leaves. The pool goes with its key: a forked child drops both."""
+        more than the encryption); never more than its message limit leaves. The pool goes with its key: a forked
+        child drops both."""
         used = key.messages
         count = min(NONCE_POOL_BYTES // NONCE_SIZE, self._max_messages - used)
-        pool, header = os.urandom(NONCE_SIZE * count), key.header
-        nonces = [pool[i : i + NONCE_SIZE] for i in range(0, len(pool), NONCE_SIZE)]
-        key.nonces = [(header + nonce, nonce) for nonce in nonces]
+        pool = os.urandom(NONCE_SIZE * count)
+        key.nonces = [pool[i : i + NONCE_SIZE] for i in range(0, len(pool), NONCE_SIZE)]
         key.messages = used + count
         if self._prefetch and self._next is None and key is self._sealing:
             self._prefetch_if_due(used)  # here, once per pool, rather than on every seal
