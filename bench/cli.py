@@ -17,8 +17,9 @@ One run, one fresh database and Redis prefix, one credential; everything below i
    Login p50, in alternating rounds (``bench.http_load``).
 7. Server CPU per RPC, read from /proc for the server process tree alone (so it holds while the load clients
    share the cores): health Check, Encrypt and EncryptBatch per field, beside a bare grpc.aio servicer's Check
-   (``bench.floor``, its rounds alternating with the server's, first and second in turn); beside EncryptBatch,
-   the bare servicer's and its gRPC transport alone (no AEAD).
+   (``bench.floor``, its rounds alternating with the server's, first and second in turn); beside Encrypt, the
+   bare servicer's Encrypt (one AEAD call; the same request, reply and metadata on the wire); beside
+   EncryptBatch, the bare servicer's and its gRPC transport alone (no AEAD).
 8. The client library's envelope encryptor (local AES-GCM under a cached data key): fields/s of its bulk path
    (``seal_many`` of 1,000 values) ÷ in-process AES-GCM/s (1,000-value chunks of each, alternating), beside it
    ``seal_sync`` and ``await seal`` per value; its RPCs per 100,000 fields, beside EncryptBatch.
@@ -245,6 +246,11 @@ def _cpu_per_call_us(results: list[LoadResult], per_item: bool = False) -> float
     return sum(values) / len(values)
 
 
+def _cpu_ratios(over: list[LoadResult], under: list[LoadResult]) -> str:
+    """CPU per call of ``over`` ÷ that of ``under``, round by round."""
+    return ", ".join(f"{_cpu_per_call_us([o]) / _cpu_per_call_us([u]):.2f}" for o, u in zip(over, under, strict=True))
+
+
 def _measure(run: Run, token: str) -> None:
     s, report, details = run.s, run.report, run.report.details
     _say("starting the server (1 worker)")
@@ -266,6 +272,7 @@ def _measure(run: Run, token: str) -> None:
     checks: list[LoadResult] = []
     floor_checks: list[LoadResult] = []
     encrypts: list[LoadResult] = []
+    floor_encrypts: list[LoadResult] = []
     spreads: list[LoadResult] = []
     statements = 0.0
     busy_seconds = 0.0
@@ -273,10 +280,14 @@ def _measure(run: Run, token: str) -> None:
         # Which of the two Checks comes first swaps every round: neither always follows the server's Encrypt.
         for target in (server, floor_server) if index % 2 == 0 else (floor_server, server):
             (checks if target is server else floor_checks).append(run.load(target, "check", s.concurrency))
-        busy_started, before = time.monotonic(), db_queries(server)
-        encrypts.append(run.load(server, "encrypt", s.concurrency, token=token, key_names=(ONE_KEY,)))
-        statements += db_queries(server) - before
-        busy_seconds += time.monotonic() - busy_started
+        for target in (floor_server, server) if index % 2 == 0 else (server, floor_server):
+            if target is floor_server:
+                floor_encrypts.append(run.load(floor_server, "encrypt", s.concurrency, token=token))
+                continue
+            busy_started, before = time.monotonic(), db_queries(server)
+            encrypts.append(run.load(server, "encrypt", s.concurrency, token=token, key_names=(ONE_KEY,)))
+            statements += db_queries(server) - before
+            busy_seconds += time.monotonic() - busy_started
         spreads.append(run.load(server, "encrypt", s.concurrency, token=token, key_names=SPREAD_KEYS))
     check, encrypt, spread_keys = _mean(checks), _mean(encrypts), _mean(spreads)
     busy_rate = statements / busy_seconds
@@ -301,12 +312,14 @@ def _measure(run: Run, token: str) -> None:
     details["batch_floor"] = asdict(floor)
     details["batch_transport_only"] = asdict(transport)
     details["check_floor"] = asdict(_mean(floor_checks)) | {"rounds": [c.rate for c in floor_checks]}
+    details["encrypt_floor"] = asdict(_mean(floor_encrypts)) | {"rounds": [e.rate for e in floor_encrypts]}
 
     # 6: server CPU per RPC.
     cpu_us = {
         "bare_check": _cpu_per_call_us(floor_checks),
         "check": _cpu_per_call_us(checks),
         "encrypt": _cpu_per_call_us(encrypts),
+        "bare_encrypt": _cpu_per_call_us(floor_encrypts),
         "batch_field": _cpu_per_call_us([batch], per_item=True),
         "bare_batch_field": _cpu_per_call_us([floor], per_item=True),
         "transport_batch_field": _cpu_per_call_us([transport], per_item=True),
@@ -426,6 +439,12 @@ def _measure(run: Run, token: str) -> None:
     report.add(Row("cpu_encrypt_us", "   server CPU per Encrypt", cpu_us["encrypt"], "µs", digits=0))
     report.add(Row("cpu_encrypt_check_ratio", "   Encrypt CPU ÷ Check CPU", cpu_us["encrypt"] / cpu_us["check"],
                    goal=at_most(1.3)))
+    report.add(Row("cpu_bare_encrypt_us", "   server CPU per bare Encrypt (bench.floor: one AEAD call, no checks)",
+                   cpu_us["bare_encrypt"], "µs", digits=0))
+    report.add(Row("cpu_bare_encrypt_check_ratio", "   bare servicer's Encrypt CPU ÷ its Check CPU (transport)",
+                   cpu_us["bare_encrypt"] / cpu_us["bare_check"]))
+    report.add(Row("cpu_encrypt_bare_ratio", "   Encrypt CPU ÷ bare servicer's Encrypt CPU",
+                   cpu_us["encrypt"] / cpu_us["bare_encrypt"]))
     report.add(Row("cpu_batch_field_us", f"   server CPU per EncryptBatch field ({BATCH_SIZE:,} × 32 B)",
                    cpu_us["batch_field"], "µs", goal=at_most(2.0)))
     report.add(Row("cpu_bare_batch_field_us", "   server CPU per field, bare EncryptBatch servicer (bench.floor)",
@@ -451,12 +470,13 @@ def _measure(run: Run, token: str) -> None:
                    batch.item_rate / aes, digits=3))
     report.add(Row("batch_rpcs_per_100k", f"   EncryptBatch RPCs per 100,000 fields ({BATCH_SIZE:,} per call)",
                    100_000 / BATCH_SIZE, digits=0))
-    per_round_cpu = ", ".join(
-        f"{_cpu_per_call_us([c]) / _cpu_per_call_us([f]):.2f}" for c, f in zip(checks, floor_checks, strict=True)
-    )
-    report.notes.append(f"7: Check CPU ÷ bare Check CPU per round (alternating): {per_round_cpu}")
+    report.notes.append(f"7: Check CPU ÷ bare Check CPU per round (alternating): {_cpu_ratios(checks, floor_checks)}")
     per_round = ", ".join(f"{e.rate / c.rate:.2f}" for c, e in zip(checks, encrypts, strict=True))
     report.notes.append(f"1: Encrypt ÷ Check per round (alternating): {per_round}")
+    report.notes.append(
+        f"7: Encrypt CPU ÷ Check CPU per round: {_cpu_ratios(encrypts, checks)}; the bare servicer's: "
+        f"{_cpu_ratios(floor_encrypts, floor_checks)}"
+    )
     report.notes.append(
         f"2: in-process batch sealing ÷ AES-GCM = {sealing / aes:.2f} (parse, envelope, AEAD; no gRPC, no reply)"
     )

@@ -1,8 +1,8 @@
-"""`python -m bench.floor PORT`: an EncryptBatch servicer doing nothing but the AEAD calls, as a yardstick; for
-the key name ``TRANSPORT_ONLY`` not even those (a reply of the same size, written once), to show what grpcio's
-transport and parsing alone cost per field.
+"""`python -m bench.floor PORT`: Encrypt and EncryptBatch servicers doing nothing but the AEAD calls, as a
+yardstick; for the key name ``TRANSPORT_ONLY`` EncryptBatch does not even those (a reply of the same size,
+written once), to show what grpcio's transport and parsing alone cost per field.
 
-Per item it makes one AES-256-GCM call with a fresh nonce; the reply is written by the service's own
+Per value it makes one AES-256-GCM call with a fresh nonce; the reply is written by the service's own
 ``encode_encrypt_batch``. It does none of the service's other work: no authentication, no validation of
 field, context or size, no envelope header, no per-item errors, no metrics, no access log. Loaded exactly
 like the real server, it shows how far a pure-Python servicer on one core gets with grpcio and
@@ -47,6 +47,11 @@ class FloorKMS:
             sealed.append(nonce + encrypt(nonce, item.plaintext, ad))
         return encode_encrypt_batch(sealed, KEY_VERSION, "AES_256_GCM")
 
+    async def encrypt(self, request: kms_pb2.EncryptRequest, context: grpc.aio.ServicerContext) -> kms_pb2.EncryptReply:
+        nonce = os.urandom(NONCE_SIZE)
+        sealed = nonce + self._encrypt(nonce, request.plaintext, self._ad)
+        return kms_pb2.EncryptReply(ciphertext=sealed, key_version=KEY_VERSION, algorithm="AES_256_GCM")
+
     def _transport_only(self, request: kms_pb2.EncryptBatchRequest) -> EncodedReply:
         count = len(request.items)
         if count not in self._canned:  # as large as the sealed reply
@@ -57,12 +62,20 @@ class FloorKMS:
 
 async def serve(port: int) -> None:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 << 20)])
+    kms = FloorKMS()
     method = grpc.unary_unary_rpc_method_handler(
-        FloorKMS().encrypt_batch,
+        kms.encrypt_batch,
         request_deserializer=kms_pb2.EncryptBatchRequest.FromString,
         response_serializer=lambda reply: reply.wire,  # as the service's EncryptBatch is sent
     )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("kms.v1.KMS", {"EncryptBatch": method}),))
+    encrypt = grpc.unary_unary_rpc_method_handler(
+        kms.encrypt,
+        request_deserializer=kms_pb2.EncryptRequest.FromString,
+        response_serializer=kms_pb2.EncryptReply.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("kms.v1.KMS", {"EncryptBatch": method, "Encrypt": encrypt}),)
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
