@@ -283,11 +283,11 @@ def _measure(run: Run, token: str) -> None:
         for target in (floor_server, server) if index % 2 == 0 else (server, floor_server):
             if target is floor_server:
                 floor_encrypts.append(run.load(floor_server, "encrypt", s.concurrency, token=token))
-                continue
-            busy_started, before = time.monotonic(), db_queries(server)
-            encrypts.append(run.load(server, "encrypt", s.concurrency, token=token, key_names=(ONE_KEY,)))
-            statements += db_queries(server) - before
-            busy_seconds += time.monotonic() - busy_started
+            else:
+                busy_started, before = time.monotonic(), db_queries(server)
+                encrypts.append(run.load(server, "encrypt", s.concurrency, token=token, key_names=(ONE_KEY,)))
+                statements += db_queries(server) - before
+                busy_seconds += time.monotonic() - busy_started
         spreads.append(run.load(server, "encrypt", s.concurrency, token=token, key_names=SPREAD_KEYS))
     check, encrypt, spread_keys = _mean(checks), _mean(encrypts), _mean(spreads)
     busy_rate = statements / busy_seconds

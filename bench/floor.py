@@ -2,8 +2,8 @@
 yardstick; for the key name ``TRANSPORT_ONLY`` EncryptBatch does not even those (a reply of the same size,
 written once), to show what grpcio's transport and parsing alone cost per field.
 
-Per value it makes one AES-256-GCM call with a fresh nonce; the reply is written by the service's own
-``encode_encrypt_batch``. It does none of the service's other work: no authentication, no validation of
+Per value it makes one AES-256-GCM call with a fresh nonce; EncryptBatch's reply is written by the service's
+own ``encode_encrypt_batch``. It does none of the service's other work: no authentication, no validation of
 field, context or size, no envelope header, no per-item errors, no metrics, no access log. Loaded exactly
 like the real server, it shows how far a pure-Python servicer on one core gets with grpcio and
 ``cryptography`` before doing anything a KMS must do.
