@@ -19,6 +19,8 @@ import sys
 import time
 from typing import Any
 
+import orjson
+
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 # The caller's network (IPv4 /24, IPv6 /64) for the current RPC, for limits that count per network.
 request_network: contextvars.ContextVar[str] = contextvars.ContextVar("request_network", default="")
@@ -72,7 +74,20 @@ def safe_request_id(candidate: object) -> str | None:
     return None
 
 
-_to_json = json.JSONEncoder(default=str).encode  # one encoder, not one per line
+_stdlib_json = json.JSONEncoder(default=str).encode  # one encoder, not one per line
+# Dates and dataclasses go to ``default=str`` as the stdlib encoder sends them, not orjson's own rendering.
+_AS_STDLIB = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def _to_json(entry: dict[str, Any]) -> str:
+    """One line of JSON, ASCII only: orjson (a tenth of the stdlib encoder's time for an access line, which
+    every RPC writes), or the stdlib encoder for what orjson refuses (ints beyond 64 bits) or writes as other
+    than ASCII (the stdlib encoder escapes it, so the line suits any stream)."""
+    try:
+        line = orjson.dumps(entry, default=str, option=_AS_STDLIB).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        return _stdlib_json(entry)
+    return line if line.isascii() else _stdlib_json(entry)
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:

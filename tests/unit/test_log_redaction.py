@@ -8,6 +8,8 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import pytest
 
@@ -81,6 +83,32 @@ def test_json_lines_are_valid_json() -> None:
     record = logging.makeLogRecord({"msg": "rpc", "levelname": "INFO", "name": "x", "method": "auth.v1.Auth/Login"})
     line = JsonFormatter().format(record)
     assert json.loads(line)["method"] == "auth.v1.Auth/Login"
+
+
+@dataclass
+class _Point:
+    x: int
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "plain",
+        "naïve ü \u2028 \U0001f511",  # not ASCII: escaped as the stdlib encoder escapes it
+        2**70,  # beyond orjson's 64 bits
+        1.5,
+        None,
+        [1, "two", {"three": 3}],
+        datetime(2026, 12, 3, 12, 0, tzinfo=UTC),
+        _Point(1),
+        {1, 2} - {2},  # not JSON: str() of it, as before
+    ],
+)
+def test_json_lines_read_back_as_the_stdlib_encoder_writes_them(value: object) -> None:
+    record = logging.makeLogRecord({"msg": "m", "levelname": "INFO", "name": "x", "value": value})
+    line = JsonFormatter().render(record)
+    assert line.isascii()
+    assert json.loads(line)["value"] == json.loads(json.dumps({"value": value}, default=str))["value"]
 
 
 def test_access_log_fields_stay_readable() -> None:
