@@ -16,13 +16,14 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Protocol
 
 from internal.biz.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from internal.biz.kms import DEFAULT_KEY, key_allowed, key_denied, validate_key_pattern
+from internal.biz.kms import DEFAULT_KEY, key_denied, key_matcher, validate_key_pattern
 from internal.biz.ports import AuditLog
 
 SCOPES = frozenset({"kms.encrypt", "kms.decrypt", "kms.datakey", "kms.admin", "auth.admin", "auth.introspect"})
@@ -39,8 +40,10 @@ class ServiceCredential:
     revoked_at: datetime | None = None
     key_patterns: tuple[str, ...] = (DEFAULT_KEY,)
 
-    def may_use_key(self, name: str) -> bool:
-        return key_allowed(self.key_patterns, name)
+    @cached_property
+    def may_use_key(self) -> Callable[[str], bool]:
+        """``may_use_key(name)``: whether this credential may use key ``name`` (its patterns split once)."""
+        return key_matcher(self.key_patterns)
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,19 @@ class CredentialUsecase:
         """The unexpired cache entry (expiry, credential or None) for a token's digest. Never waits: the hot path."""
         cached = self._cache.get(digest)
         return cached if cached and cached[0] > time.monotonic() else None
+
+    def granted(self, token: str, key_name: str, *any_of: str) -> ServiceCredential | None:
+        """The cached credential of ``token`` if it holds one of ``any_of`` and may use key ``key_name``, else
+        None: ask ``authorize_key``, which loads a missing entry and answers (and audits) a refusal. Never
+        waits: the hot path of every KMS call."""
+        entry = self._fresh_entry(token_hash(token))
+        credential = entry[1] if entry else None
+        if credential is None or not credential.may_use_key(key_name):
+            return None
+        for scope in any_of:
+            if scope in credential.scopes:
+                return credential
+        return None
 
     async def authorize_key(self, token: str | None, key_name: str, *any_of: str, action: str) -> ServiceCredential:
         """``authorize``, and the credential may use key ``key_name``: the same PERMISSION_DENIED whether or not
