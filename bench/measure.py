@@ -275,7 +275,7 @@ def wait_workers_serving(server: ServerProcess, workers: int, timeout: float = 9
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
             raise RuntimeError(f"server exited with {server.proc.returncode}:\n{server.logs()[-4000:]}")
-        serving = sum(1 for line in server.logs().splitlines() if '"msg": "serving"' in line)
+        serving = server.messages().count("serving")
         if serving >= workers:
             return
         time.sleep(0.2)

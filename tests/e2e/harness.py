@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import os
 import random
 import secrets
@@ -91,6 +92,22 @@ class ServerProcess:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def log_entries(self) -> list[dict[str, Any]]:
+        """The JSON log lines so far, parsed (lines that are not JSON, such as a traceback, are skipped)."""
+        entries = []
+        for line in self.logs().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                entries.append(entry)
+        return entries
+
+    def messages(self) -> list[str]:
+        """The ``msg`` of every JSON log line so far."""
+        return [str(entry.get("msg")) for entry in self.log_entries()]
 
     def wait_serving(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

@@ -7,7 +7,6 @@ read from /proc/net/tcp and each worker's file descriptors.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -199,7 +198,7 @@ def test_killed_worker_is_restarted_while_the_service_keeps_answering(supervisor
     assert victim not in children and survivor in children and len(children) == 2, children
     assert _workers_listening(supervisor, children), "the replacement worker should be serving"
     print(f"\nworker restarted and listening {restart:.2f}s after SIGKILL ({answers} health checks answered meanwhile)")
-    assert '"msg": "worker exited; restarting"' in supervisor.logs()
+    assert "worker exited; restarting" in supervisor.messages()
 
 
 def test_sigterm_stops_every_worker_and_exits_zero(supervisor: ServerProcess) -> None:
@@ -208,7 +207,7 @@ def test_sigterm_stops_every_worker_and_exits_zero(supervisor: ServerProcess) ->
     assert supervisor.terminate(timeout=20) == 0, supervisor.logs()[-3000:]
     assert time.monotonic() - started < 8  # grace period 5 s in tests
     assert not any(_alive(pid) for pid in workers)
-    assert supervisor.logs().count('"msg": "stopped"') == 2, "each worker drains and stops cleanly"
+    assert supervisor.messages().count("stopped") == 2, "each worker drains and stops cleanly"
 
 
 def test_killed_supervisor_takes_its_workers_along(supervisor: ServerProcess) -> None:
@@ -245,8 +244,8 @@ def test_embedded_dependencies_start_once_in_the_supervisor(tmp_path: Path) -> N
         workers = _workers(process.proc.pid)
         assert len(workers) == 2
         assert _processes_using(data_dir), "embedded servers run under the data folder"
-        assert '"msg": "worker exited; restarting"' not in process.logs(), "no worker fought over the data folder"
-        assert process.logs().count('"msg": "migrations applied"') == 1, "the entry script migrates once, workers never"
+        assert "worker exited; restarting" not in process.messages(), "no worker fought over the data folder"
+        assert process.messages().count("migrations applied") == 1, "the entry script migrates once, workers never"
         beside = create_credential(process.env, "beside-the-supervisor", "kms.encrypt")  # shares its servers
         assert beside.startswith("akms_")
         assert process.terminate(timeout=30) == 0, process.logs()[-3000:]
@@ -268,8 +267,8 @@ def test_workers_that_cannot_bind_make_the_supervisor_give_up(tmp_path: Path, se
         finally:
             process.proc.kill()
     assert code == 1
-    assert '"msg": "workers are crash-looping; giving up"' in process.logs()
-    started = [json.loads(line)["pid"] for line in process.logs().splitlines() if '"msg": "worker started"' in line]
+    assert "workers are crash-looping; giving up" in process.messages()
+    started = [entry["pid"] for entry in process.log_entries() if entry.get("msg") == "worker started"]
     assert len(started) >= 5
     assert not any(_alive(pid) for pid in started)
 
