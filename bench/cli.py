@@ -251,6 +251,12 @@ def _cpu_ratios(over: list[LoadResult], under: list[LoadResult]) -> str:
     return ", ".join(f"{_cpu_per_call_us([o]) / _cpu_per_call_us([u]):.2f}" for o, u in zip(over, under, strict=True))
 
 
+def _in_turn(index: int, first: ServerProcess, second: ServerProcess) -> tuple[ServerProcess, ServerProcess]:
+    """The two servers in round ``index``'s order: which goes first swaps every round, so neither always follows
+    the same measurement."""
+    return (first, second) if index % 2 == 0 else (second, first)
+
+
 def _measure(run: Run, token: str) -> None:
     s, report, details = run.s, run.report, run.report.details
     _say("starting the server (1 worker)")
@@ -277,10 +283,9 @@ def _measure(run: Run, token: str) -> None:
     statements = 0.0
     busy_seconds = 0.0
     for index in range(s.rounds):
-        # Which of the two Checks comes first swaps every round: neither always follows the server's Encrypt.
-        for target in (server, floor_server) if index % 2 == 0 else (floor_server, server):
+        for target in _in_turn(index, server, floor_server):
             (checks if target is server else floor_checks).append(run.load(target, "check", s.concurrency))
-        for target in (floor_server, server) if index % 2 == 0 else (server, floor_server):
+        for target in _in_turn(index, floor_server, server):
             if target is floor_server:
                 floor_encrypts.append(run.load(floor_server, "encrypt", s.concurrency, token=token))
             else:
@@ -298,13 +303,13 @@ def _measure(run: Run, token: str) -> None:
     details["db_queries"] = {"statements": statements, "encrypt_calls": encrypt.total_calls,
                              "per_second_during_encrypt": busy_rate, "per_second_idle": idle_rate}
 
-    # 2: EncryptBatch vs in-process AES-GCM, in rounds alternating with the bare servicer's EncryptBatch (which
-    # goes first swaps every round), as Check and Encrypt do.
+    # 2: EncryptBatch vs in-process AES-GCM, in rounds alternating with the bare servicer's EncryptBatch, as
+    # Check and Encrypt do.
     _say("EncryptBatch: the server and the bare servicer (bench.floor), alternating")
     batches: list[LoadResult] = []
     floor_batches: list[LoadResult] = []
     for index in range(s.rounds):
-        for target in (server, floor_server) if index % 2 == 0 else (floor_server, server):
+        for target in _in_turn(index, server, floor_server):
             if target is server:
                 batches.append(run.load(server, "batch", s.batch_concurrency, token=token, batch_size=BATCH_SIZE,
                                         key_names=(ONE_KEY,)))

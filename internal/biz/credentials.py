@@ -126,20 +126,20 @@ class CredentialUsecase:
 
     def granted(self, token: str, key_name: str, *any_of: str) -> ServiceCredential | None:
         """The cached credential of ``token`` if it holds one of ``any_of`` and may use key ``key_name``, else
-        None: ask ``authorize_key``, which loads a missing entry and answers (and audits) a refusal. Never
-        waits: the hot path of every KMS call."""
+        None. Never waits and records nothing: ``authorize_key`` asks it first, the hot path of every KMS call."""
         entry = self._fresh_entry(token_hash(token))
         credential = entry[1] if entry else None
-        if credential is None or not credential.may_use_key(key_name):
+        if credential is None or credential.scopes.isdisjoint(any_of) or not credential.may_use_key(key_name):
             return None
-        for scope in any_of:
-            if scope in credential.scopes:
-                return credential
-        return None
+        return credential
 
     async def authorize_key(self, token: str | None, key_name: str, *any_of: str, action: str) -> ServiceCredential:
         """``authorize``, and the credential may use key ``key_name``: the same PERMISSION_DENIED whether or not
-        that key exists, and always for a reserved key."""
+        that key exists, and always for a reserved key. A cached grant answers at once; anything else (a miss,
+        a refusal) takes the full check, which loads, answers and audits it."""
+        granted = self.granted(token, key_name, *any_of) if token else None
+        if granted is not None:
+            return granted
         credential = await self.authorize(token, *any_of, action=action)
         if not credential.may_use_key(key_name):
             await self._audit.record("access.denied", "key_not_allowed", actor=credential.name, subject=action)
@@ -157,7 +157,7 @@ class CredentialUsecase:
         if credential is None:
             await self._audit.record("access.denied", "bad_credential", subject=action)
             raise Unauthenticated("CREDENTIALS_INVALID", "the service credential is invalid or revoked")
-        if not credential.scopes & set(any_of):
+        if credential.scopes.isdisjoint(any_of):
             await self._audit.record("access.denied", "no_scope", actor=credential.name, subject=action)
             raise PermissionDenied("PERMISSION_DENIED", f"this credential lacks the scope {' or '.join(any_of)}")
         return credential

@@ -343,11 +343,6 @@ def key_matcher(patterns: Collection[str]) -> Callable[[str], bool]:
     return allowed
 
 
-def key_allowed(patterns: Collection[str], name: str) -> bool:
-    """Whether a credential with ``patterns`` may use key ``name``. Reserved keys: never."""
-    return key_matcher(patterns)(name)
-
-
 def key_denied(name: str) -> PermissionDenied:
     """The one answer for a key outside a credential, whether or not the key exists."""
     return PermissionDenied("PERMISSION_DENIED", "this credential may not use that key", {"key_name": name})

@@ -109,8 +109,7 @@ class KMSService(kms_pb2_grpc.KMSServicer):
             token = None
         if key_name is None:
             return await self._credentials.authorize(token, *scopes, action=action)
-        granted = self._credentials.granted(token, key_name, *scopes) if token else None
-        return granted or await self._credentials.authorize_key(token, key_name, *scopes, action=action)
+        return await self._credentials.authorize_key(token, key_name, *scopes, action=action)
 
     async def _authorize(self, context: grpc.aio.ServicerContext, action: str, request_key: str, *scopes: str) -> str:
         """Authorize the call on the key the request names; returns that key's name."""

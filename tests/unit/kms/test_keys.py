@@ -9,8 +9,8 @@ from internal.biz.kms import (
     DEFAULT_KEY,
     USERS_KEY,
     is_reserved,
-    key_allowed,
     key_denied,
+    key_matcher,
     key_name_or_default,
     validate_key_pattern,
 )
@@ -82,8 +82,8 @@ def test_invalid_key_patterns(pattern: str) -> None:
         (["authkms.*"], "authkms.other", False),
     ],
 )
-def test_key_allowed(patterns: list[str], name: str, allowed: bool) -> None:
-    assert key_allowed(patterns, name) is allowed
+def test_key_matcher(patterns: list[str], name: str, allowed: bool) -> None:
+    assert key_matcher(patterns)(name) is allowed
 
 
 def test_denial_names_the_key_only() -> None:
