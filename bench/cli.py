@@ -19,7 +19,9 @@ One run, one fresh database and Redis prefix, one credential; everything below i
    share the cores): health Check, Encrypt and EncryptBatch per field, beside a bare grpc.aio servicer's Check
    (``bench.floor``, its rounds alternating with the server's, first and second in turn); beside Encrypt, the
    bare servicer's Encrypt (one AEAD call; the same request, reply and metadata on the wire); beside
-   EncryptBatch, the bare servicer's and its gRPC transport alone (no AEAD).
+   EncryptBatch, the bare servicer's and its gRPC transport alone (no AEAD), and the least a field can cost:
+   the bare servicer's plus what the service's per-item checks add in process (``bench.measure.sealing_rates``:
+   the server's batch sealing and the bare servicer's loop on the same parsed fields, in turn).
 8. The client library's envelope encryptor (local AES-GCM under a cached data key): fields/s of its bulk path
    (``seal_many`` of 1,000 values) ÷ in-process AES-GCM/s (1,000-value chunks of each, alternating), beside it
    ``seal_sync`` and ``await seal`` per value; its RPCs per 100,000 fields, beside EncryptBatch.
@@ -59,7 +61,7 @@ from bench.measure import (
     envelope_rate,
     login_times,
     register_user,
-    sealer_rate,
+    sealing_rates,
     wait_workers_serving,
     warm_up_kms,
 )
@@ -320,7 +322,7 @@ def _measure(run: Run, token: str) -> None:
     details["batch"] = asdict(batch) | {"item_rounds": [b.item_rate for b in batches]}
     _say("in-process AES-GCM and batch sealing")
     aes = aesgcm_rate(s.seconds)
-    sealing = sealer_rate(s.seconds)
+    sealing = sealing_rates(s.seconds)
     _say("the bare servicer (bench.floor): EncryptBatch's transport alone")
     transport = run.load(floor_server, "batch", s.batch_concurrency, token=token, batch_size=BATCH_SIZE,
                          key_names=(TRANSPORT_ONLY,))
@@ -416,7 +418,8 @@ def _measure(run: Run, token: str) -> None:
                    goal=at_least(0.5), digits=3))
     report.add(Row("batch_fields_per_s", "   EncryptBatch (1,000 × 32 B) throughput", batch.item_rate, "fields/s"))
     report.add(Row("aesgcm_per_s", "   in-process AES-GCM (32 B, fresh nonce)", aes, "enc/s"))
-    report.add(Row("sealer_per_s", "   in-process batch sealing, no gRPC (same fields)", sealing, "fields/s"))
+    report.add(Row("sealer_per_s", "   in-process batch sealing, no gRPC (same fields)", sealing.service,
+                   "fields/s"))
     report.add(Row("batch_floor_aesgcm_ratio", "   bare CPython EncryptBatch servicer ÷ AES-GCM (bench.floor)",
                    floor.item_rate / aes, digits=3))
     report.add(Row("db_queries_per_encrypt", "3. DB statements per Encrypt (steady state)", per_call,
@@ -467,6 +470,13 @@ def _measure(run: Run, token: str) -> None:
                    cpu_us["bare_batch_field"], "µs"))
     report.add(Row("cpu_batch_bare_ratio", "   EncryptBatch CPU per field ÷ the bare servicer's",
                    cpu_us["batch_field"] / cpu_us["bare_batch_field"]))
+    report.add(Row("batch_checks_field_us", "   what the service's per-field checks add, in process (no gRPC)",
+                   sealing.checks_us, "µs"))
+    least = cpu_us["bare_batch_field"] + sealing.checks_us
+    report.add(Row("cpu_batch_least_field_us", "   bare servicer per field + those checks (the least it can cost)",
+                   least, "µs"))
+    report.add(Row("cpu_batch_least_ratio", "   EncryptBatch CPU per field ÷ that least",
+                   cpu_us["batch_field"] / least))
     report.add(Row("cpu_transport_batch_field_us", "   server CPU per field, gRPC transport alone (canned reply)",
                    cpu_us["transport_batch_field"], "µs"))
     report.add(Row("envelope_aesgcm_ratio", "8. envelope encryptor (bulk: seal_many) fields/s ÷ in-process AES-GCM/s",
@@ -499,7 +509,8 @@ def _measure(run: Run, token: str) -> None:
         f"{_cpu_ratios(batches, floor_batches)}"
     )
     report.notes.append(
-        f"2: in-process batch sealing ÷ AES-GCM = {sealing / aes:.2f} (parse, envelope, AEAD; no gRPC, no reply)"
+        f"2: in-process batch sealing ÷ AES-GCM = {sealing.service / aes:.2f} (parse, envelope, AEAD; no gRPC, no "
+        f"reply); the bare servicer's loop on the same parsed fields: {sealing.bare:,.0f} fields/s"
     )
     report.notes.append(
         f"2: EncryptBatch reaches {batch.item_rate / floor.item_rate:.2f} of the bare servicer's fields/s; the bare "

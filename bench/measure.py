@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from api.gen.auth.v1 import auth_pb2, auth_pb2_grpc
 from api.gen.kms.v1 import kms_pb2, kms_pb2_grpc
+from bench.floor import FloorKMS, seal_bare
 from bench.load import CONTEXT, FIELD, PASSWORD, PLAINTEXT_BYTES
 from internal.biz.password import Argon2Params, Argon2PasswordHasher
 from internal.pkg.kms.envelope import Algorithm, DataKey, Sealer
@@ -77,9 +78,23 @@ def aesgcm_rate(seconds: float) -> float:
             return done / (now - started)
 
 
-def sealer_rate(seconds: float, batch_size: int = 1000) -> float:
-    """Fields/s through the server's own batch sealing (``Sealer.seal_many``, AES-256-GCM) on the same fields
-    the EncryptBatch load sends, parsed from the wire like the server does: the batch path without gRPC."""
+@dataclass(frozen=True)
+class SealingRates:
+    """Fields/s of two in-process batch loops over the same parsed fields, their batches alternating."""
+
+    service: float  # the server's own batch sealing (``Sealer.seal_many``)
+    bare: float  # bench.floor's loop (``seal_bare``): one AEAD call per item, nothing checked
+
+    @property
+    def checks_us(self) -> float:
+        """What the service's loop adds per field: reading and checking field, context and size, the header."""
+        return (1 / self.service - 1 / self.bare) * 1e6
+
+
+def sealing_rates(seconds: float, batch_size: int = 1000) -> SealingRates:
+    """The EncryptBatch load's fields, parsed from the wire as the server parses them, through the server's
+    batch sealing and through the bare servicer's loop in turn: the batch path without gRPC, and how much of it
+    the service's per-item checks are."""
     key = DataKey("bench.one", 1, Algorithm.AES_256_GCM, os.urandom(32))
     request = kms_pb2.EncryptBatchRequest(
         items=[
@@ -87,17 +102,26 @@ def sealer_rate(seconds: float, batch_size: int = 1000) -> float:
             for _ in range(batch_size)
         ]
     ).SerializeToString()
+    bare = FloorKMS()
 
-    def once() -> None:
+    def service() -> None:
         Sealer(key).seal_many(kms_pb2.EncryptBatchRequest.FromString(request).items, 1 << 16)
 
-    once()  # warm-up
-    done = 0
-    started = time.perf_counter()
-    while (now := time.perf_counter()) < started + seconds or done == 0:
-        once()
-        done += batch_size
-    return done / (now - started)
+    def floor() -> None:
+        seal_bare(bare.encrypt_aead, bare.ad, kms_pb2.EncryptBatchRequest.FromString(request).items)
+
+    spent = {service: 0.0, floor: 0.0}
+    for once in spent:
+        once()  # warm-up
+    batches = 0
+    deadline = time.perf_counter() + seconds
+    while batches == 0 or time.perf_counter() < deadline:
+        for once in spent:
+            started = time.perf_counter()
+            once()
+            spent[once] += time.perf_counter() - started
+        batches += 1
+    return SealingRates(batches * batch_size / spent[service], batches * batch_size / spent[floor])
 
 
 @dataclass(frozen=True)
