@@ -15,8 +15,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import grpc
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -30,32 +29,32 @@ KEY_VERSION = 1
 TRANSPORT_ONLY = "bench.transport-only"
 
 
-def seal_bare(encrypt: Callable[[bytes, bytes, bytes], bytes], ad: bytes, items: Sequence[Any]) -> list[bytes]:
-    """The bare servicer's batch loop: one AEAD call per item's plaintext, a fresh nonce, one fixed binding."""
-    random = os.urandom(NONCE_SIZE * len(items))
-    sealed: list[bytes] = []
-    for i, item in enumerate(items):
-        nonce = random[i * NONCE_SIZE : (i + 1) * NONCE_SIZE]
-        sealed.append(nonce + encrypt(nonce, item.plaintext, ad))
-    return sealed
-
-
 class FloorKMS:
     def __init__(self) -> None:
-        self.encrypt_aead = AESGCM(AESGCM.generate_key(bit_length=256)).encrypt
-        self.ad = b"users.email\x00table=users\x00tenant=bench"  # one fixed binding: nothing to check
+        self._encrypt = AESGCM(AESGCM.generate_key(bit_length=256)).encrypt
+        self._ad = b"users.email\x00table=users\x00tenant=bench"  # one fixed binding: nothing to check
         self._canned: dict[int, EncodedReply] = {}  # TRANSPORT_ONLY's replies, by item count
+
+    def seal(self, items: Sequence[kms_pb2.EncryptItem]) -> list[bytes]:
+        """The bare batch loop: one AEAD call per item's plaintext, a fresh nonce, the one fixed binding."""
+        encrypt, ad = self._encrypt, self._ad
+        random = os.urandom(NONCE_SIZE * len(items))
+        sealed: list[bytes] = []
+        for i, item in enumerate(items):
+            nonce = random[i * NONCE_SIZE : (i + 1) * NONCE_SIZE]
+            sealed.append(nonce + encrypt(nonce, item.plaintext, ad))
+        return sealed
 
     async def encrypt_batch(
         self, request: kms_pb2.EncryptBatchRequest, context: grpc.aio.ServicerContext
     ) -> EncodedReply:
         if request.key_name == TRANSPORT_ONLY:
             return self._transport_only(request)
-        return encode_encrypt_batch(seal_bare(self.encrypt_aead, self.ad, request.items), KEY_VERSION, "AES_256_GCM")
+        return encode_encrypt_batch(self.seal(request.items), KEY_VERSION, "AES_256_GCM")
 
     async def encrypt(self, request: kms_pb2.EncryptRequest, context: grpc.aio.ServicerContext) -> kms_pb2.EncryptReply:
         nonce = os.urandom(NONCE_SIZE)
-        sealed = nonce + self.encrypt_aead(nonce, request.plaintext, self.ad)
+        sealed = nonce + self._encrypt(nonce, request.plaintext, self._ad)
         return kms_pb2.EncryptReply(ciphertext=sealed, key_version=KEY_VERSION, algorithm="AES_256_GCM")
 
     def _transport_only(self, request: kms_pb2.EncryptBatchRequest) -> EncodedReply:
